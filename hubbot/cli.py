@@ -1,0 +1,122 @@
+"""The `hubbot` command line: validate and merge recipes, and run the service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .errors import HubbotError, PlanError, RecipeError
+
+log = logging.getLogger("hubbot")
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def _size_arg(text: str) -> int:
+    """Bytes from '2000000000', '2GB', '500MB' or '1.5GiB'."""
+    units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
+    t = text.strip().lower()
+    for suffix, mult in units.items():
+        if t.endswith(suffix):
+            try:
+                return int(float(t[: -len(suffix)]) * mult)
+            except ValueError:
+                break
+    try:
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB") from None
+
+
+def _read_recipe(path: str):
+    from .recipe import parse
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe {path}: {exc.strerror}") from None
+    return parse(text)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .plan import build
+
+    recipe = _read_recipe(args.recipe)
+    try:
+        plan = build(recipe)
+    except PlanError as exc:
+        print(f"recipe {args.recipe}: invalid", file=sys.stderr)
+        for p in exc.problems:
+            print(f"problem: {p}", file=sys.stderr)
+        return 1
+    print(plan.summary())
+    return 1 if plan.problems else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from . import engine
+    from .plan import build
+
+    recipe = _read_recipe(args.recipe)
+    plan = build(recipe)
+    plan.raise_for_problems()
+    bar = None
+    if sys.stderr.isatty() and not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.output_bytes, unit="B", unit_scale=True, desc="merging")
+
+    def progress(p: engine.Progress) -> None:
+        if bar is not None:
+            bar.n = p.bytes_done
+            bar.set_postfix_str(f"{p.tensors_done}/{p.tensors_total} tensors", refresh=False)
+            bar.refresh()
+
+    try:
+        result = engine.run(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
+          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hubbot", description="Merge LLM weights, locally or on the Hugging Face Hub.")
+    parser.add_argument("--version", action="version", version=f"hubbot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a recipe and print the merge plan (reads headers only)")
+    p.add_argument("recipe", help="recipe YAML file, or - for standard input")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("merge", help="run a recipe and write the merged model")
+    p.add_argument("recipe", help="recipe YAML file, or - for standard input")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except HubbotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The streaming merge: read a few tensors, merge them on the device, write, repeat.
+
+Memory holds only the tensors in flight (the current one and the next ones being prefetched
+on a thread), whatever the model size. Elementwise methods go further and merge a large
+tensor block of rows by block, reading only those rows. The output is written into
+`<out>.partial` and renamed into place when complete, so a failed merge leaves no output
+that looks finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import Cancelled, MergeError
+from .io import DTYPES, TORCH_NAMES
+from .plan import Plan, TensorTask
+from .writer import DEFAULT_SHARD_BYTES, ShardWriter
+
+CHUNK_BYTES = 64 << 20  # float32 bytes of one block when merging elementwise
+PREFETCH = 2
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+SIDE_FILES = ("generation_config.json",)
+
+
+@dataclass
+class Progress:
+    tensors_done: int
+    tensors_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    files: list[Path]
+    seconds: float
+    device: str
+    bytes_read: int
+    bytes_written: int
+    tensors: int
+    resumed_shards: int = 0
+    side_files: list[str] = field(default_factory=list)
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` if given, else CUDA when present, else the CPU."""
+    if name and name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise MergeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A task, or a block of its rows [rows[0], rows[1])."""
+
+    task: TensorTask
+    rows: tuple[int, int] | None
+
+
+def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
+    units = []
+    for task in plan.tasks:
+        if writer.is_done(task.name):
+            continue
+        numel = task.nbytes // DTYPES[task.dtype].itemsize
+        if plan.method.elementwise and not task.copy and len(task.shape) > 1 and numel * 4 > chunk_bytes:
+            row = max(1, numel // task.shape[0])
+            step = max(1, chunk_bytes // (4 * row))
+            units += [_Unit(task, (a, min(a + step, task.shape[0]))) for a in range(0, task.shape[0], step)]
+        else:
+            units.append(_Unit(task, None))
+    return units
+
+
+def run(
+    plan: Plan,
+    out: Path,
+    *,
+    device: str | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_shard: Callable[[Path], None] | None = None,
+    resume: bool = False,
+    keep_partial: bool = False,
+) -> RunResult:
+    """Merge `plan` into the folder `out` and return what was written.
+
+    `resume` keeps shards that an interrupted run with the same plan completed;
+    `keep_partial` leaves `<out>.partial` behind on failure so a later run can resume.
+    """
+    plan.raise_for_problems()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise MergeError(f"{out} already exists and is not empty; choose a new --out folder or remove it")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not resume:
+        shutil.rmtree(partial)
+    dev = pick_device(device)
+    started = time.monotonic()
+    writer = ShardWriter(partial, plan.tasks, shard_bytes, on_shard=on_shard, resume=resume)
+    resumed = sum(1 for s in writer.shards if s.done)
+    try:
+        bytes_read = _merge(plan, writer, dev, chunk_bytes, progress, cancel)
+        files = writer.close()
+        side = _write_side_files(plan, partial)
+    except BaseException:
+        writer.abort()
+        if not keep_partial:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    partial.rename(out)
+    return RunResult(
+        folder=out,
+        files=[out / f.name for f in files],
+        seconds=time.monotonic() - started,
+        device=str(dev),
+        bytes_read=bytes_read,
+        bytes_written=writer.total_size,
+        tensors=len(plan.tasks),
+        resumed_shards=resumed,
+        side_files=side,
+    )
+
+
+def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
+           progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> int:
+    """Run every unit with reads prefetched on a thread; returns the bytes read."""
+    units = _units(plan, writer, chunk_bytes)
+    total = len(plan.tasks)
+    done_tensors = total - len({u.task.name for u in units})
+    done_bytes = writer.total_size - sum(_unit_bytes(u) for u in units)
+    bytes_read = 0
+    method = plan.method
+    in_dtype = TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None
+
+    def fetch(unit: _Unit) -> list[torch.Tensor]:
+        t = unit.task
+        order = ([t.base] if t.base else []) + list(t.inputs)
+        return [plan.sources[i.source].read(i.name, unit.rows) for i in order]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool:
+        queue: list[Future] = [pool.submit(fetch, u) for u in units[:PREFETCH]]
+        for k, unit in enumerate(units):
+            if cancel is not None and cancel.is_set():
+                for f in queue:
+                    f.cancel()
+                raise Cancelled("the merge was cancelled")
+            raw = queue.pop(0).result()
+            if k + PREFETCH < len(units):
+                queue.append(pool.submit(fetch, units[k + PREFETCH]))
+            bytes_read += sum(x.numel() * x.element_size() for x in raw)
+            task = unit.task
+            result = raw[-1] if task.copy else _compute(method, task, raw, dev, in_dtype)
+            row_offset = 0
+            if unit.rows is not None:
+                row_offset = unit.rows[0] * (task.nbytes // task.shape[0])
+            writer.write(task.name, result, row_offset)
+            done_bytes += result.numel() * result.element_size()
+            if unit.rows is None or unit.rows[1] == task.shape[0]:
+                done_tensors += 1
+            if progress:
+                progress(Progress(done_tensors, total, done_bytes, writer.total_size))
+    return bytes_read
+
+
+def _unit_bytes(unit: _Unit) -> int:
+    if unit.rows is None:
+        return unit.task.nbytes
+    return (unit.rows[1] - unit.rows[0]) * (unit.task.nbytes // unit.task.shape[0])
+
+
+def _compute(method, task: TensorTask, raw: list[torch.Tensor], dev: torch.device,
+             in_dtype: torch.dtype | None) -> torch.Tensor:
+    """Cast inputs (recipe dtype first, as the format defines), merge in float32, check, cast out."""
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        if in_dtype is not None:
+            x = x.to(in_dtype)
+        return x.to(device=dev, dtype=torch.float32)
+
+    tensors = [prep(x) for x in raw]
+    base = tensors.pop(0) if task.base else None
+    try:
+        out = method.kernel(base, tensors, task.params)
+    except torch.OutOfMemoryError:
+        raise MergeError(f"tensor '{task.name}': out of {dev.type} memory while merging; "
+                         "try --device cpu or a machine with more memory") from None
+    if not bool(torch.isfinite(out).all()):
+        raise MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
+                         "of this tensor (weights summing to zero, extreme lambda) and the input models")
+    return out.to(DTYPES[task.dtype]).cpu()
+
+
+def _write_side_files(plan: Plan, folder: Path) -> list[str]:
+    """config.json, tokenizer and generation files, and the recipe as mergekit_config.yml."""
+    import json
+
+    written = ["config.json", "mergekit_config.yml"]
+    (folder / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
+    (folder / "mergekit_config.yml").write_text(plan.recipe.text if plan.recipe.text.endswith("\n")
+                                                else plan.recipe.text + "\n")
+    tok = plan.tokenizer_source
+    if tok is not None:
+        have = set(tok.files())
+        for name in TOKENIZER_FILES:
+            if name in have:
+                (folder / name).write_bytes(tok.read_file(name))
+                written.append(name)
+    ref = plan.sources[0]
+    have = set(ref.files())
+    for name in SIDE_FILES:
+        if name in have:
+            (folder / name).write_bytes(ref.read_file(name))
+            written.append(name)
+    return written

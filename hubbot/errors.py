@@ -1,0 +1,42 @@
+"""Typed errors. Every message names the field, model or tensor at fault and what to do."""
+
+from __future__ import annotations
+
+
+class HubbotError(Exception):
+    """Base of every error hubbot raises on purpose; the CLI prints these without a traceback."""
+
+
+class RecipeError(HubbotError):
+    """The recipe text is malformed or asks for something hubbot cannot do.
+
+    `problems` holds every issue found, so a user fixes them all in one round.
+    """
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(
+            self.problems[0]
+            if len(self.problems) == 1
+            else "the recipe has problems:\n" + "\n".join(f"- {p}" for p in self.problems)
+        )
+
+
+class PlanError(HubbotError):
+    """The models named by a valid recipe cannot be merged as asked (shapes, layers, tensors)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("the merge cannot be planned:\n" + "\n".join(f"- {p}" for p in self.problems))
+
+
+class SourceError(HubbotError):
+    """A model could not be opened or read: missing path or repo, bad token, unsupported weights."""
+
+
+class MergeError(HubbotError):
+    """A merge failed while running (non-finite output, disk full, cancelled)."""
+
+
+class Cancelled(MergeError):
+    """The merge was cancelled on request; nothing partial is published."""

@@ -1,0 +1,119 @@
+"""The safetensors format, read and written without mmap-ing whole files.
+
+A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
+(`{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}`) and the data;
+offsets count from byte 8 + n. So one tensor, or a block of its rows, is one byte range:
+the same code reads local files (pread) and Hub files (HTTP ranges).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from .errors import SourceError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+TORCH_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+}
+FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+HEADER_PROBE = 100_000  # the first read of a file: holds the whole header in practice
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor's bytes live: `offset` is absolute within `file`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+    offset: int
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype].itemsize
+
+    def row_range(self, start: int, stop: int) -> tuple[int, int]:
+        """Byte offset and length of rows [start, stop) along the first axis."""
+        row = self.nbytes // self.shape[0] if self.shape and self.shape[0] else self.nbytes
+        return self.offset + start * row, (stop - start) * row
+
+
+def header_length(first8: bytes, file: str) -> int:
+    if len(first8) < 8:
+        raise SourceError(f"{file}: too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", first8[:8])
+    if n > MAX_HEADER:
+        raise SourceError(f"{file}: safetensors header of {n} bytes is implausible; the file is damaged")
+    return n
+
+
+def parse_header(raw: bytes, file: str, label: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Tensor infos and `__metadata__` from the header JSON `raw` (the bytes after the length).
+
+    `file` is the path within the model; `label` names the model in errors."""
+    try:
+        header = json.loads(raw)
+    except ValueError as exc:
+        raise SourceError(f"{label}/{file}: the safetensors header is not valid JSON ({exc})") from None
+    base = 8 + len(raw)
+    meta = header.pop("__metadata__", None) or {}
+    infos = {}
+    for name, entry in header.items():
+        code = entry.get("dtype")
+        if code not in DTYPES:
+            raise SourceError(f"{label}/{file}: tensor '{name}' has dtype {code!r}, which hubbot cannot read")
+        begin, end = entry["data_offsets"]
+        infos[name] = TensorInfo(name, code, tuple(entry["shape"]), file, base + begin, end - begin)
+    return infos, meta
+
+
+def decode(buf: bytearray | memoryview, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """A tensor over `buf` without copying (rows: a block along the first axis)."""
+    shape = info.shape if rows is None else (rows[1] - rows[0], *info.shape[1:])
+    if math.prod(shape) == 0:
+        return torch.empty(shape, dtype=DTYPES[info.dtype])
+    return torch.frombuffer(buf, dtype=DTYPES[info.dtype]).reshape(shape)
+
+
+def to_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a contiguous CPU tensor, without a copy."""
+    flat = tensor.contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def build_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> tuple[bytes, list[int]]:
+    """Header bytes (length prefix included, padded to 8) and each entry's absolute offset.
+
+    `entries` are (name, dtype code, shape, nbytes) in file order.
+    """
+    header: dict[str, object] = {"__metadata__": metadata}
+    pos = 0
+    starts = []
+    for name, code, shape, nbytes in entries:
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        starts.append(pos)
+        pos += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    prefix = struct.pack("<Q", len(raw)) + raw
+    return prefix, [len(prefix) + s for s in starts]

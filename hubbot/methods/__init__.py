@@ -1,0 +1,168 @@
+"""The merge-method registry.
+
+A method is a pure kernel `(base, tensors, params) -> tensor` plus a declaration of what it
+needs. Each lives in its own small module here and calls `register`; every module in this
+package is imported on first use, so adding a method is adding one file.
+
+Kernels receive float32 tensors on the merge device; per-model parameters arrive as lists
+aligned with `tensors`, shared ones as scalars, and seeded methods get `params["seed"]`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..recipe import Recipe
+
+Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]], "torch.Tensor"]
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter. `per_model` ones may differ per input model (weight, density)."""
+
+    name: str
+    kind: type = float
+    default: Any = REQUIRED
+    per_model: bool = False
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    doc: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """Why one scalar value is not allowed, or None."""
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"{value} is outside {self.range_text()}"
+        if self.high is not None and value > self.high:
+            return f"{value} is outside {self.range_text()}"
+        return None
+
+    def range_text(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open or self.low is None else '['}{lo}, {hi}]"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A merge method's declaration and kernel.
+
+    base: "required" (task vectors are measured from it), "optional", or "none".
+    models: (fewest, most) inputs counting the base; most None means no limit.
+    elementwise: each output element depends only on the same element of the inputs, so the
+    engine may merge a large tensor block by block to bound memory.
+    """
+
+    name: str
+    kernel: Kernel
+    title: str
+    summary: str
+    paper: str = ""
+    base: Literal["required", "optional", "none"] = "none"
+    params: tuple[Param, ...] = ()
+    models: tuple[int, int | None] = (1, None)
+    elementwise: bool = False
+    seeded: bool = False
+    check: Callable[[dict[str, Any]], str | None] | None = None
+    aliases: tuple[str, ...] = field(default=())
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"merge method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _load_all() -> None:
+    if not _REGISTRY:
+        for mod in pkgutil.iter_modules(__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def all_methods() -> dict[str, Method]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> Method:
+    """The method called `name`; a typo gets the closest names in the error."""
+    methods = all_methods()
+    if name in methods:
+        return methods[name]
+    normalized = name.strip().lower().replace("-", "_").replace(" ", "_")
+    hint = [normalized] if normalized in methods else difflib.get_close_matches(normalized, methods, n=2)
+    tip = f"did you mean {' or '.join(repr(h) for h in hint)}? " if hint else ""
+    raise KeyError(f"unknown merge method {name!r}; {tip}known methods: {', '.join(methods)}")
+
+
+def check_recipe(recipe: "Recipe") -> list[str]:
+    """Method-level checks that need no model: base, input count, parameter names and ranges."""
+    try:
+        method = get(recipe.merge_method)
+    except KeyError as exc:
+        return [f"merge_method: {exc.args[0]}"]
+    problems: list[str] = []
+    has_base = recipe.base_model is not None
+    if method.base == "required" and not has_base:
+        problems.append(f"base_model: merge_method '{method.name}' needs a base_model "
+                        "(the model the others are compared with); add one")
+    if recipe.models is not None:
+        count = len({m.model for m in recipe.models} | ({recipe.base_model} if has_base and method.base != "none" else set()))
+        problems += _count_problem(method, "models", count)
+    for i, s in enumerate(recipe.slices or ()):
+        problems += _count_problem(method, f"slices[{i}].sources", len(s.sources) + (
+            1 if has_base and method.base != "none" and recipe.base_model not in {x.model for x in s.sources} else 0))
+
+    scopes: list[tuple[str, dict]] = [("parameters", recipe.parameters)]
+    scopes += [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(recipe.models or ())]
+    for i, s in enumerate(recipe.slices or ()):
+        scopes.append((f"slices[{i}].parameters", s.parameters))
+        scopes += [(f"slices[{i}].sources[{j}].parameters", src.parameters) for j, src in enumerate(s.sources)]
+    from ..recipe import scalars_of
+
+    known = [p.name for p in method.params]
+    for path, scope in scopes:
+        for name, value in scope.items():
+            param = method.param(name)
+            if param is None:
+                hint = difflib.get_close_matches(name, known, n=1)
+                tip = f"did you mean '{hint[0]}'? " if hint else ""
+                allowed = ", ".join(known) if known else "none"
+                problems.append(f"{path}.{name}: '{method.name}' has no parameter '{name}'; {tip}its parameters: {allowed}")
+                continue
+            for scalar in scalars_of(value):
+                why = param.check(scalar)
+                if why:
+                    problems.append(f"{path}.{name}: {why}")
+                    break
+    return problems
+
+
+def _count_problem(method: Method, path: str, count: int) -> list[str]:
+    low, high = method.models
+    if count < low or (high is not None and count > high):
+        want = f"exactly {low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
+        base_note = " counting the base model" if method.base != "none" else ""
+        return [f"{path}: merge_method '{method.name}' takes {want} models{base_note}, got {count}"]
+    return []

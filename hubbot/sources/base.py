@@ -1,0 +1,99 @@
+"""What every model source answers: its config, its files, its tensors and their bytes.
+
+Local folders and Hub repos differ only in how bytes arrive; planning and the engine see
+this interface alone.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+
+import torch
+
+from ..errors import SourceError
+from ..io import TensorInfo, decode
+from ..recipe import ModelRef
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+BIN_INDEX_FILE = "pytorch_model.bin.index.json"
+BIN_FILE = "pytorch_model.bin"
+
+
+class Source(ABC):
+    """One model's weights and side files. `revision` is the pinned commit for Hub sources."""
+
+    def __init__(self, ref: ModelRef):
+        self.ref = ref
+        self.revision: str | None = None
+        self._config: dict | None = None
+        self._tensors: dict[str, TensorInfo] | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.ref)
+
+    @abstractmethod
+    def files(self) -> list[str]:
+        """Every file path in the model, relative to its root."""
+
+    @abstractmethod
+    def read_file(self, path: str) -> bytes:
+        """A whole (small) file such as config.json or tokenizer.json."""
+
+    @abstractmethod
+    def read_range(self, path: str, offset: int, length: int) -> bytearray:
+        """`length` bytes of a file from `offset`."""
+
+    @abstractmethod
+    def _load_tensor_infos(self) -> dict[str, TensorInfo]:
+        """Read headers only: names, dtypes, shapes and byte positions."""
+
+    def config(self) -> dict:
+        if self._config is None:
+            if "config.json" not in self.files():
+                raise SourceError(f"{self.label}: has no config.json; is it a transformers model?")
+            try:
+                self._config = json.loads(self.read_file("config.json"))
+            except ValueError as exc:
+                raise SourceError(f"{self.label}: config.json is not valid JSON ({exc})") from None
+        return self._config
+
+    def tensors(self) -> dict[str, TensorInfo]:
+        if self._tensors is None:
+            self._tensors = self._load_tensor_infos()
+        return self._tensors
+
+    def weight_files(self) -> list[str]:
+        """The safetensors shards that hold the weights, from the index when there is one."""
+        files = self.files()
+        if INDEX_FILE in files:
+            try:
+                index = json.loads(self.read_file(INDEX_FILE))
+                return sorted(set(index["weight_map"].values()))
+            except (ValueError, KeyError) as exc:
+                raise SourceError(f"{self.label}: {INDEX_FILE} is damaged ({exc})") from None
+        if SINGLE_FILE in files:
+            return [SINGLE_FILE]
+        shards = sorted(f for f in files if f.endswith(".safetensors") and "/" not in f)
+        if shards:
+            return shards
+        if BIN_FILE in files or BIN_INDEX_FILE in files:
+            raise SourceError(
+                f"{self.label}: holds only pickled .bin weights; convert it to safetensors "
+                "(hubbot reads pickles only from local folders, with torch.load(weights_only=True))"
+            )
+        raise SourceError(f"{self.label}: has no safetensors weights")
+
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """One tensor (or a block of its rows) in its stored dtype, on the CPU."""
+        info = self.tensors()[name]
+        if rows is None:
+            offset, length = info.offset, info.nbytes
+        else:
+            offset, length = info.row_range(*rows)
+        return decode(self.read_range(info.file, offset, length), info, rows)
+
+    def close(self) -> None:
+        """Release open files or connections."""

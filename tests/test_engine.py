@@ -1,0 +1,211 @@
+"""The engine end to end on tiny models: outputs load in transformers, problems are found from
+headers, failures leave no partial output, seeds reproduce, memory stays bounded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubbot import engine
+from hubbot.errors import MergeError, PlanError
+from hubbot.plan import build
+from hubbot.recipe import parse
+from tests.models import load_state
+
+
+def merge(text: str, out: Path, **kw) -> engine.RunResult:
+    return engine.run(build(parse(text)), out, device="cpu", **kw)
+
+
+def forward_is_finite(folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("model merging combines weights", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert torch.isfinite(logits).all()
+    assert logits.shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2_sharded", "gpt2", "llama_tied"])
+def test_merged_models_load_and_run(families, tmp_path, family):
+    base, ft1, ft2 = families(family)
+    res = merge(f"""merge_method: ties
+base_model: {base}
+models:
+  - {{model: {ft1}, parameters: {{weight: 0.5, density: 0.6}}}}
+  - {{model: {ft2}, parameters: {{weight: 0.5, density: 0.6}}}}
+dtype: bfloat16
+""", tmp_path / "out", shard_bytes=120_000)
+    names = {p.name for p in res.folder.iterdir()}
+    assert {"config.json", "mergekit_config.yml", "tokenizer.json", "model.safetensors.index.json"} <= names
+    index = json.loads((res.folder / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(load_state(res.folder))
+    src_names = set(load_state(base))
+    assert set(load_state(res.folder)) == src_names, "tied models must not grow an lm_head"
+    forward_is_finite(res.folder)
+
+
+def test_frankenmerge_config_and_layers(families, tmp_path):
+    base, ft1, _ = families("qwen2")
+    res = merge(f"""merge_method: passthrough
+slices:
+  - sources: [{{model: {base}, layer_range: [0, 4]}}]
+  - sources: [{{model: {ft1}, layer_range: [2, 4]}}]
+""", tmp_path / "out")
+    cfg = json.loads((res.folder / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 6
+    if "layer_types" in cfg:
+        assert len(cfg["layer_types"]) == 6
+    state, src = load_state(res.folder), load_state(ft1)
+    assert torch.equal(state["model.layers.5.mlp.up_proj.weight"], src["model.layers.3.mlp.up_proj.weight"])
+    forward_is_finite(res.folder)
+
+
+def test_plan_reports_all_mismatches_before_reading_weights(families, tmp_path):
+    llama, qwen = families("llama")[0], families("qwen2")[1]
+    deep = families("llama_deep")[0]
+    plan = build(parse(f"merge_method: linear\nmodels: [{{model: {llama}, parameters: {{weight: 1}}}}, "
+                       f"{{model: {deep}, parameters: {{weight: 1}}}}]\n"))
+    assert any("different numbers of layers" in p and "use 'slices'" in p for p in plan.problems)
+    plan = build(parse(f"merge_method: linear\nmodels: [{{model: {llama}, parameters: {{weight: 1}}}}, "
+                       f"{{model: {qwen}, parameters: {{weight: 1}}}}]\n"))
+    assert any("different architectures" in p for p in plan.problems)
+    assert any("tensors are not in the output" in w for w in plan.warnings)
+    plan = build(parse(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {llama}, layer_range: [0, 9]}}]\n"))
+    assert any("slices[0].sources[0].layer_range: [0, 9] goes past" in p for p in plan.problems)
+    with pytest.raises(PlanError):
+        plan.raise_for_problems()
+    with pytest.raises(PlanError) as exc:
+        build(parse(f"merge_method: linear\nmodels: [{{model: {tmp_path / 'nope'}}}]\n"))
+    assert "no such folder" in str(exc.value)
+
+
+def test_missing_required_parameter(families):
+    base, ft1, _ = families("llama")
+    plan = build(parse(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {ft1}}}]\n"))
+    assert any("parameter 'weight' is required" in p and str(ft1) in p for p in plan.problems)
+
+
+def test_non_finite_output_is_an_error_and_leaves_nothing(families, tmp_path):
+    base, ft1, _ = families("llama")
+    text = (f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {ft1}, parameters: {{weight: 1}}}}]\n"
+            "parameters: {lambda: 1.0e+39}\ndtype: float32\n")
+    with pytest.raises(MergeError, match="NaN or Inf"):
+        merge(text, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_dare_is_seeded_and_keeps_density(families, tmp_path):
+    base, ft1, ft2 = families("llama_f32")
+    text = f"""merge_method: dare_linear
+base_model: {base}
+models:
+  - {{model: {ft1}, parameters: {{weight: 1.0, density: 0.3}}}}
+random_seed: 7
+dtype: float32
+"""
+    a = load_state(merge(text, tmp_path / "a").folder)
+    b = load_state(merge(text, tmp_path / "b").folder)
+    c = load_state(merge(text.replace("random_seed: 7", "random_seed: 8"), tmp_path / "c").folder)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    bs, fs = load_state(base), load_state(ft1)
+    name = "model.layers.1.mlp.down_proj.weight"
+    delta, kept = fs[name] - bs[name], a[name] - bs[name]
+    nonzero = kept.abs() > 0
+    assert abs(nonzero.float().mean().item() - 0.3) < 0.02
+    ratio = kept[nonzero] / delta[nonzero]
+    assert torch.allclose(ratio, torch.full_like(ratio, 1 / 0.3), rtol=1e-4)
+
+
+def test_elementwise_blocks_match_whole_tensors(families, tmp_path):
+    base, ft1, ft2 = families("llama_f32")
+    text = f"merge_method: linear\nmodels: [{{model: {base}, parameters: {{weight: 1}}}}, {{model: {ft1}, parameters: {{weight: 2}}}}]\n"
+    whole = load_state(merge(text, tmp_path / "a").folder)
+    blocks = load_state(merge(text, tmp_path / "b", chunk_bytes=4096).folder)
+    assert all(torch.equal(whole[k], blocks[k]) for k in whole)
+
+
+def test_resume_keeps_finished_shards(families, tmp_path):
+    base, ft1, _ = families("llama")
+    text = f"merge_method: linear\nmodels: [{{model: {base}, parameters: {{weight: 1}}}}, {{model: {ft1}, parameters: {{weight: 1}}}}]\n"
+    plan = build(parse(text))
+    shards: list[Path] = []
+
+    def stop_after_first(path: Path) -> None:
+        shards.append(path)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(plan, tmp_path / "out", shard_bytes=100_000, on_shard=stop_after_first, keep_partial=True)
+    assert (tmp_path / "out.partial" / shards[0].name).exists()
+    res = engine.run(build(parse(text)), tmp_path / "out", shard_bytes=100_000, resume=True)
+    assert res.resumed_shards == 1
+    fresh = load_state(merge(text, tmp_path / "fresh", shard_bytes=100_000).folder)
+    got = load_state(res.folder)
+    assert all(torch.equal(got[k], fresh[k]) for k in fresh)
+
+
+def test_cli_validate_and_merge(families, tmp_path):
+    base, ft1, _ = families("llama")
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"merge_method: slerp\nbase_model: {base}\nmodels: [{{model: {base}}}, {{model: {ft1}}}]\n"
+                      "parameters: {t: [0, 1]}\n")
+    cli = [sys.executable, "-m", "hubbot.cli"]
+    out = subprocess.run(cli + ["validate", str(recipe)], capture_output=True, text=True)
+    assert out.returncode == 0 and "method: slerp" in out.stdout and "output:" in out.stdout
+    out = subprocess.run(cli + ["merge", str(recipe), "--out", str(tmp_path / "m"), "--shard-size", "200KB"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "m").glob("*.safetensors"))) >= 2
+    bad = tmp_path / "bad.yml"
+    bad.write_text("merge_method: slerpp\nmodels: [{model: org/a}]\n")
+    out = subprocess.run(cli + ["merge", str(bad), "--out", str(tmp_path / "n")], capture_output=True, text=True)
+    assert out.returncode == 2 and "did you mean 'slerp'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "n").exists()
+
+
+def test_pickled_weights_load_only_safely(tmp_path, families):
+    from safetensors.torch import load_file
+
+    base = families("llama")[0]
+    pick = tmp_path / "pickled"
+    pick.mkdir()
+    for f in base.iterdir():
+        if f.suffix != ".safetensors":
+            (pick / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(base / "model.safetensors"), pick / "pytorch_model.bin")
+    res = merge(f"merge_method: linear\nmodels: [{{model: {pick}, parameters: {{weight: 1}}}}]\n", tmp_path / "out")
+    assert torch.equal(load_state(res.folder)["model.norm.weight"], load_file(base / "model.safetensors")["model.norm.weight"])
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text((base / "config.json").read_text())
+    torch.save({"x": Evil()}, evil / "pytorch_model.bin", _use_new_zipfile_serialization=True)
+    with pytest.raises(PlanError, match="could not be loaded safely"):
+        build(parse(f"merge_method: linear\nmodels: [{{model: {evil}, parameters: {{weight: 1}}}}]\n"))
+
+
+def test_quantized_models_are_refused(tmp_path, families):
+    base = families("llama")[0]
+    q = tmp_path / "q"
+    q.mkdir()
+    for f in base.iterdir():
+        (q / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((q / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (q / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PlanError, match=r"is quantized \(gptq\)"):
+        build(parse(f"merge_method: linear\nmodels: [{{model: {q}, parameters: {{weight: 1}}}}]\n"))
