@@ -208,13 +208,15 @@ def _compute(method, task: TensorTask, raw: list[torch.Tensor], dev: torch.devic
 
 
 def _write_side_files(plan: Plan, folder: Path) -> list[str]:
-    """config.json, tokenizer and generation files, and the recipe as mergekit_config.yml."""
+    """config.json, tokenizer and generation files, and the recipe (mergekit_config.yml, or
+    mergekit_moe_config.yml for a mixture of experts)."""
     import json
 
-    written = ["config.json", "mergekit_config.yml"]
+    recipe_file = plan.recipe.FILE_NAME
+    written = ["config.json", recipe_file]
     (folder / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
-    (folder / "mergekit_config.yml").write_text(plan.recipe.text if plan.recipe.text.endswith("\n")
-                                                else plan.recipe.text + "\n")
+    (folder / recipe_file).write_text(plan.recipe.text if plan.recipe.text.endswith("\n")
+                                      else plan.recipe.text + "\n")
     tok = plan.tokenizer_source
     if tok is not None:
         have = set(tok.files())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import arch, methods
 from .errors import PlanError, SourceError
@@ -18,6 +18,9 @@ from .io import DTYPES, FLOAT_CODES, TensorInfo
 from .methods import REQUIRED, Method
 from .recipe import ModelRef, Params, Recipe, evaluate
 from .sources import Source, open_source
+
+if TYPE_CHECKING:
+    from .moe_recipe import MoeRecipe
 
 DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 CODE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
@@ -60,9 +63,10 @@ class TensorTask:
 
 @dataclass
 class Plan:
-    """A merge, fully resolved against the models' headers."""
+    """A merge, fully resolved against the models' headers. (A mixture-of-experts recipe
+    plans into the same shape: see hubbot.moe.)"""
 
-    recipe: Recipe
+    recipe: "Recipe | MoeRecipe"
     method: Method
     sources: list[Source]
     tasks: list[TensorTask]
@@ -153,9 +157,16 @@ Opener = Callable[[ModelRef], Source]
 def build(recipe: Recipe, *, opener: Opener | None = None) -> Plan:
     """Resolve a recipe against its models' headers. Problems are collected in `plan.problems`;
     a model that cannot be opened at all raises SourceError naming it."""
-    opener = opener or open_source
     method = methods.get(recipe.merge_method)
-    refs = recipe.model_refs()
+    sources = open_sources(recipe.model_refs(), opener)
+    index = {s.ref: i for i, s in enumerate(sources)}
+    return _Planner(recipe, method, sources, index).build()
+
+
+def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Source]:
+    """Open each model and read its config and headers; PlanError lists every model that
+    cannot be opened or holds quantized weights."""
+    opener = opener or open_source
     sources: list[Source] = []
     problems: list[str] = []
     for ref in refs:
@@ -169,14 +180,13 @@ def build(recipe: Recipe, *, opener: Opener | None = None) -> Plan:
         sources.append(src)
     if problems:
         raise PlanError(problems)
-    index = {s.ref: i for i, s in enumerate(sources)}
     for s in sources:
         why = arch.quantization_problem(s.config(), list(s.tensors()))
         if why:
             problems.append(f"{s.label} {why}")
     if problems:
         raise PlanError(problems)
-    return _Planner(recipe, method, sources, index).build()
+    return sources
 
 
 class _Planner:

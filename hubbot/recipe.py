@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -158,6 +158,8 @@ class TokenizerSpec:
 class Recipe:
     """A parsed, checked merge recipe. `text` keeps the YAML exactly as submitted."""
 
+    FILE_NAME: ClassVar[str] = "mergekit_config.yml"  # how the output folder stores the recipe
+
     merge_method: str
     text: str
     base_model: ModelRef | None = None
@@ -174,8 +176,7 @@ class Recipe:
     @property
     def hash(self) -> str:
         """Stable identity of what the recipe asks for (whitespace and comments ignored)."""
-        canonical = yaml.safe_dump(yaml.safe_load(self.text), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return text_hash(self.text)
 
     def model_refs(self) -> list[ModelRef]:
         """Every model the recipe reads, deduplicated, in recipe order, base first if set."""
@@ -266,6 +267,30 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def text_hash(text: str) -> str:
+    """sha256 of a YAML document's content, whitespace and comments ignored."""
+    canonical = yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_yaml(text: str, what: str = "recipe") -> Any:
+    """The YAML tree of a recipe-like text, size-limited, with the error's line and column."""
+    if len(text.encode()) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"the {what} is {len(text.encode())} bytes; the limit is {MAX_RECIPE_BYTES} bytes")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"the {what} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def kind_of(text: str) -> Literal["merge", "moe"]:
+    """Which recipe kind a text is: a merge, or a mixture of experts (it lists `experts:`)."""
+    data = load_yaml(text)
+    return "moe" if isinstance(data, dict) and "experts" in data else "merge"
+
+
 def parse(text: str, *, allow_local: bool = True) -> Recipe:
     """Parse and check a recipe; raise RecipeError listing every problem found.
 
@@ -274,18 +299,12 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     """
     from .methods import check_recipe
 
-    if len(text.encode()) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"the recipe is {len(text.encode())} bytes; the limit is {MAX_RECIPE_BYTES} bytes")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"the recipe is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = load_yaml(text)
     if not isinstance(data, dict):
         raise RecipeError("the recipe must be a YAML mapping with at least 'merge_method' and 'models' or 'slices'")
     if "experts" in data:
-        raise RecipeError("mixture-of-experts recipes (with 'experts:') are not supported by 'merge' yet")
+        raise RecipeError("this is a mixture-of-experts recipe (it lists 'experts:'); run it with 'hubbot moe' "
+                          "or parse it with hubbot.moe_recipe.parse_moe")
 
     c = _Checker(allow_local)
     c.unknown_keys("", data, TOP_LEVEL_FIELDS)
