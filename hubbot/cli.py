@@ -1,4 +1,5 @@
-"""The `hubbot` command line: validate and merge recipes, and run the service."""
+"""The `hubbot` command line: validate and merge recipes (merges and mixtures of experts),
+evaluate models, cook greedy soups, search recipes, and run the service."""
 
 from __future__ import annotations
 
@@ -31,22 +32,36 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB") from None
 
 
-def _read_recipe(path: str):
-    from .recipe import parse
-
+def _read_text(path: str, what: str = "recipe") -> str:
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
-        raise RecipeError(f"cannot read the recipe {path}: {exc.strerror}") from None
-    return parse(text)
+        raise RecipeError(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
+def _plan_any(path: str, only: str | None = None):
+    """The plan of a merge or a mixture-of-experts recipe, whichever the file holds (`only`:
+    refuse the other kind)."""
+    from .recipe import kind_of, parse
+
+    text = _read_text(path)
+    kind = kind_of(text)
+    if only and kind != only:
+        raise RecipeError(f"{path} is a merge recipe, not a mixture of experts (it has no 'experts:'); "
+                          "run it with 'hubbot merge'")
+    if kind == "moe":
+        from . import moe
+        from .moe_recipe import parse_moe
+
+        return moe.build(parse_moe(text))
+    from .plan import build
+
+    return build(parse(text))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .plan import build
-
-    recipe = _read_recipe(args.recipe)
     try:
-        plan = build(recipe)
+        plan = _plan_any(args.recipe)
     except PlanError as exc:
         print(f"recipe {args.recipe}: invalid", file=sys.stderr)
         for p in exc.problems:
@@ -57,12 +72,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
     from . import engine
-    from .plan import build
 
-    recipe = _read_recipe(args.recipe)
-    plan = build(recipe)
+    plan = _plan_any(args.recipe, only=args.only)
     plan.raise_for_problems()
+    write = engine.run
+    if plan.method.name == "moe":
+        from . import moe
+
+        write = moe.run_plan
     bar = None
     if sys.stderr.isatty() and not args.quiet:
         from tqdm import tqdm
@@ -76,12 +95,68 @@ def cmd_merge(args: argparse.Namespace) -> int:
             bar.refresh()
 
     try:
-        result = engine.run(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
+        result = write(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
     finally:
         if bar is not None:
             bar.close()
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
           f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}")
+    return 0
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval", required=True, metavar="TEXTS",
+                   help="held-out texts: a .txt (one document per line), .jsonl, .json or .parquet file, "
+                        "or hf://datasets/org/name[@revision]/path/file")
+    p.add_argument("--text-field", default="text", help="the text field of .jsonl/.json/.parquet records (default text)")
+    p.add_argument("--max-documents", type=int, default=None, help="score only the first N documents")
+    p.add_argument("--max-length", type=int, default=512, help="longest window of tokens scored at once (default 512)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+
+
+def _evaluator(args: argparse.Namespace):
+    from .evaluate import Evaluator, load_texts
+
+    texts = load_texts(args.eval, text_field=args.text_field, max_documents=args.max_documents)
+    return Evaluator(texts, max_length=args.max_length, device=args.device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import card_eval_results, smoke_test, write_card_results
+
+    evaluator = _evaluator(args)
+    result = evaluator.evaluate(args.model)
+    print(f"perplexity {result.perplexity:.4f} on {evaluator.texts.name} "
+          f"({result.documents} documents, {result.tokens} tokens scored)")
+    smoke = smoke_test(args.model, args.prompt, device=args.device)
+    print(f"generation{' (chat template)' if smoke.chat_template else ''}: {smoke.prompt!r} -> {smoke.output!r}")
+    for problem in smoke.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if args.card:
+        readme = Path(args.model) / "README.md"
+        write_card_results(readme, Path(args.model).name, card_eval_results(result, evaluator.texts))
+        print(f"wrote eval_results into {readme}")
+    return 0 if smoke.ok else 1
+
+
+def cmd_soup(args: argparse.Namespace) -> int:
+    from .soup import greedy_soup
+
+    result = greedy_soup(args.candidates, _evaluator(args), Path(args.out), work_dir=args.work_dir,
+                         device=args.device, report=print)
+    print(f"soup of {len(result.ingredients)}: {', '.join(result.ingredients)}; perplexity {result.score:.4f}")
+    return 0
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    from . import evolve
+
+    out = Path(args.out)
+    work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".search")
+    result = evolve.search(_read_text(args.template, "recipe template"), _evaluator(args), out, budget=args.budget,
+                           work_dir=work, device=args.device, sigma=args.sigma, popsize=args.popsize,
+                           seed=args.seed, report=print)
+    print(f"best perplexity {result.score:.4f}; wrote {result.folder} (search state kept in {work})")
     return 0
 
 
@@ -101,7 +176,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_merge)
+    p.set_defaults(func=cmd_merge, only=None)
+
+    p = sub.add_parser("moe", help="run a mixture-of-experts recipe (experts: ...) into a Mixtral or Qwen2-MoE model")
+    p.add_argument("recipe", help="MoE recipe YAML file, or - for standard input")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_merge, only="moe")
+
+    p = sub.add_parser("evaluate", help="perplexity on held-out texts and a generation smoke test")
+    p.add_argument("model", help="model folder (or Hub id)")
+    _add_eval_args(p)
+    p.add_argument("--prompt", default="Write one sentence about the sea.", help="prompt for the generation test")
+    p.add_argument("--card", action="store_true", help="write the perplexity into MODEL/README.md as eval_results")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("soup", help="greedy soup: average the candidates that lower the perplexity")
+    p.add_argument("--candidates", nargs="+", required=True, metavar="MODEL", help="model folders or Hub ids")
+    p.add_argument("--out", required=True, help="output folder for the soup")
+    p.add_argument("--work-dir", default=None, help="where candidate soups are merged (default: a temporary folder)")
+    _add_eval_args(p)
+    p.set_defaults(func=cmd_soup)
+
+    p = sub.add_parser("evolve", help="search a recipe template's marked values with CMA-ES")
+    p.add_argument("template", help="recipe with values such as weight: {search: [0, 1]}, or - for standard input")
+    p.add_argument("--budget", type=int, required=True, help="number of candidate merges to evaluate")
+    p.add_argument("--out", required=True, help="output folder for the best merge")
+    p.add_argument("--work-dir", default=None,
+                   help="search state and candidate merges (default OUT.search); rerun to resume")
+    p.add_argument("--sigma", type=float, default=0.25, help="initial step size, as a fraction of each range")
+    p.add_argument("--popsize", type=int, default=None, help="candidates per generation (default: CMA-ES's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    _add_eval_args(p)
+    p.set_defaults(func=cmd_evolve)
     return parser
 
 

@@ -51,3 +51,11 @@ class Families:
 @pytest.fixture(scope="session")
 def families(tmp_path_factory: pytest.TempPathFactory) -> Families:
     return Families(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A base and two fine-tunes that each learned a different small text (tests/trained.py)."""
+    from tests.trained import make_trained
+
+    return make_trained(tmp_path_factory.mktemp("trained"))

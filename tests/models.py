@@ -36,13 +36,13 @@ def _config(kind: str, vocab: int, layers: int, tied: bool | None, hidden: int, 
     raise ValueError(f"unknown tiny model kind {kind!r}")
 
 
-def tokenizer(folder: Path, vocab: int = 320):
-    """A byte-level BPE tokenizer trained on CORPUS, saved in `folder` (deterministic)."""
+def tokenizer(folder: Path, vocab: int = 320, corpus: list[str] = CORPUS):
+    """A byte-level BPE tokenizer trained on `corpus`, saved in `folder` (deterministic)."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=vocab, min_frequency=1, special_tokens=["<s>", "</s>", "<pad>"],
+    bpe.train_from_iterator(corpus, vocab_size=vocab, min_frequency=1, special_tokens=["<s>", "</s>", "<pad>"],
                             show_progress=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
                                   pad_token="<pad>")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..errors import SourceError
 from ..recipe import ModelRef
 from .base import Source
 from .local import LocalSource
 
-__all__ = ["Source", "LocalSource", "open_source"]
+__all__ = ["Source", "LocalSource", "open_source", "caching_opener"]
 
 
 def open_source(ref: ModelRef, *, allow_local: bool = True, hub: object | None = None) -> Source:
@@ -21,3 +23,16 @@ def open_source(ref: ModelRef, *, allow_local: bool = True, hub: object | None =
     from .hub import HubSource
 
     return HubSource(ref, hub)
+
+
+def caching_opener(*, allow_local: bool = True, hub: object | None = None) -> Callable[[ModelRef], Source]:
+    """An opener that opens each model once, for callers that plan many merges of the same
+    models (soups, searches): headers are read, or fetched, a single time."""
+    opened: dict[ModelRef, Source] = {}
+
+    def opener(ref: ModelRef) -> Source:
+        if ref not in opened:
+            opened[ref] = open_source(ref, allow_local=allow_local, hub=hub)
+        return opened[ref]
+
+    return opener

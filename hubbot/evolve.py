@@ -1,0 +1,353 @@
+"""Evolutionary merge search: tune a recipe's parameters with CMA-ES against an evaluator.
+
+Following Akiba et al. 2024 (Evolutionary Optimization of Model Merging Recipes, arXiv:2403.13187,
+parameter-space merging), a recipe template marks the values to search and CMA-ES proposes
+them; each candidate is merged by the engine into a local work folder, scored (lower is better,
+e.g. perplexity on held-out text) and deleted, within a budget of evaluations. Nothing is
+published; the winner is merged into the output folder with its recipe and search history.
+
+A template is a recipe in which any parameter value may be a search marker:
+
+    weight: {search: [0, 1]}                 # one number in [0, 1]
+    density: {search: [0.1, 1], points: 3}   # a gradient of 3 points over the layers
+    weight: {search: [0, 2], init: 0.5}      # where the search starts (default: the middle)
+
+Resuming: the search state (work_dir/search-state.json) records, for every generation, the
+points CMA-ES asked for and their scores; no pickled optimizer state is stored. A resumed
+search rebuilds CMA-ES by replaying those generations (ask, then tell the recorded points and
+scores), which restores its mean, step size and covariance exactly, and its samples come from
+a generator seeded by (seed, generation), so a resumed search proposes what an uninterrupted one
+would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import threading
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from . import engine
+from .errors import Cancelled, HubbotError, MergeError, PlanError, RecipeError
+from .evaluate import Scorer
+from .history import SearchHistory, Trial
+from .plan import Opener, build
+from .recipe import load_yaml, parse, text_hash
+from .sources import caching_opener
+
+PAPER = "CMA-ES over recipe parameters, Akiba et al. 2024, arXiv:2403.13187"
+STATE_FILE = "search-state.json"
+STATE_FORMAT = "hubbot-evolve-state/1"
+MARKER_FIELDS = ("search", "points", "init")
+MAX_POINTS = 64
+FAILED_LOSS = 1e12  # what CMA-ES is told for a candidate that could not be merged or scored
+DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched value: at `path` in the template, `points` numbers (a gradient when > 1)
+    in [low, high]. `where` locates it in the YAML tree."""
+
+    path: str
+    low: float
+    high: float
+    points: int
+    init: tuple[float, ...]
+    where: tuple[str | int, ...]
+
+
+class Template:
+    """A recipe template with search markers; `render(x)` gives a recipe for a point x in the
+    unit cube (one coordinate per searched number)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.data = load_yaml(text, "recipe template")
+        if not isinstance(self.data, dict):
+            raise RecipeError("the recipe template must be a YAML mapping (a recipe with search markers)")
+        problems: list[str] = []
+        self.dims: list[Dim] = []
+        self._walk(self.data, "", (), problems)
+        if problems:
+            raise RecipeError(problems)
+        if not self.dims:
+            raise RecipeError("the template has nothing to search; mark values like weight: {search: [0, 1]}")
+
+    @property
+    def size(self) -> int:
+        return sum(d.points for d in self.dims)
+
+    def _walk(self, node: Any, path: str, where: tuple, problems: list[str]) -> None:
+        if isinstance(node, dict) and "search" in node:
+            dim = _marker(node, path, where, problems)
+            if dim:
+                self.dims.append(dim)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                self._walk(value, f"{path}.{key}" if path else str(key), (*where, key), problems)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                self._walk(value, f"{path}[{i}]", (*where, i), problems)
+
+    def x0(self) -> list[float]:
+        return [(v - d.low) / (d.high - d.low) for d in self.dims for v in d.init]
+
+    def values(self, x: Sequence[float]) -> dict[str, float | list[float]]:
+        """Each searched value at point x, by template path, rounded as the recipe writes it."""
+        out: dict[str, float | list[float]] = {}
+        i = 0
+        for d in self.dims:
+            nums = [round(d.low + min(1.0, max(0.0, float(v))) * (d.high - d.low), DECIMALS) for v in x[i:i + d.points]]
+            out[d.path] = nums[0] if d.points == 1 else nums
+            i += d.points
+        return out
+
+    def render(self, x: Sequence[float], comment: str = "") -> str:
+        data = copy.deepcopy(self.data)
+        for d, value in zip(self.dims, self.values(x).values()):
+            node = data
+            for key in d.where[:-1]:
+                node = node[key]
+            node[d.where[-1]] = value
+        header = "".join(f"# {line}\n" for line in comment.splitlines())
+        return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def _marker(node: dict, path: str, where: tuple, problems: list[str]) -> Dim | None:
+    bad = [k for k in node if k not in MARKER_FIELDS]
+    if bad:
+        problems.append(f"{path}: unknown field '{bad[0]}' in a search marker; use {{search: [low, high], "
+                        "points: n, init: value}")
+        return None
+    rng, points = node["search"], node.get("points", 1)
+    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng) and rng[0] < rng[1]):
+        problems.append(f"{path}.search: expected [low, high] with low < high, got {rng!r}")
+        return None
+    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_POINTS:
+        problems.append(f"{path}.points: expected a whole number from 1 to {MAX_POINTS}, got {points!r}")
+        return None
+    low, high = float(rng[0]), float(rng[1])
+    init = node.get("init", (low + high) / 2)
+    init = list(init) if isinstance(init, list) else [init] * points
+    if len(init) != points or not all(_is_number(v) and low <= v <= high for v in init):
+        problems.append(f"{path}.init: expected {points} number(s) within [{low:g}, {high:g}], got {node.get('init')!r}")
+        return None
+    return Dim(path, low, high, points, tuple(float(v) for v in init), where)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class Generation:
+    asked: list[list[float]]
+    scores: list[float | None]
+    errors: list[str | None]
+
+    def done(self) -> bool:
+        return all(s is not None or e is not None for s, e in zip(self.scores, self.errors))
+
+    def losses(self) -> list[float]:
+        return [s if s is not None else FAILED_LOSS for s in self.scores]
+
+
+@dataclass
+class SearchState:
+    """Everything a search needs to resume, as plain JSON."""
+
+    template_sha256: str
+    size: int
+    sigma: float
+    popsize: int
+    seed: int
+    generations: list[Generation] = field(default_factory=list)
+
+    @property
+    def evaluations(self) -> int:
+        return sum(s is not None or e is not None for g in self.generations for s, e in zip(g.scores, g.errors))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"format": STATE_FORMAT, **asdict(self)}) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "SearchState":
+        try:
+            data = json.loads(path.read_text())
+            if data.pop("format", None) != STATE_FORMAT:
+                raise ValueError("unknown format")
+            gens = [Generation(**g) for g in data.pop("generations")]
+            return cls(**data, generations=gens)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise HubbotError(f"{path}: the search state cannot be read ({exc}); delete it to start over") from None
+
+
+@dataclass
+class SearchProgress:
+    """Reported after every evaluation: for a job log, or a live view of the best recipe."""
+
+    evaluation: int
+    budget: int
+    generation: int
+    params: dict[str, Any]
+    score: float | None
+    error: str | None
+    best_score: float | None
+    best_params: dict[str, Any] | None
+    best_recipe: str | None
+
+    def __str__(self) -> str:
+        got = f"{self.score:.4g}" if self.score is not None else f"failed ({self.error})"
+        best = f"{self.best_score:.4g}" if self.best_score is not None else "-"
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"[{self.evaluation}/{self.budget}] gen {self.generation}: {params} -> {got} (best {best})"
+
+
+@dataclass
+class SearchResult:
+    folder: Path
+    recipe: str
+    score: float
+    history: SearchHistory
+
+
+def search(template: str | Template, score: Scorer, out: Path, *, budget: int, work_dir: Path,
+           allow_local: bool = True, opener: Opener | None = None, device: str | None = None, sigma: float = 0.25,
+           popsize: int | None = None, seed: int = 0, report: Callable[[SearchProgress], None] | None = None,
+           cancel: threading.Event | None = None) -> SearchResult:
+    """Search the template's marked values for `budget` evaluations, then merge the best recipe
+    into `out`. The state in `work_dir` lets an interrupted or cancelled search resume (with the
+    same template and options; the budget may grow)."""
+    import numpy as np
+
+    with warnings.catch_warnings():  # cma warns at import when matplotlib (for its plots) is missing
+        warnings.simplefilter("ignore")
+        import cma
+
+    tpl = template if isinstance(template, Template) else Template(template)
+    if budget < 1:
+        raise HubbotError(f"the budget is {budget}; give at least one evaluation")
+    opener = opener or caching_opener(allow_local=allow_local)
+    _check_template(tpl, allow_local, opener)
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path = work_dir / STATE_FILE
+    generation = [0]
+
+    def randn(*shape: int):
+        return np.random.default_rng([seed, generation[0]]).standard_normal(shape)
+
+    options = {"bounds": [0, 1], "seed": math.nan, "randn": randn, "verbose": -9}
+    if popsize:
+        options["popsize"] = popsize
+    es = cma.CMAEvolutionStrategy(tpl.x0(), sigma, options)
+    fresh = SearchState(text_hash(tpl.text), tpl.size, sigma, es.popsize, seed)
+    state = SearchState.load(state_path) if state_path.exists() else fresh
+    if (state.template_sha256, state.size, state.sigma, state.popsize, state.seed) != (
+            fresh.template_sha256, fresh.size, fresh.sigma, fresh.popsize, fresh.seed):
+        raise HubbotError(f"{state_path} holds a search with another template or options; use another work folder "
+                          "or delete it to start over")
+    for g, gen in enumerate(state.generations):  # replay: rebuilds the strategy's state
+        generation[0] = g
+        es.ask()
+        if gen.done():
+            es.tell([np.array(x) for x in gen.asked], gen.losses())
+
+    history, points = _history(tpl, state, score, budget)
+    best = history.best
+    while state.evaluations < budget:
+        if not state.generations or state.generations[-1].done():
+            generation[0] = len(state.generations)
+            asked = [[float(v) for v in x] for x in es.ask()]
+            state.generations.append(Generation(asked, [None] * len(asked), [None] * len(asked)))
+            state.save(state_path)
+        g = len(state.generations) - 1
+        gen = state.generations[g]
+        for i, x in enumerate(gen.asked):
+            if gen.scores[i] is not None or gen.errors[i] is not None:
+                continue
+            if state.evaluations >= budget:
+                break
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"the search was cancelled after {state.evaluations} evaluations; run it again "
+                                "with the same work folder to resume")
+            gen.scores[i], gen.errors[i] = _evaluate(tpl, x, score, work_dir, history, allow_local, opener, device,
+                                                     cancel)
+            state.save(state_path)
+            trial = Trial(len(history.trials) + 1, tpl.values(x), gen.scores[i], generation=g, error=gen.errors[i])
+            history.trials.append(trial)
+            points.append(x)
+            best = history.best
+            if report:
+                report(SearchProgress(trial.n, budget, g, trial.params, trial.score, trial.error,
+                                      best.score if best else None, best.params if best else None,
+                                      tpl.render(points[best.n - 1]) if best else None))
+        if gen.done():
+            es.tell([np.array(x) for x in gen.asked], gen.losses())
+    if best is None:
+        raise HubbotError(f"none of the {state.evaluations} candidates could be merged and scored; see the errors "
+                          f"in {state_path}")
+    comment = (f"Found by CMA-ES merge search (Akiba et al. 2024, arXiv:2403.13187): {score.metric} {best.score:.4g}\n"
+               f"on {history.data.get('name')} after {len(history.trials)} evaluations; see search_history.json.")
+    text = tpl.render(points[best.n - 1], comment)
+    result = engine.run(build(parse(text, allow_local=allow_local), opener=opener), Path(out), device=device,
+                        cancel=cancel)
+    history.save(result.folder)
+    return SearchResult(result.folder, text, best.score, history)
+
+
+def _check_template(tpl: Template, allow_local: bool, opener: Opener) -> None:
+    """The template must give valid recipes at its start and at both ends of every range."""
+    for label, x in (("start", tpl.x0()), ("lowest", [0.0] * tpl.size), ("highest", [1.0] * tpl.size)):
+        try:
+            recipe = parse(tpl.render(x), allow_local=allow_local)
+        except RecipeError as exc:
+            raise RecipeError([f"at the {label} values of the search ranges: {p}" for p in exc.problems]) from None
+        if label == "start":
+            build(recipe, opener=opener).raise_for_problems()
+
+
+def _evaluate(tpl: Template, x: list[float], score: Scorer, work_dir: Path, history: SearchHistory,
+              allow_local: bool, opener: Opener, device: str | None,
+              cancel: threading.Event | None) -> tuple[float | None, str | None]:
+    """Merge and score one candidate: (score, None), or (None, why it failed)."""
+    params = tpl.values(x)
+    same = next((t for t in history.trials if t.params == params), None)
+    if same is not None:  # clipped to a bound, or rounded onto an earlier point: same recipe
+        return same.score, same.error
+    folder = work_dir / "candidate"
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        plan = build(parse(tpl.render(x), allow_local=allow_local), opener=opener)
+        engine.run(plan, folder, device=device, cancel=cancel)
+        value = score(folder)
+    except Cancelled:
+        raise
+    except (RecipeError, PlanError, MergeError) as exc:
+        return None, str(exc).splitlines()[0]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return (value, None) if math.isfinite(value) else (None, f"{score.metric} is {value}")
+
+
+def _history(tpl: Template, state: SearchState, score: Scorer, budget: int) -> tuple[SearchHistory, list[list[float]]]:
+    """The trials recorded in `state`, and the point of each (in evaluation order)."""
+    history = SearchHistory(kind="cma_es", title="Evolutionary merge search", paper=PAPER, metric=score.metric,
+                            data=score.describe(), budget=budget)
+    points = []
+    for g, gen in enumerate(state.generations):
+        for x, s, e in zip(gen.asked, gen.scores, gen.errors):
+            if s is not None or e is not None:
+                history.trials.append(Trial(len(history.trials) + 1, tpl.values(x), s, generation=g, error=e))
+                points.append(x)
+    return history, points

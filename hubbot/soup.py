@@ -1,0 +1,103 @@
+"""Greedy model soups (Wortsman et al. 2022, arXiv:2203.05482).
+
+Score every candidate on its own, then walk them from best to worst, adding each to the soup
+(a uniform average of the ingredients' weights, merged by the engine) only if the soup's score
+improves. The result is a plain linear recipe naming the chosen ingredients; the scores of
+every soup tried are kept in its search history. Candidate soups are merged into a local work
+folder, scored and deleted; nothing is published.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import engine
+from .errors import Cancelled, HubbotError
+from .evaluate import Scorer
+from .history import SearchHistory, Trial
+from .plan import Opener, build
+from .recipe import ModelRef, parse
+from .sources import caching_opener
+
+PAPER = "greedy soup, Wortsman et al. 2022, Model soups, arXiv:2203.05482"
+
+
+@dataclass
+class SoupResult:
+    folder: Path
+    recipe: str
+    ingredients: list[str]
+    score: float
+    history: SearchHistory
+
+
+def soup_recipe(ingredients: list[str], comment: str = "") -> str:
+    """The uniform linear recipe of `ingredients` (model references), with an optional comment header."""
+    body = yaml.safe_dump({"merge_method": "linear",
+                           "models": [{"model": m, "parameters": {"weight": 1.0}} for m in ingredients]},
+                          sort_keys=False)
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    return header + body
+
+
+def greedy_soup(candidates: list[str], score: Scorer, out: Path, *, work_dir: Path | None = None,
+                allow_local: bool = True, opener: Opener | None = None, device: str | None = None,
+                report: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> SoupResult:
+    """Cook a greedy soup of `candidates` (model references) into the folder `out`.
+
+    `score(folder)` rates a merged model (lower is better, e.g. an Evaluator's perplexity);
+    `report` receives one line per step for a log; `cancel` stops between steps."""
+    if len(set(candidates)) < 2:
+        raise HubbotError("a soup needs at least two different candidate models")
+    refs = [str(ModelRef.parse(c)) for c in candidates]
+    opener = opener or caching_opener(allow_local=allow_local)
+    build(parse(soup_recipe(refs), allow_local=allow_local), opener=opener).raise_for_problems()
+    say = report or (lambda line: None)
+    history = SearchHistory(kind="greedy_soup", title="Greedy soup", paper=PAPER, metric=score.metric,
+                            data=score.describe())
+    with tempfile.TemporaryDirectory(prefix="hubbot-soup-", dir=work_dir) as tmp:
+        def rate(ingredients: list[str]) -> float:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the soup was cancelled")
+            folder = Path(tmp) / "candidate"
+            shutil.rmtree(folder, ignore_errors=True)
+            plan = build(parse(soup_recipe(ingredients), allow_local=allow_local), opener=opener)
+            engine.run(plan, folder, device=device, cancel=cancel)
+            try:
+                return score(folder)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        alone = {}
+        for ref in refs:
+            alone[ref] = rate([ref])
+            history.trials.append(Trial(len(history.trials) + 1, {"ingredients": [ref]}, alone[ref], kept=None))
+            say(f"candidate {ref}: {score.metric} {alone[ref]:.4g}")
+        order = sorted(refs, key=lambda r: alone[r])
+        soup, best = [order[0]], alone[order[0]]
+        history.trials[refs.index(order[0])].kept = True
+        say(f"soup starts with {order[0]} ({score.metric} {best:.4g})")
+        for ref in order[1:]:
+            trial = soup + [ref]
+            s = rate(trial)
+            kept = s < best
+            history.trials.append(Trial(len(history.trials) + 1, {"ingredients": trial}, s, kept=kept))
+            say(f"soup + {ref}: {score.metric} {s:.4g} -> {'kept' if kept else 'left out'} (best {min(s, best):.4g})")
+            if kept:
+                soup, best = trial, s
+    comment = (f"Greedy soup (Wortsman et al. 2022, arXiv:2203.05482): {len(soup)} of {len(refs)} candidates kept,\n"
+               f"{score.metric} {best:.4g} on {history.data.get('name')}; every soup tried is in search_history.json.")
+    text = soup_recipe(soup, comment)
+    result = engine.run(build(parse(text, allow_local=allow_local), opener=opener), Path(out), device=device,
+                        cancel=cancel)
+    history.save(result.folder)
+    say(f"wrote {result.folder}: soup of {', '.join(soup)}")
+    return SoupResult(result.folder, text, soup, best, history)
+
