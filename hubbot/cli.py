@@ -115,10 +115,10 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluator(args: argparse.Namespace):
-    from .evaluate import Evaluator, load_texts
+    from .evaluate import EvalSpec
 
-    texts = load_texts(args.eval, text_field=args.text_field, max_documents=args.max_documents)
-    return Evaluator(texts, max_length=args.max_length, device=args.device)
+    spec = EvalSpec(args.eval, text_field=args.text_field, max_documents=args.max_documents, max_length=args.max_length)
+    return spec.evaluator(device=args.device)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

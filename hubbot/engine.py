@@ -85,6 +85,12 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
     return units
 
 
+def check_output_folder(out: Path) -> None:
+    """The output folder must be new or empty (so nothing finished is overwritten)."""
+    if out.exists() and any(out.iterdir()):
+        raise MergeError(f"{out} already exists and is not empty; choose a new --out folder or remove it")
+
+
 def run(
     plan: Plan,
     out: Path,
@@ -105,8 +111,7 @@ def run(
     """
     plan.raise_for_problems()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise MergeError(f"{out} already exists and is not empty; choose a new --out folder or remove it")
+    check_output_folder(out)
     partial = out.with_name(out.name + ".partial")
     if partial.exists() and not resume:
         shutil.rmtree(partial)

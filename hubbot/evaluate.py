@@ -147,18 +147,21 @@ def perplexity(model, tokenizer, texts: TextSet, *, max_length: int = 512, batch
         ids = tokenizer(doc).input_ids
         if bos is not None and ids[:1] != [bos]:
             ids = [bos] + ids
-        windows += [ids[i:i + max_length] for i in range(0, len(ids), max_length) if len(ids[i:i + max_length]) > 1]
+        for start in range(0, len(ids), max_length):
+            window = ids[start:start + max_length]
+            if len(window) > 1:
+                windows.append(window)
     if not windows:
         raise EvalError(f"{texts.name}: every document is a single token; nothing to score")
     windows.sort(key=len, reverse=True)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    start = 0
-    while start < len(windows):
-        size = max(1, batch_tokens // len(windows[start]))
-        batch = windows[start:start + size]
-        start += size
+    done = 0
+    while done < len(windows):
+        size = max(1, batch_tokens // len(windows[done]))
+        batch = windows[done:done + size]
+        done += size
         if cancel is not None and cancel.is_set():
             raise Cancelled("the evaluation was cancelled")
         width = len(batch[0])
@@ -212,6 +215,22 @@ class Evaluator:
 
     def describe(self) -> dict[str, Any]:
         return {**self.texts.describe(), "max_length": self.max_length}
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to score on, as plain values (command-line flags, a job's stored options)."""
+
+    data: str  # a local file or hf://datasets/org/name[@revision]/path
+    text_field: str = "text"
+    max_documents: int | None = None
+    max_length: int = 512
+
+    def evaluator(self, *, allow_local: bool = True, token: str | None = None, device: str | None = None,
+                  cancel: threading.Event | None = None) -> Evaluator:
+        texts = load_texts(self.data, text_field=self.text_field, max_documents=self.max_documents,
+                           allow_local=allow_local, token=token)
+        return Evaluator(texts, max_length=self.max_length, device=device, cancel=cancel)
 
 
 @dataclass(frozen=True)

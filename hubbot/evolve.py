@@ -237,6 +237,7 @@ def search(template: str | Template, score: Scorer, out: Path, *, budget: int, w
     tpl = template if isinstance(template, Template) else Template(template)
     if budget < 1:
         raise HubbotError(f"the budget is {budget}; give at least one evaluation")
+    engine.check_output_folder(Path(out))
     opener = opener or caching_opener(allow_local=allow_local)
     _check_template(tpl, allow_local, opener)
     work_dir = Path(work_dir)

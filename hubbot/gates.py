@@ -62,10 +62,12 @@ def _combine(prompt_sets: list[PromptSet], vectors: dict[str, torch.Tensor], hid
     for k, (pos, neg) in enumerate(prompt_sets):
         if not pos and not neg:
             continue
-        v = torch.stack([vectors[p] for p in pos]).mean(0) if pos else torch.zeros(hidden)
+        v = torch.zeros(hidden)
+        if pos:
+            v += torch.stack([vectors[p].cpu() for p in pos]).mean(0)
         if neg:
-            v = v - torch.stack([vectors[p] for p in neg]).mean(0)
-        rows[k] = (v / v.norm().clamp_min(1e-8)).cpu()
+            v -= torch.stack([vectors[p].cpu() for p in neg]).mean(0)
+        rows[k] = v / v.norm().clamp_min(1e-8)
     return rows
 
 

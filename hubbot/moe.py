@@ -146,11 +146,12 @@ class _MoePlanner:
         if len(set(sizes.values())) > 1:
             self.problems.append("the models have different hidden sizes ("
                                  + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
-        biased = [n for n in self.base.tensors() if n.endswith(".bias") and (
-            ".mlp." in n or ".o_proj." in n or (out_arch == "mixtral" and ".self_attn." in n))]
-        if biased:
-            self.problems.append(f"{self.base.label} has bias tensors (e.g. '{biased[0]}') that a "
-                                 f"{TITLES[out_arch]} has no place for")
+        for s in self.sources:  # MLPs come from every source, attention from the base only
+            biased = [n for n in s.tensors() if n.endswith(".bias") and (".mlp." in n or s is self.base and (
+                ".o_proj." in n or (out_arch == "mixtral" and ".self_attn." in n)))]
+            if biased:
+                self.problems.append(f"{s.label} has bias tensors (e.g. '{biased[0]}') that a "
+                                     f"{TITLES[out_arch]} has no place for")
 
     def _mlp_shapes(self, experts: tuple[Expert, ...], path: str, layers: int) -> dict[str, tuple[int, ...]]:
         """The MLP tensor shapes the experts share (checked for every layer), by part name."""
@@ -196,7 +197,7 @@ class _MoePlanner:
         if r.shared_experts:
             shapes.update({f"{prefix}.{layer}.mlp.shared_expert_gate.weight": (1, hidden) for layer in range(layers)})
         sets = [(e.positive_prompts, e.negative_prompts) for e in (*r.experts, *r.shared_experts)]
-        dev = engine.pick_device(self.device) if self.device else None
+        dev = engine.pick_device(self.device)
 
         def compute(cancel: threading.Event | None) -> dict[str, torch.Tensor]:
             rows = gates.router_rows(r.gate_mode, self.base, sets, seed=r.random_seed or 0, device=dev, cancel=cancel)

@@ -54,9 +54,12 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path, *, work_dir: Pa
 
     `score(folder)` rates a merged model (lower is better, e.g. an Evaluator's perplexity);
     `report` receives one line per step for a log; `cancel` stops between steps."""
-    if len(set(candidates)) < 2:
+    refs = list(dict.fromkeys(str(ModelRef.parse(c)) for c in candidates))
+    if len(refs) < 2:
         raise HubbotError("a soup needs at least two different candidate models")
-    refs = [str(ModelRef.parse(c)) for c in candidates]
+    engine.check_output_folder(Path(out))
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
     opener = opener or caching_opener(allow_local=allow_local)
     build(parse(soup_recipe(refs), allow_local=allow_local), opener=opener).raise_for_problems()
     say = report or (lambda line: None)

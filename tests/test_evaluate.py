@@ -71,3 +71,17 @@ def test_eval_results_are_written_into_the_card(tmp_path):
     [result] = card.data.eval_results
     assert (result.metric_type, result.metric_value, result.dataset_type, result.dataset_revision) == (
         "perplexity", 2.5, "org/held", "v1")
+
+
+def test_cli_evaluate_writes_the_card(trained, tmp_path, capsys):
+    from huggingface_hub import ModelCard
+
+    from hubbot.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained.tunes["arithmetic"], folder)
+    assert main(["evaluate", str(folder), "--eval", str(trained.heldout), "--prompt", "two plus", "--card"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "'two plus' ->" in out
+    [result] = ModelCard.load(folder / "README.md").data.eval_results
+    assert result.metric_type == "perplexity" and result.metric_value > 1

@@ -116,7 +116,7 @@ gate_mode: {gate}
 architecture: qwen
 experts_per_token: 1
 experts:
-  - {{source_model: {ft1}, positive_prompts: ["{a}"], negative_prompts: ["{b}"]}}
+  - {{source_model: {ft1}, positive_prompts: ["{a}"], negative_prompts: ["{b}"], noise_scale: 0.001}}
   - {{source_model: {ft2}, positive_prompts: ["{b}"], residual_scale: 0.5}}
 shared_experts:
   - {{source_model: {base}, positive_prompts: ["hello world"]}}
@@ -132,6 +132,8 @@ dtype: float32
     src = load_state(ft2)
     assert torch.equal(state["model.layers.1.mlp.experts.down_proj"][1],
                        src["model.layers.1.mlp.down_proj.weight"].float() * 0.5)
+    noise = state["model.layers.1.mlp.experts.down_proj"][0] - load_state(ft1)["model.layers.1.mlp.down_proj.weight"]
+    assert 0.0005 < float(noise.std()) < 0.002, "noise_scale adds seeded noise of that size"
     with torch.no_grad():
         assert torch.isfinite(model(tok(a, return_tensors="pt").input_ids).logits).all()
     assert routed_share(model, tok, [a], 0) > 0.5 and routed_share(model, tok, [b], 1) > 0.5
@@ -156,13 +158,14 @@ def test_problems_are_found_from_headers(families):
 
 
 def test_cli_validates_and_runs_moe_recipes(families, tmp_path, capsys):
-    base, ft1, ft2 = families("llama")
+    base, ft1, ft2 = families("mistral")
     recipe = tmp_path / "moe.yml"
-    recipe.write_text(f"base_model: {base}\ngate_mode: random\nexperts: [{{source_model: {ft1}}}, {{source_model: {ft2}}}]\n")
+    recipe.write_text(f"base_model: {base}\nexperts: [{{source_model: {ft1}, positive_prompts: [hello world]}},\n"
+                      f"  {{source_model: {ft2}, positive_prompts: [the quick brown fox]}}]\n")
     assert main(["validate", str(recipe)]) == 0
     assert "mixture of experts → Mixtral: 2 experts, 2 per token" in capsys.readouterr().out
     assert main(["moe", str(recipe), "--out", str(tmp_path / "out"), "-q"]) == 0
-    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert load(tmp_path / "out").config.architectures == ["MixtralForCausalLM"]
     merge = tmp_path / "merge.yml"
     merge.write_text(f"merge_method: linear\nmodels: [{{model: {ft1}, parameters: {{weight: 1}}}}]\n")
     assert main(["moe", str(merge), "--out", str(tmp_path / "out2")]) == 2
