@@ -1,15 +1,15 @@
 """Pytest wiring for the local Hub stand-in (`tests/hub_server.py`).
 
-How to include it: the project's `tests/conftest.py` declares
+How to include it, either way works:
 
-    pytest_plugins = ["tests.hub_fixtures"]
+- `tests/conftest.py` declares `pytest_plugins = ["tests.hub_fixtures"]` and does not import `huggingface_hub`
+  (nor `transformers`, `datasets`, ...) at module level;
+- or the plugin is loaded early, before any conftest (which may then import anything): under
+  `[tool.pytest.ini_options]`, `addopts = "-p tests.hub_fixtures"` with `pythonpath = ["."]` (so that bare
+  `pytest` finds the module), or `python -m pytest -p tests.hub_fixtures ...` for a one-off run.
 
-and must not import `huggingface_hub` (or `transformers`, `datasets`, ...) at module level; for a one-off run,
-`python -m pytest -p tests.hub_fixtures ...` does the same.
-
-Why: `huggingface_hub` reads `HF_ENDPOINT`, `HF_HOME` and friends once, when it is first imported. The
-`pytest_configure` hook below therefore starts one server per test process on a free port and sets, before
-any test module is imported:
+Why: `huggingface_hub` reads `HF_ENDPOINT`, `HF_HOME` and friends once, when it is first imported. The hooks
+below therefore start one server per test process on a free port and set, before the client is imported:
 
 - `HF_ENDPOINT=http://127.0.0.1:<port>`: every client call, transformers included, goes to the stand-in;
 - `HF_HUB_DISABLE_XET=1`: with `hf_xet` installed, uploads would otherwise go to Xet storage, which the
@@ -19,8 +19,8 @@ any test module is imported:
 - `HF_HUB_DISABLE_PROGRESS_BARS=1`, and `127.0.0.1` added to `NO_PROXY` so that proxies are bypassed.
 It removes tokens, token paths, `HF_HUB_OFFLINE` and cache-location overrides inherited from the shell. No token is
 set by default: pass `token=` (see `ALICE_TOKEN`, `BOB_TOKEN`) or use the `alice_api` / `bob_api` fixtures.
-If `huggingface_hub` was imported before the server started, `start_session_server` raises instead of letting
-the suite talk to the wrong endpoint.
+If `huggingface_hub` was imported before the server started, `start_session_server` stops the run instead of
+letting the suite talk to the wrong endpoint.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def start_session_server() -> HubServer:
     server = _session[0]
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None and constants.ENDPOINT != server.url:
-        raise RuntimeError(
-            f"huggingface_hub was imported before the Hub stand-in started (it points at {constants.ENDPOINT}). "
-            "Load tests.hub_fixtures as a plugin and import huggingface_hub only inside tests and fixtures."
+        raise pytest.UsageError(
+            f"huggingface_hub was imported before the Hub stand-in started, so it talks to {constants.ENDPOINT}. "
+            "Load tests.hub_fixtures with -p, or keep conftest.py from importing huggingface_hub at module level."
         )
     return server
 
@@ -92,6 +92,12 @@ def stop_session_server() -> None:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
         _session = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Loaded with -p, the plugin starts the server before any conftest can import the client."""
+    start_session_server()
 
 
 def pytest_configure(config: pytest.Config) -> None:

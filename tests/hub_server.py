@@ -454,7 +454,7 @@ class HubServer:
         self._users: dict[str, User] = {}  # by token
         self._repos: dict[tuple[str, str], Repo] = {}  # by (repo type, repo id)
         self._webhooks: dict[str, Webhook] = {}
-        self._pending_uploads: dict[tuple[str, str, str], int] = {}  # (repo type, repo id, oid) -> announced size
+        self._announced_uploads: dict[tuple[str, str, str], int] = {}  # (repo type, repo id, oid) -> size
         self._faults: list[Fault] = []
         self._log: list[RequestRecord] = []
         self._deliveries: list[Delivery] = []
@@ -1148,7 +1148,7 @@ class HubServer:
                 raise HubError(400, f"Invalid LFS oid: {oid}")
             item: dict[str, Any] = {"oid": oid, "size": size}
             if oid not in found.lfs_oids:  # no actions: the object is already there
-                self._pending_uploads[(found.repo_type, found.repo_id, oid)] = size
+                self._announced_uploads[(found.repo_type, found.repo_id, oid)] = size
                 item["actions"] = {"upload": {"href": f"{self.url}/lfs-upload/{t}/{found.repo_id}/{oid}"}}
             objects.append(item)
         answer = {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
@@ -1159,7 +1159,7 @@ class HubServer:
         call.record.repo_id = repo
         key = (REPO_TYPES[t], repo, oid)
         with self._lock:
-            size = self._pending_uploads.get(key)
+            size = self._announced_uploads.get(key)
         if size is None:
             raise HubError(404, f"No upload of {oid} was announced for {repo}")
         self._blob_dir.mkdir(parents=True, exist_ok=True)
@@ -1175,8 +1175,7 @@ class HubServer:
             raise HubError(400, f"Uploaded content does not match sha256 {oid} and size {size}")
         self._blob_path(oid).parent.mkdir(parents=True, exist_ok=True)
         tmp.replace(self._blob_path(oid))
-        with self._lock:
-            self._pending_uploads.pop(key, None)
+        with self._lock:  # the announcement stays: a commit listing the same file twice uploads it twice
             if (target := self._repos.get(key[:2])) is not None:
                 target.lfs_oids.add(oid)
         return _Response(200)
