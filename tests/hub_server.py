@@ -1077,11 +1077,11 @@ class HubServer:
         start, end = span or (0, entry.size - 1)
         if span is not None:
             headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+        blob = self._blob_path(entry.sha256)
         call.record.offset = start
         if path.endswith(".safetensors") and entry.size >= 8:
-            with self._blob_path(entry.sha256).open("rb") as blob:
-                call.record.data_start = 8 + int.from_bytes(blob.read(8), "little")
-        blob = self._blob_path(entry.sha256)
+            with blob.open("rb") as content:
+                call.record.data_start = 8 + int.from_bytes(content.read(8), "little")
         return _Response(206 if span else 200, headers=headers, file=blob, offset=start, length=end - start + 1)
 
     # Writing endpoints
@@ -1193,12 +1193,14 @@ class HubServer:
         operations = [line for line in lines if line.get("key") != "header"]
         parent_sha = header.get("parentCommit")
         title, message = header.get("summary", ""), header.get("description", "")
+        pr_url = None
         if call.flag("create_pr"):
             base_ref = self._branch_ref(found, rev)
             base = self._at(found, parent_sha) if parent_sha else found.commits[found.refs[base_ref]]
             files = self._apply(found, base.files, operations)
             pull_request = self._open_discussion(found, user.name, title, message, "open", base_ref, base.sha)
             ref, parent = f"refs/pr/{pull_request.num}", base.sha
+            pr_url = f"{self._web_url(found)}/discussions/{pull_request.num}"
         else:
             ref = self._branch_ref(found, rev)
             self._check_write(call, found, ref)
@@ -1208,9 +1210,7 @@ class HubServer:
             files = self._apply(found, found.commits[parent].files, operations)
         commit = self._add_commit(found, ref, parent, files, title, message, user.name)
         out = {"success": True, "commitOid": commit.sha, "commitUrl": f"{self._web_url(found)}/commit/{commit.sha}"}
-        if call.flag("create_pr"):
-            out["pullRequestUrl"] = f"{self._web_url(found)}/discussions/{pull_request.num}"
-        return _json(out)
+        return _json(out | ({"pullRequestUrl": pr_url} if pr_url else {}))
 
     def _apply(self, repo: Repo, files: dict[str, FileEntry], operations: list[dict[str, Any]]) -> dict[str, FileEntry]:
         """The tree after the commit's operations, or an error that leaves the repo untouched."""
