@@ -80,27 +80,38 @@ def describe(exc: Exception, what: str) -> str:
     return f"{what}: the Hub request failed ({type(exc).__name__}: {exc})"
 
 
-def with_retries(fn: Callable[[], T], what: str, opts: HubOptions) -> T:
+def with_retries(fn: Callable[[], T], what: str, opts: HubOptions, error: type[HubbotError] = SourceError) -> T:
     """Call `fn`, retrying transient failures (connection errors, 408/429/5xx) with jittered
-    exponential backoff; other failures raise at once."""
-    import httpx
+    exponential backoff; other failures raise at once. When retries run out, raise `error`."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    network = _transport_errors()
     for attempt in range(opts.retries + 1):
         try:
             return fn()
-        except (httpx.TransportError, HfHubHTTPError, _Transient) as exc:
+        except (*network, HfHubHTTPError, _Transient) as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
-            transient = isinstance(exc, (httpx.TransportError, _Transient)) or status in RETRY_STATUSES
+            transient = isinstance(exc, (*network, _Transient)) or status in RETRY_STATUSES
             if not transient or attempt == opts.retries:
                 if transient:
-                    raise SourceError(f"{what}: the Hub did not answer after {opts.retries + 1} tries "
+                    raise error(f"{what}: the Hub did not answer after {opts.retries + 1} tries "
                                       f"({exc}); try again later") from None
                 raise
             delay = opts.backoff * (2**attempt) * (0.5 + random.random())
             log.info("retrying %s in %.1fs after %s", what, delay, exc)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of the HTTP library the Hub client uses (httpx2, or httpx before it)."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 class _Transient(Exception):

@@ -63,7 +63,7 @@ class _Uploader:
             try:
                 op = self.make_op(path_in_repo=path.name, path_or_fileobj=str(path))
                 with_retries(lambda: self.api.preupload_lfs_files(self.repo_id, [op]), f"uploading {path.name}",
-                             self.opts)
+                             self.opts, HubError)
                 self.ops.append(op)
                 path.unlink()
             except BaseException as exc:  # surfaced on the merge thread by submit()/finish()
@@ -98,12 +98,15 @@ def merge_and_push(
     endpoint: str | None = None,
     device: str | None = None,
     shard_bytes: int | None = None,
+    options: HubOptions | None = None,
 ) -> Published:
-    """Merge `plan` and publish it as `repo_id`; refuse before any work if the token may not."""
+    """Merge `plan` and publish it as `repo_id`; refuse before any work if the token may not.
+
+    `options` overrides `token` and `endpoint` with full client settings (retries, backoff)."""
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
-    opts = HubOptions(token=token, endpoint=endpoint)
+    opts = options or HubOptions(token=token, endpoint=endpoint)
     plan.raise_for_problems()
     check_push_target(repo_id, opts)
     api = opts.api()
@@ -122,9 +125,10 @@ def merge_and_push(
     uploader = _Uploader(api, repo_id, opts)
     try:
         kwargs = {"shard_bytes": shard_bytes} if shard_bytes else {}
+        ops: list = []
         result = run(plan, out, device=device, progress=progress, cancel=cancel, on_shard=uploader.submit,
-                     resume=resume, keep_partial=resume, **kwargs)
-        ops = uploader.finish()
+                     on_written=lambda _: ops.extend(uploader.finish()), resume=resume, keep_partial=resume,
+                     **kwargs)
         card, extra = build_card(plan, repo_id=repo_id,
                                  run=RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
         (out / "README.md").write_text(card)
@@ -138,7 +142,7 @@ def merge_and_push(
         info = with_retries(lambda: api.create_commit(
             repo_id, ops, commit_message=f"Merge {len(plan.sources)} models with {method} (hubbot)",
             commit_description="Recipe, sources at pinned revisions and run facts are in the model card.",
-            create_pr=create_pr), f"committing to {repo_id}", opts)
+            create_pr=create_pr), f"committing to {repo_id}", opts, HubError)
     except BaseException as exc:
         uploader.abandon()
         if created:

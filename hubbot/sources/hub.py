@@ -18,12 +18,24 @@ import torch
 
 from ..errors import SourceError
 from ..hub import HubOptions, _Transient, describe, with_retries
-from ..io import HEADER_PROBE, TensorInfo, decode, header_length, parse_header
+from ..io import TensorInfo, decode
 from ..recipe import ModelRef
 from .base import Source
 
 COALESCE_BYTES = 16 << 20  # neighbouring uncached tensors fetched in one request, up to this
 PART_BYTES = 32 << 20  # a tensor above this is fetched as parallel ranges of this size
+
+
+def _complete(headers, offset: int, length: int, got: int) -> bool:
+    """Whether a 206 answer holds all `length` bytes asked for, or all up to the end of the file."""
+    if got == length:
+        return True
+    try:
+        span, total = headers.get("content-range", "").split(" ", 1)[1].split("/")
+        start, end = (int(x) for x in span.split("-"))
+    except (IndexError, ValueError):
+        return False
+    return start == offset and end + 1 == int(total) and got == end - start + 1
 
 
 class RangeCache:
@@ -127,7 +139,7 @@ class HubSource(Source):
             r = get_session().get(self._url(path), headers=headers, follow_redirects=True, timeout=60)
             hf_raise_for_status(r)
             data = bytearray(r.content)
-            if offset is not None and (r.status_code != 206 or len(data) != length):
+            if offset is not None and (r.status_code != 206 or not _complete(r.headers, offset, length, len(data))):
                 raise _Transient(f"asked for {length} bytes from {offset}, got {len(data)} (HTTP {r.status_code})")
             return data
 
@@ -150,16 +162,11 @@ class HubSource(Source):
         return out
 
     def _load_tensor_infos(self) -> dict[str, TensorInfo]:
-        """Headers only: one range request per shard (two when a header is larger than the probe)."""
-        infos: dict[str, TensorInfo] = {}
-        sizes = {s.rfilename: s.size for s in self.info.siblings or [] if s.size}
-        for path in self.weight_files():
-            probe = self._get(path, 0, min(HEADER_PROBE, sizes.get(path, HEADER_PROBE)))
-            n = header_length(bytes(probe[:8]), f"{self.label}/{path}")
-            raw = bytes(probe[8:8 + n]) if 8 + n <= len(probe) else bytes(self._get(path, 8, n))
-            found, _ = parse_header(raw, path, self.label)
-            infos.update(found)
-        return infos
+        """Headers only: two small range requests per shard, shards in parallel."""
+        paths = self.weight_files()
+        with ThreadPoolExecutor(max_workers=self.opts.parallel) as pool:
+            headers = list(pool.map(self.read_header, paths))
+        return {name: info for found in headers for name, info in found.items()}
 
     def _key(self, info: TensorInfo) -> str:
         return f"{self.ref.path}@{self.revision}/{info.file}:{info.offset}+{info.nbytes}"
