@@ -206,3 +206,20 @@ def test_license_inherited_or_warned(hub, alice_api, families, tmp_path):
     merge_and_push(plan_for(text, tmp_path), tmp_path / "w", "alice/lic", token=ALICE_TOKEN)
     card = hub.repo_files("alice/lic")["README.md"].decode()
     assert "license: apache-2.0" in card and "do not share one license" not in card
+
+
+def test_cli_push(hub, hub_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, names = hub_models
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(RECIPES["slerp"].format(b=names[0], f1=names[1], f2=names[2]))
+    env = {**os.environ, "HF_TOKEN": ALICE_TOKEN, "HUBBOT_CACHE_DIR": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "hubbot.cli", "merge", str(recipe)]
+    out = subprocess.run(cli + ["--push", "alice/from-cli", "--private"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "published alice/from-cli" in out.stdout and hub.repo_exists("alice/from-cli")
+    out = subprocess.run(cli + ["--push", "bob/not-mine"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "cannot write to 'bob'" in out.stderr and not hub.repo_exists("bob/not-mine")
