@@ -177,7 +177,7 @@ def build(recipe: Recipe, *, opener: Opener | None = None) -> Plan:
         raise PlanError(problems)
     index = {s.ref: i for i, s in enumerate(sources)}
     for s in sources:
-        why = arch.quantization_problem(s.config(), list(s.tensors()))
+        why = arch.quantization_problem(s.config(), {n: i.dtype for n, i in s.tensors().items()})
         if why:
             problems.append(f"{s.label} {why}")
     if problems:
