@@ -88,8 +88,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
             bar.close()
     _write_card(plan, result)
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
-          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}")
+          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
     return 0
+
+
+def _fetched(plan) -> str:
+    """How much came over the network from Hub sources (zero when the cache was warm)."""
+    hub = [s for s in plan.sources if hasattr(s, "bytes_fetched")]
+    return f"; fetched {sum(s.bytes_fetched for s in hub) / 1e6:.1f} MB from the Hub" if hub else ""
 
 
 def _write_card(plan, result) -> None:
@@ -115,7 +121,7 @@ def _push(args: argparse.Namespace, plan, progress) -> int:
                              shard_bytes=args.shard_size)
     where = pub.pr_url or pub.url
     print(f"published {args.push} at {where} (commit {pub.commit[:12]}): {pub.run.tensors} tensors, "
-          f"{pub.run.bytes_written / 1e6:.1f} MB in {pub.run.seconds:.1f} s on {pub.run.device}")
+          f"{pub.run.bytes_written / 1e6:.1f} MB in {pub.run.seconds:.1f} s on {pub.run.device}{_fetched(plan)}")
     return 0
 
 
