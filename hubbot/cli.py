@@ -75,6 +75,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
     from . import engine
 
+    if args.push:
+        from .hub import HubOptions, check_push_target
+
+        check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
     plan = _plan_any(args.recipe, only=args.only)
     plan.raise_for_problems()
     write = engine.run
@@ -95,12 +99,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
             bar.refresh()
 
     try:
+        if args.push:
+            return _push(args, plan, progress)
         result = write(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
     finally:
         if bar is not None:
             bar.close()
+    from .card import write_card
+
+    write_card(plan, result)
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
-          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}")
+          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
+    return 0
+
+
+def _fetched(plan) -> str:
+    """How much came over the network from Hub sources (zero when the cache was warm)."""
+    hub = [s for s in plan.sources if hasattr(s, "bytes_fetched")]
+    return f"; fetched {sum(s.bytes_fetched for s in hub) / 1e6:.1f} MB from the Hub" if hub else ""
+
+
+def _push(args: argparse.Namespace, plan, progress) -> int:
+    import tempfile
+
+    from .hub import HubOptions
+    from .publish import merge_and_push
+
+    opts = HubOptions.from_env()
+    with tempfile.TemporaryDirectory(prefix="hubbot-", dir=args.work_dir) as work:
+        pub = merge_and_push(plan, Path(work), args.push, token=opts.token, private=args.private,
+                             create_pr=args.pr, progress=progress, endpoint=opts.endpoint, device=args.device,
+                             shard_bytes=args.shard_size)
+    where = pub.pr_url or pub.url
+    print(f"published {args.push} at {where} (commit {pub.commit[:12]}): {pub.run.tensors} tensors, "
+          f"{pub.run.bytes_written / 1e6:.1f} MB in {pub.run.seconds:.1f} s on {pub.run.device}{_fetched(plan)}")
     return 0
 
 
@@ -134,7 +166,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"problem: {problem}", file=sys.stderr)
     if args.card:
         readme = Path(args.model) / "README.md"
-        write_card_results(readme, Path(args.model).name, card_eval_results(result, evaluator.texts))
+        write_card_results(readme, Path(args.model).name,
+                           card_eval_results(result.perplexity, evaluator.texts.describe()))
         print(f"wrote eval_results into {readme}")
     return 0 if smoke.ok else 1
 
@@ -170,21 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML file, or - for standard input")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("merge", help="run a recipe and write the merged model")
-    p.add_argument("recipe", help="recipe YAML file, or - for standard input")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_merge, only=None)
-
-    p = sub.add_parser("moe", help="run a mixture-of-experts recipe (experts: ...) into a Mixtral or Qwen2-MoE model")
-    p.add_argument("recipe", help="MoE recipe YAML file, or - for standard input")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_merge, only="moe")
+    for name, only, help_text in (
+        ("merge", None, "run a recipe (a merge or a mixture of experts) and write the merged model"),
+        ("moe", "moe", "run a mixture-of-experts recipe (experts: ...) into a Mixtral or Qwen2-MoE model"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="recipe YAML file, or - for standard input")
+        dest = p.add_mutually_exclusive_group(required=True)
+        dest.add_argument("--out", help="output folder (must not exist or be empty)")
+        dest.add_argument("--push", metavar="ORG/NAME",
+                          help="publish to this Hub repo (token from HF_TOKEN or hf auth login)")
+        p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+        p.add_argument("--pr", action="store_true", help="with --push: open a pull request on an existing repo")
+        p.add_argument("--work-dir", default=None, help="with --push: where shards wait for upload (default: temp)")
+        p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=cmd_merge, only=only)
 
     p = sub.add_parser("evaluate", help="perplexity on held-out texts and a generation smoke test")
     p.add_argument("model", help="model folder (or Hub id)")

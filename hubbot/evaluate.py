@@ -270,14 +270,16 @@ def smoke_test(model: str | Path, prompt: str = DEFAULT_PROMPT, *, max_new_token
     return SmokeTest(prompt, tok.decode(new, skip_special_tokens=True), templated, len(new), tuple(problems))
 
 
-def card_eval_results(result: Perplexity, texts: TextSet):
-    """The perplexity as huggingface_hub EvalResult entries for a model card's model-index."""
+def card_eval_results(value: float, data: dict[str, Any], metric: str = "perplexity"):
+    """A score as huggingface_hub EvalResult entries for a card's model-index. `data` describes
+    the text set as TextSet.describe() does (name, dataset, revision)."""
     from huggingface_hub import EvalResult
 
-    return [EvalResult(task_type="text-generation", task_name="Perplexity",
-                       dataset_type=texts.dataset or texts.name, dataset_name=texts.dataset or Path(texts.name).name,
-                       dataset_revision=texts.revision, metric_type="perplexity", metric_name="Perplexity",
-                       metric_value=round(result.perplexity, 4))]
+    dataset = data.get("dataset") or data.get("name", "?")
+    return [EvalResult(task_type="text-generation", task_name=metric.capitalize(), dataset_type=dataset,
+                       dataset_name=data.get("dataset") or Path(str(data.get("name", "?"))).name,
+                       dataset_revision=data.get("revision"), metric_type=metric, metric_name=metric.capitalize(),
+                       metric_value=round(value, 4))]
 
 
 def write_card_results(readme: Path, model_name: str, results: list) -> None:

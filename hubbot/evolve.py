@@ -37,7 +37,7 @@ import yaml
 from . import engine
 from .errors import Cancelled, HubbotError, MergeError, PlanError, RecipeError
 from .evaluate import Scorer
-from .history import SearchHistory, Trial
+from .history import SearchHistory, Trial, write_winner
 from .plan import Opener, build
 from .recipe import load_yaml, parse, text_hash
 from .sources import caching_opener
@@ -215,19 +215,20 @@ class SearchProgress:
 
 @dataclass
 class SearchResult:
-    folder: Path
+    folder: Path | None  # None when no output folder was asked for
     recipe: str
     score: float
     history: SearchHistory
 
 
-def search(template: str | Template, score: Scorer, out: Path, *, budget: int, work_dir: Path,
+def search(template: str | Template, score: Scorer, out: Path | None, *, budget: int, work_dir: Path,
            allow_local: bool = True, opener: Opener | None = None, device: str | None = None, sigma: float = 0.25,
            popsize: int | None = None, seed: int = 0, report: Callable[[SearchProgress], None] | None = None,
            cancel: threading.Event | None = None) -> SearchResult:
     """Search the template's marked values for `budget` evaluations, then merge the best recipe
-    into `out`. The state in `work_dir` lets an interrupted or cancelled search resume (with the
-    same template and options; the budget may grow)."""
+    into `out` (None: write nothing; publish `result.recipe` with `annotate=result.history.annotate`).
+    The state in `work_dir` lets an interrupted or cancelled search resume (with the same
+    template and options; the budget may grow)."""
     import numpy as np
 
     with warnings.catch_warnings():  # cma warns at import when matplotlib (for its plots) is missing
@@ -237,7 +238,8 @@ def search(template: str | Template, score: Scorer, out: Path, *, budget: int, w
     tpl = template if isinstance(template, Template) else Template(template)
     if budget < 1:
         raise HubbotError(f"the budget is {budget}; give at least one evaluation")
-    engine.check_output_folder(Path(out))
+    if out is not None:
+        engine.check_output_folder(Path(out))
     opener = opener or caching_opener(allow_local=allow_local)
     _check_template(tpl, allow_local, opener)
     work_dir = Path(work_dir)
@@ -301,10 +303,10 @@ def search(template: str | Template, score: Scorer, out: Path, *, budget: int, w
     comment = (f"Found by CMA-ES merge search (Akiba et al. 2024, arXiv:2403.13187): {score.metric} {best.score:.4g}\n"
                f"on {history.data.get('name')} after {len(history.trials)} evaluations; see search_history.json.")
     text = tpl.render(points[best.n - 1], comment)
-    result = engine.run(build(parse(text, allow_local=allow_local), opener=opener), Path(out), device=device,
-                        cancel=cancel)
-    history.save(result.folder)
-    return SearchResult(result.folder, text, best.score, history)
+    folder = None
+    if out is not None:
+        folder = write_winner(text, history, out, allow_local=allow_local, opener=opener, device=device, cancel=cancel)
+    return SearchResult(folder, text, best.score, history)
 
 
 def _check_template(tpl: Template, allow_local: bool, opener: Opener) -> None:

@@ -1,15 +1,19 @@
 """The record of a search over merges (greedy soup, evolutionary search): every candidate
-tried, its score, and the winner. Saved next to the merged model as search_history.json and
-rendered as a table for its card, so anyone can see how the recipe was found.
+tried, its score, and the winner. It goes with the winning model, locally or published, as
+search_history.json, a card section and the score in the card's eval_results, so anyone can
+see how the recipe was found.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .plan import Opener
 
 FILE_NAME = "search_history.json"
 FORMAT = "hubbot-search-history/1"
@@ -63,6 +67,20 @@ class SearchHistory:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
+    def annotate(self, folder: Path) -> None:
+        """Add the history to a model folder: the JSON file, a card section, and the best score
+        in the card's eval_results (README.md is created if missing)."""
+        from .evaluate import card_eval_results, write_card_results
+
+        folder = Path(folder)
+        self.save(folder)
+        readme = folder / "README.md"
+        text = readme.read_text() if readme.exists() else "---\n{}\n---\n"
+        readme.write_text(text.rstrip("\n") + "\n\n## How this recipe was found\n\n" + self.markdown())
+        best = self.best
+        if best is not None and best.score is not None:
+            write_card_results(readme, folder.name, card_eval_results(best.score, self.data, self.metric))
+
     def markdown(self, max_rows: int = 20) -> str:
         """A card section: what was searched, on which data, and the best trials as a table."""
         best = self.best
@@ -95,3 +113,19 @@ def _fmt(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return "" if v is None else str(v)
+
+
+def write_winner(recipe_text: str, history: SearchHistory, out: Path, *, allow_local: bool = True,
+                 opener: Opener | None = None, device: str | None = None,
+                 cancel: threading.Event | None = None) -> Path:
+    """Merge a search's winning recipe into `out`, with its card and history."""
+    from . import engine
+    from .card import write_card
+    from .plan import build
+    from .recipe import parse
+
+    plan = build(parse(recipe_text, allow_local=allow_local), opener=opener)
+    result = engine.run(plan, Path(out), device=device, cancel=cancel)
+    write_card(plan, result)
+    history.annotate(result.folder)
+    return result.folder

@@ -78,6 +78,11 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def models(self) -> list[Source]:
+        """The sources that are models (not tensors computed here, such as MoE routers)."""
+        return [s for s in self.sources if s.is_model]
+
+    @property
     def output_bytes(self) -> int:
         return sum(t.nbytes for t in self.tasks)
 
@@ -103,28 +108,34 @@ class Plan:
             raise PlanError(self.problems)
 
     def param_curves(self) -> dict[str, list[float]]:
-        """Per-output-layer value of each numeric parameter that varies over the layers, keyed
-        `param` or `param[model]`, for plots. Uses the first tensor of each layer."""
-        curves: dict[str, dict[int, float]] = {}
+        """Per-output-layer values of each numeric parameter that varies over the layers, for
+        plots. Tensors whose values follow the same curve share one line, labelled by the
+        first of them (`t · self_attn.q_proj.weight (+3)`); per-model values name the model."""
+        per_tensor: dict[tuple[str, str], dict[int, float]] = {}
         for task in self.tasks:
             if task.layer is None:
                 continue
+            rest = task.name.split(f".{task.layer}.", 1)[-1]
             for name, value in task.params.items():
-                if name == "seed":
-                    continue
                 values = value if isinstance(value, list) else [value]
                 for i, v in enumerate(values):
-                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    if name == "seed" or isinstance(v, bool) or not isinstance(v, (int, float)):
                         continue
                     key = name if not isinstance(value, list) else f"{name}[{self.sources[task.inputs[i].source].label}]"
-                    curves.setdefault(key, {}).setdefault(task.layer, float(v))
-        return {k: [v[i] for i in sorted(v)] for k, v in curves.items() if len(set(v.values())) > 1}
+                    per_tensor.setdefault((key, rest), {})[task.layer] = float(v)
+        groups: dict[tuple[str, tuple[float, ...]], list[str]] = {}
+        for (key, rest), by_layer in per_tensor.items():
+            curve = tuple(by_layer[i] for i in sorted(by_layer))
+            if len(set(curve)) > 1:
+                groups.setdefault((key, curve), []).append(rest)
+        return {f"{key} · {rests[0]}" + (f" (+{len(rests) - 1})" if len(rests) > 1 else ""): list(curve)
+                for (key, curve), rests in groups.items()}
 
     def summary(self) -> str:
         lines = [f"method: {self.method.name} ({self.method.title})"]
         for s in self.sources:
             rev = f" @ {s.revision[:12]}" if s.revision else ""
-            lines.append(f"  model: {s.label}{rev}")
+            lines.append(f"  {'model' if s.is_model else 'computed'}: {s.label}{rev}")
         lines.append(f"output: {len(self.tasks)} tensors, {self.out_layers} layers, {_size(self.output_bytes)}"
                      f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
         lines.append(f"reads: {_size(self.input_bytes)} of weights; peak memory for tensors about "
@@ -181,7 +192,7 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     if problems:
         raise PlanError(problems)
     for s in sources:
-        why = arch.quantization_problem(s.config(), list(s.tensors()))
+        why = arch.quantization_problem(s.config(), {n: i.dtype for n, i in s.tensors().items()})
         if why:
             problems.append(f"{s.label} {why}")
     if problems:

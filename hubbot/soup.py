@@ -21,7 +21,7 @@ import yaml
 from . import engine
 from .errors import Cancelled, HubbotError
 from .evaluate import Scorer
-from .history import SearchHistory, Trial
+from .history import SearchHistory, Trial, write_winner
 from .plan import Opener, build
 from .recipe import ModelRef, parse
 from .sources import caching_opener
@@ -31,7 +31,7 @@ PAPER = "greedy soup, Wortsman et al. 2022, Model soups, arXiv:2203.05482"
 
 @dataclass
 class SoupResult:
-    folder: Path
+    folder: Path | None  # None when no output folder was asked for
     recipe: str
     ingredients: list[str]
     score: float
@@ -47,17 +47,19 @@ def soup_recipe(ingredients: list[str], comment: str = "") -> str:
     return header + body
 
 
-def greedy_soup(candidates: list[str], score: Scorer, out: Path, *, work_dir: Path | None = None,
+def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_dir: Path | None = None,
                 allow_local: bool = True, opener: Opener | None = None, device: str | None = None,
                 report: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> SoupResult:
     """Cook a greedy soup of `candidates` (model references) into the folder `out`.
 
     `score(folder)` rates a merged model (lower is better, e.g. an Evaluator's perplexity);
-    `report` receives one line per step for a log; `cancel` stops between steps."""
+    `report` receives one line per step for a log; `cancel` stops between steps. With `out`
+    None nothing is written: publish `result.recipe` with `annotate=result.history.annotate`."""
     refs = list(dict.fromkeys(str(ModelRef.parse(c)) for c in candidates))
     if len(refs) < 2:
         raise HubbotError("a soup needs at least two different candidate models")
-    engine.check_output_folder(Path(out))
+    if out is not None:
+        engine.check_output_folder(Path(out))
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     opener = opener or caching_opener(allow_local=allow_local)
@@ -98,9 +100,9 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path, *, work_dir: Pa
     comment = (f"Greedy soup (Wortsman et al. 2022, arXiv:2203.05482): {len(soup)} of {len(refs)} candidates kept,\n"
                f"{score.metric} {best:.4g} on {history.data.get('name')}; every soup tried is in search_history.json.")
     text = soup_recipe(soup, comment)
-    result = engine.run(build(parse(text, allow_local=allow_local), opener=opener), Path(out), device=device,
-                        cancel=cancel)
-    history.save(result.folder)
-    say(f"wrote {result.folder}: soup of {', '.join(soup)}")
-    return SoupResult(result.folder, text, soup, best, history)
+    folder = None
+    if out is not None:
+        folder = write_winner(text, history, out, allow_local=allow_local, opener=opener, device=device, cancel=cancel)
+        say(f"wrote {folder}: soup of {', '.join(soup)}")
+    return SoupResult(folder, text, soup, best, history)
 

@@ -60,12 +60,10 @@ def test_smoke_test_with_and_without_a_chat_template(trained, tmp_path):
 def test_eval_results_are_written_into_the_card(tmp_path):
     from huggingface_hub import ModelCard
 
-    from hubbot.evaluate import Perplexity
-
     texts = TextSet("hf://datasets/org/held@v1/test.jsonl", ("x",), dataset="org/held", revision="v1")
     readme = tmp_path / "README.md"
-    write_card_results(readme, "my-merge", card_eval_results(Perplexity(3.14159, 1.1, 10, 1), texts))
-    write_card_results(readme, "my-merge", card_eval_results(Perplexity(2.5, 0.9, 10, 1), texts))
+    write_card_results(readme, "my-merge", card_eval_results(3.14159, texts.describe()))
+    write_card_results(readme, "my-merge", card_eval_results(2.5, texts.describe()))
     card = ModelCard.load(readme)
     assert card.data.model_name == "my-merge"
     [result] = card.data.eval_results

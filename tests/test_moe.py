@@ -166,6 +166,9 @@ def test_cli_validates_and_runs_moe_recipes(families, tmp_path, capsys):
     assert "mixture of experts → Mixtral: 2 experts, 2 per token" in capsys.readouterr().out
     assert main(["moe", str(recipe), "--out", str(tmp_path / "out"), "-q"]) == 0
     assert load(tmp_path / "out").config.architectures == ["MixtralForCausalLM"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| expert 1 (1 prompts) |" in card and "hubbot merge mergekit_moe_config.yml" in card
+    assert "router weights" not in card, "computed tensors are not listed as source models"
     merge = tmp_path / "merge.yml"
     merge.write_text(f"merge_method: linear\nmodels: [{{model: {ft1}, parameters: {{weight: 1}}}}]\n")
     assert main(["moe", str(merge), "--out", str(tmp_path / "out2")]) == 2

@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from hubbot import evolve
 from hubbot.cli import main
 from hubbot.errors import Cancelled, RecipeError
 from hubbot.evaluate import Evaluator, load_texts
 from hubbot.history import FILE_NAME, SearchHistory
+from hubbot.plan import build
+from hubbot.publish import merge_and_push
 from hubbot.recipe import parse
 from hubbot.soup import greedy_soup
+from tests.hub_fixtures import ALICE_TOKEN
 from tests.models import load_state
 
 
@@ -44,6 +48,9 @@ def test_greedy_soup_beats_every_single_model(trained, scores, tmp_path):
     assert history.best.params["ingredients"] == result.ingredients and len(history.trials) == 5
     assert "| kept |" in history.markdown() and any("kept" in line for line in lines)
     assert [p.name for p in tmp_path.iterdir()] == ["soup"], "candidate soups must be cleaned up"
+    card = ModelCard.load(result.folder / "README.md")
+    assert "## How this recipe was found" in card.text and "### Greedy soup" in card.text
+    assert card.data.eval_results[0].metric_value == pytest.approx(result.score, rel=1e-3)
 
 
 def test_search_beats_every_single_model(trained, scores, tmp_path):
@@ -69,6 +76,21 @@ models:
     history = json.loads((result.folder / FILE_NAME).read_text())
     assert history["kind"] == "cma_es" and len(history["trials"]) == 12 and history["budget"] == 12
     assert not (tmp_path / "work" / "candidate").exists()
+    assert "### Evolutionary merge search" in (result.folder / "README.md").read_text()
+
+
+def test_a_winner_is_published_with_its_history(hub, trained, scores, tmp_path):
+    """The job path: search without an output folder, then publish the winner with its history."""
+    evaluator, _ = scores
+    result = greedy_soup([str(trained.tunes["animals"]), str(trained.tunes["arithmetic"])], evaluator, None,
+                         work_dir=tmp_path)
+    assert result.folder is None and list(tmp_path.iterdir()) == []
+    plan = build(parse(result.recipe))
+    pub = merge_and_push(plan, tmp_path / "w", "alice/soup", token=ALICE_TOKEN, annotate=result.history.annotate)
+    files = hub.repo_files("alice/soup")
+    assert "search_history.json" in files and pub.url.endswith("alice/soup")
+    card = files["README.md"].decode()
+    assert "## How this recipe was found" in card and "model-index" in card
 
 
 class Distance:

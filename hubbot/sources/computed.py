@@ -23,6 +23,8 @@ Compute = Callable[["threading.Event | None"], dict[str, torch.Tensor]]
 class ComputedSource(Source):
     """float32 tensors named in `shapes`, produced together by `compute(cancel)`."""
 
+    is_model = False
+
     def __init__(self, label: str, shapes: dict[str, tuple[int, ...]], compute: Compute):
         super().__init__(ModelRef(label, local=True))
         self._label = label
