@@ -17,6 +17,7 @@ read tensor by tensor and never held whole.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import zlib
@@ -31,7 +32,7 @@ from .io import FLOAT_CODES
 from .methods import Method
 from .moe_recipe import Expert, MoeRecipe, parse_moe
 from .plan import DTYPE_CODES, Input, Opener, Plan, TensorTask, open_sources
-from .sources import Source
+from .sources import Source, open_source
 from .sources.computed import ComputedSource
 from .writer import DEFAULT_SHARD_BYTES
 
@@ -66,7 +67,7 @@ def run(recipe: MoeRecipe | str, out: Path, *, allow_local: bool = True, opener:
     """Parse (if given text), plan and write an MoE into the folder `out`."""
     if isinstance(recipe, str):
         recipe = parse_moe(recipe, allow_local=allow_local)
-    plan = build(recipe, opener=opener, device=device)
+    plan = build(recipe, opener=opener or functools.partial(open_source, allow_local=allow_local), device=device)
     return run_plan(plan, out, device=device, shard_bytes=shard_bytes, progress=progress, cancel=cancel,
                     on_shard=on_shard)
 

@@ -173,3 +173,25 @@ def test_cli_validates_and_runs_moe_recipes(families, tmp_path, capsys):
     merge.write_text(f"merge_method: linear\nmodels: [{{model: {ft1}, parameters: {{weight: 1}}}}]\n")
     assert main(["moe", str(merge), "--out", str(tmp_path / "out2")]) == 2
     assert "run it with 'hubbot merge'" in capsys.readouterr().err
+
+
+def test_moe_from_hub_sources(hub, alice_api, families, tmp_path):
+    """Service mode: Hub sources only (the router pass and the experts read by range), and a
+    local path in the recipe is refused."""
+    from hubbot.hub import HubOptions
+    from hubbot.sources import open_source
+    from tests.hub_fixtures import ALICE_TOKEN
+
+    for name, folder in zip(("base", "ft1", "ft2"), families("llama")):
+        alice_api.create_repo(f"alice/{name}")
+        alice_api.upload_folder(folder_path=str(folder), repo_id=f"alice/{name}")
+    opts = HubOptions(token=ALICE_TOKEN, cache_dir=tmp_path / "cache")
+    text = ("base_model: alice/base\nexperts:\n  - {source_model: alice/ft1, positive_prompts: [hello world]}\n"
+            "  - {source_model: alice/ft2, positive_prompts: [the quick brown fox]}\n")
+    hub.reset_stats()
+    res = moe.run(text, tmp_path / "out", allow_local=False, device="cpu",
+                  opener=lambda ref: open_source(ref, allow_local=False, hub=opts))
+    assert load(res.folder).config.num_local_experts == 2
+    assert hub.tensor_bytes_served("alice/ft1") > 0 and hub.tensor_bytes_served("alice/ft2") > 0
+    with pytest.raises(RecipeError, match="local path"):
+        moe.run(text.replace("alice/ft1", str(families("llama")[1])), tmp_path / "out2", allow_local=False)
