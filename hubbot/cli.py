@@ -89,7 +89,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _write_card(plan, result)
+    from .card import RunFacts, write_card
+
+    write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
           f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
     return 0
@@ -99,16 +101,6 @@ def _fetched(plan) -> str:
     """How much came over the network from Hub sources (zero when the cache was warm)."""
     hub = [s for s in plan.sources if hasattr(s, "bytes_fetched")]
     return f"; fetched {sum(s.bytes_fetched for s in hub) / 1e6:.1f} MB from the Hub" if hub else ""
-
-
-def _write_card(plan, result) -> None:
-    from .card import RunFacts, build_card
-
-    card, extra = build_card(plan, repo_id=None,
-                             run=RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
-    (result.folder / "README.md").write_text(card)
-    for name, data in extra.items():
-        (result.folder / name).write_bytes(data)
 
 
 def _push(args: argparse.Namespace, plan, progress) -> int:
