@@ -3,6 +3,7 @@ replies (the bot) and whoami (API callers). One small class so tests can stand i
 
 from __future__ import annotations
 
+from ..hub import HubOptions
 from ..settings import Settings
 
 
@@ -10,13 +11,10 @@ class HubClient:
     """Hub calls made with the service's own token (or the caller's, for whoami)."""
 
     def __init__(self, settings: Settings):
-        self.endpoint = settings.hub_endpoint
-        self.token = settings.hub_token
+        self.opts = HubOptions(token=settings.hub_token, endpoint=settings.hub_endpoint)
 
     def _api(self, token: str | None = None):
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=token or self.token)
+        return HubOptions(token=token or self.opts.token, endpoint=self.opts.endpoint).api()
 
     def head(self, repo_id: str, revision: str | None) -> str:
         """The commit sha `revision` (default branch when None) of a model repo points at."""

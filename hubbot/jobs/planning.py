@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import RecipeError
+from ..hub import HubOptions
 from ..plan import Plan, build
 from ..recipe import Recipe, parse
 from ..settings import Settings
@@ -32,11 +33,22 @@ def parse_recipe(settings: Settings, text: str) -> Recipe:
     return parse(text, allow_local=settings.local)
 
 
-def plan_recipe(settings: Settings, recipe: Recipe) -> Plan:
+def hub_options(settings: Settings, token: str | None, *, write: bool = False) -> HubOptions:
+    """Hub client settings for one job. In service mode sources are read with the user's token
+    only (never the service's, which may see private repos the user may not); publishing falls
+    back to the service's token. Locally, the machine's own login serves for both."""
+    if token is None and (write or settings.local):
+        token = settings.hub_token
+    if token is None and settings.local:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    return HubOptions(token=token, endpoint=settings.hub_endpoint, cache_dir=settings.data_dir / "cache")
+
+
+def plan_recipe(settings: Settings, recipe: Recipe, token: str | None = None) -> Plan:
     """Plan from headers (config.json, safetensors headers), local or on the Hub."""
-    # The Hub client options (endpoint, a user's token for private sources) go in `hub`
-    # once hubbot.sources.hub defines them.
-    return build(recipe, opener=partial(open_source, allow_local=settings.local, hub=None))
+    return build(recipe, opener=partial(open_source, allow_local=settings.local, hub=hub_options(settings, token)))
 
 
 def folder_fingerprint(folder: Path) -> str:

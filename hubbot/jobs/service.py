@@ -128,7 +128,7 @@ class Service:
         """
         target = self._check_target(target, token)
         recipe = parse_recipe(self.settings, recipe_text)
-        plan = plan_recipe(self.settings, recipe)
+        plan = plan_recipe(self.settings, recipe, token)
         plan.raise_for_problems()
         sources = source_revisions(plan)
         values = {

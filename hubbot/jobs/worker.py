@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, HubbotError
+from ..hub import RETRY_STATUSES, transport_errors
 from ..settings import Settings
-from .planning import parse_recipe, plan_recipe, run_key, source_revisions
+from .planning import hub_options, parse_recipe, plan_recipe, run_key, source_revisions
 from .store import Store
 
 TEST_DELAY_ENV = "HUBBOT_TEST_TENSOR_DELAY"  # seconds to sleep per tensor: lets tests stop a merge midway
 KEY_FILE = "run-key"
 REPORT_EVERY_S = 0.5
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 EXIT_ORPHANED = 75
 
 
@@ -47,7 +47,7 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
     work = settings.jobs_dir / job_id
     work.mkdir(parents=True, exist_ok=True)
     try:
-        plan = plan_recipe(settings, parse_recipe(settings, row["recipe"]))
+        plan = plan_recipe(settings, parse_recipe(settings, row["recipe"]), token)
         plan.raise_for_problems()
         sources = source_revisions(plan)
         moved = [f"{now['ref']} ({then['revision']} -> {now['revision']})"
@@ -60,7 +60,7 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
         report = _Reporter(store, job_id, claim, settings.lease_seconds, cancel)
         if row["target"]:
             report.on_complete = lambda: store.advance(job_id, claim, "publishing")
-            result = _publish(settings, plan, work, row, token or settings.hub_token, report, cancel, say)
+            result = _publish(settings, plan, work, row, token, report, cancel, say)
         else:
             result = _merge_local(plan, work / "out", row["options"], report, cancel, say)
         total = {"tensors_done": len(plan.tasks), "tensors_total": len(plan.tasks),
@@ -104,13 +104,17 @@ def _start_or_resume(work: Path, key: str, say: Callable[[str], None]) -> None:
 def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: threading.Event,
                  say: Callable[[str], None]) -> dict:
     from .. import engine
+    from ..card import RunFacts, write_card
 
     if out.is_dir() and any(out.iterdir()):  # the engine renames <out>.partial into place only when complete
         say("the merge had completed before the interruption; keeping its output")
+        if not (out / "README.md").exists():
+            write_card(plan, out, None)
         return {"folder": str(out)}
     say(f"merging {len(plan.tasks)} tensors")
     res = engine.run(plan, out, device=options.get("device"), shard_bytes=options["shard_bytes"], progress=report,
                      cancel=cancel, resume=True, keep_partial=True)
+    write_card(plan, out, RunFacts(res.seconds, res.device, res.bytes_written, res.tensors))
     shards = sum(1 for f in res.files if f.suffix == ".safetensors")
     kept = f", {res.resumed_shards} kept from the interrupted run" if res.resumed_shards else ""
     say(f"merged: {res.tensors} tensors, {res.bytes_written / 1e6:.1f} MB in {shards} shards{kept}, "
@@ -124,11 +128,13 @@ def _publish(settings: Settings, plan, work: Path, row, token: str | None, repor
 
     opts = row["options"]
     say(f"merging and publishing to {row['target']}" + (" as a pull request" if opts["pr"] else ""))
-    result = merge_and_push(plan, work / "hub", row["target"], token=token, private=opts["private"],
-                            create_pr=opts["pr"], progress=report, cancel=cancel, resume=True,
-                            endpoint=settings.hub_endpoint)
-    say(f"published: {result.get('pr_url') or result.get('url')}")
-    return {k: v for k, v in result.items() if v is not None}
+    hub = hub_options(settings, token, write=True)
+    pub = merge_and_push(plan, work / "hub", row["target"], token=hub.token, private=opts["private"],
+                         create_pr=opts["pr"], progress=report, cancel=cancel, resume=True, endpoint=hub.endpoint,
+                         device=opts.get("device"), shard_bytes=opts["shard_bytes"], options=hub)
+    say(f"published {pub.run.tensors} tensors, {pub.run.bytes_written / 1e6:.1f} MB: {pub.pr_url or pub.url} "
+        f"(commit {pub.commit[:12]})")
+    return {k: v for k, v in pub.as_dict().items() if v is not None}
 
 
 class _Reporter:
@@ -171,21 +177,16 @@ class _Log:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Network trouble or a Hub 5xx/429 anywhere in the exception chain: worth a retry.
-    Errors may also mark themselves with a true `transient` attribute."""
-    try:
-        import httpx
-
-        transport = (httpx.TransportError,)
-    except ImportError:
-        transport = ()
+    """Network trouble or a Hub 408/429/5xx anywhere in the exception chain, or an error marked
+    `transient` (the Hub client's retries ran out): worth running the job again later."""
+    network = transport_errors()
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if getattr(e, "transient", False) or isinstance(e, (ConnectionError, TimeoutError, *transport)):
+        if getattr(e, "transient", False) or isinstance(e, network):
             return True
-        if getattr(getattr(e, "response", None), "status_code", None) in TRANSIENT_STATUS:
+        if getattr(getattr(e, "response", None), "status_code", None) in RETRY_STATUSES:
             return True
         e = e.__cause__ or e.__context__
     return False
