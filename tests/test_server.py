@@ -4,7 +4,6 @@ discussion and whoami calls."""
 
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
 
 from hubbot.jobs import worker
@@ -86,8 +85,9 @@ def test_bad_or_missing_secret_is_refused_and_does_nothing(families, tmp_path):
 
 
 def test_source_update_reruns_the_watched_recipe(families, tmp_path):
-    """Local part of the round trip: the delivery names a watched source (here a local folder
-    standing in for a repo id) and the watch's recipe is queued again against its new weights."""
+    """With local sources: the delivery names a watched source (a local folder standing in for a
+    repo id) and the watch's recipe is queued again against its new weights. The round trip
+    through the Hub stand-in is in test_jobs_hub.py."""
     base, ft1, ft2 = copy_family(families("llama"), tmp_path / "models")
     client, service, hub = app_for(tmp_path)
     watch = service.watch(linear(ft1, ft2), owner="ann", target=None)
@@ -114,15 +114,6 @@ def test_source_update_reruns_the_watched_recipe(families, tmp_path):
     r = client.post("/webhooks/hub", json={"event": {}}, headers=headers)
     assert r.status_code == 400 and "not a Hub webhook payload" in r.json()["error"]
     assert client.post("/webhooks/hub", content=b"{", headers=headers).status_code == 400
-
-
-@pytest.mark.skip(reason="needs the Hub stand-in (tests/hub_server.py) and hubbot.publish; wired in when they land")
-def test_source_update_pushes_a_new_commit_to_the_hub_stand_in():
-    """HUB ROUND TRIP (to complete once tests/hub_server.py and hubbot.publish are merged):
-    1. start the stand-in, create org/a and org/b, watch a recipe over them with target org/merged;
-    2. run the first job to the end: org/merged gets commit 1;
-    3. push a new commit to org/b, POST its repo.content delivery with the secret;
-    4. run the re-run job: org/merged gets commit 2 and its card names org/b's new sha."""
 
 
 def test_discussion_comment_with_a_recipe_is_queued_and_answered(families, tmp_path):
