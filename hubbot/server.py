@@ -67,8 +67,7 @@ def create_app(settings: Settings, *, service: Service | None = None, background
 
     def caller(request: Request) -> tuple[str | None, str | None]:
         """(owner, token) of an API request. Service mode needs a Hub token naming the user."""
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        token = bearer(request)
         if settings.local:
             return None, token
         if not token:
@@ -94,8 +93,8 @@ def create_app(settings: Settings, *, service: Service | None = None, background
                                      pr=body.pr, token=token))
 
     @app.post("/api/validate")
-    def validate(body: ValidateBody) -> dict:
-        return asdict(service.validate(body.recipe))
+    def validate(body: ValidateBody, request: Request) -> dict:
+        return asdict(service.validate(body.recipe, token=bearer(request)))
 
     @app.get("/api/jobs/{job_id}")
     def get_job(job_id: str) -> dict:
@@ -124,6 +123,11 @@ def create_app(settings: Settings, *, service: Service | None = None, background
         return JSONResponse(summary, status_code=202 if work is not None else 200)
 
     return _with_ui(app, service, settings) if settings.ui else app
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() or None if auth.lower().startswith("bearer ") else None
 
 
 def check_secret(expected: str | None, given: str | None) -> None:

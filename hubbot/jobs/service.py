@@ -82,15 +82,16 @@ class Service:
 
     # --- checking -------------------------------------------------------------------------
 
-    def validate(self, recipe_text: str) -> Validation:
-        """Parse and plan from headers; bad recipes come back as problems, never as exceptions."""
+    def validate(self, recipe_text: str, *, token: str | None = None) -> Validation:
+        """Parse and plan from headers; bad recipes come back as problems, never as exceptions.
+        `token` lets a signed-in user's private sources be read."""
         try:
             recipe = parse_recipe(self.settings, recipe_text)
         except RecipeError as exc:
             return _invalid(str(exc), exc.problems, [])
         models = [{"ref": str(r), "revision": r.revision} for r in recipe.model_refs()]
         try:
-            plan = plan_recipe(self.settings, recipe)
+            plan = plan_recipe(self.settings, recipe, token)
         except PlanError as exc:
             return _invalid(str(exc), exc.problems, models)
         except HubbotError as exc:
