@@ -7,12 +7,12 @@ import html
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import __version__
-from .engine import RunResult
 from .moe_recipe import MoeRecipe
 from .plan import Plan
 from .recipe import Recipe
@@ -148,6 +148,14 @@ def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tupl
     return str(card), extra
 
 
+def write_card(plan: Plan, folder: Path, run: RunFacts | None) -> None:
+    """Write README.md (and the files it references) into a local output folder."""
+    card, extra = build_card(plan, repo_id=None, run=run)
+    (folder / "README.md").write_text(card)
+    for name, data in extra.items():
+        (folder / name).write_bytes(data)
+
+
 def _license_warnings(facts: list[dict], chosen: str | None) -> list[str]:
     out = []
     if chosen is None:
@@ -209,15 +217,6 @@ def _reproduce(plan: Plan) -> list[str]:
     return ["## Reproduce it", "", f"The recipe is in this repo as `{name}`:", "", "```bash",
             "pip install hubbot", f"hubbot merge {name} --out merged/", "```", "",
             f"It is also a valid {tool} configuration.", ""]
-
-
-def write_card(plan: Plan, result: RunResult) -> None:
-    """README.md (and the files it shows) for a merge written to a local folder."""
-    card, extra = build_card(plan, repo_id=None,
-                             run=RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
-    (result.folder / "README.md").write_text(card)
-    for name, data in extra.items():
-        (result.folder / name).write_bytes(data)
 
 
 def _hardware(device: str) -> str:

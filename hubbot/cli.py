@@ -32,7 +32,7 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB") from None
 
 
-def _read_text(path: str, what: str = "recipe") -> str:
+def _recipe_text(path: str, what: str = "recipe") -> str:
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as exc:
@@ -44,7 +44,7 @@ def _plan_any(path: str, only: str | None = None):
     refuse the other kind)."""
     from .recipe import kind_of, parse
 
-    text = _read_text(path)
+    text = _recipe_text(path)
     kind = kind_of(text)
     if only and kind != only:
         raise RecipeError(f"{path} is a merge recipe, not a mixture of experts (it has no 'experts:'); "
@@ -105,9 +105,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    from .card import write_card
+    from .card import RunFacts, write_card
 
-    write_card(plan, result)
+    write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
           f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
     return 0
@@ -186,11 +186,72 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".search")
-    result = evolve.search(_read_text(args.template, "recipe template"), _evaluator(args), out, budget=args.budget,
+    result = evolve.search(_recipe_text(args.template, "recipe template"), _evaluator(args), out, budget=args.budget,
                            work_dir=work, device=args.device, sigma=args.sigma, popsize=args.popsize,
                            seed=args.seed, report=print)
     print(f"best perplexity {result.score:.4f}; wrote {result.folder} (search state kept in {work})")
     return 0
+
+
+def _settings(args: argparse.Namespace, **overrides):
+    """Settings from the environment, with the command's flags (those given) on top."""
+    from .settings import Settings
+
+    if getattr(args, "data", None):
+        overrides["data_dir"] = args.data
+    if getattr(args, "service", False):
+        overrides["service"] = True
+    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, ui=False if args.no_ui else None))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .jobs.store import Store
+    from .jobs.supervisor import Supervisor
+
+    settings = _settings(args, worker_slots=args.workers)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"hubbot worker: {settings.worker_slots} slot(s), jobs from {settings.store_url}", flush=True)
+    Supervisor(settings, Store(settings.store_url)).run_forever(stop)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import time
+
+    from .jobs.service import Service
+    from .jobs.store import FINAL
+
+    service = Service(_settings(args))
+    job = service.submit(_recipe_text(args.recipe), target=args.target, private=args.private, pr=args.pr)
+    print(f"job {job.id}: {job.state}" + (f" (number {job.position} in the queue)" if job.position else ""))
+    if not args.wait:
+        return 0
+    since = 0
+    while True:
+        lines = service.log(job.id, since)
+        since += len(lines)
+        for line in lines:
+            print(line, flush=True)
+        if job.state in FINAL:
+            break
+        time.sleep(1.0)
+        job = service.get(job.id)
+    result = job.result or {}
+    print(f"job {job.id}: {job.state}" + (f": {job.error}" if job.error else "")
+          + (f" -> {result.get('pr_url') or result.get('url') or result.get('folder')}" if result else ""))
+    return 0 if job.state == "done" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +307,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_evolve)
+
+    def service_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", default=None, help="data folder (default ./data, or $HUBBOT_DATA_DIR)")
+        p.add_argument("--service", action="store_true", help="service mode: Hub sources only, results to the Hub")
+
+    p = sub.add_parser("serve", help="run the web UI, the job API, webhooks, the scheduler and the workers")
+    service_flags(p)
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 in service mode)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.add_argument("--no-ui", action="store_true", help="serve the API and webhooks without the web UI")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run queued jobs from the store (for running workers apart from the server)")
+    service_flags(p)
+    p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="queue a recipe for 'hubbot serve' or 'hubbot worker' to run")
+    service_flags(p)
+    p.add_argument("recipe", help="recipe YAML file, or - for standard input")
+    p.add_argument("--target", default=None, help="publish to this Hub repo (namespace/name); default: a local folder")
+    p.add_argument("--private", action="store_true", help="create the target repo private")
+    p.add_argument("--pr", action="store_true", help="open a pull request on the target instead of committing")
+    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

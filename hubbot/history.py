@@ -120,12 +120,12 @@ def write_winner(recipe_text: str, history: SearchHistory, out: Path, *, allow_l
                  cancel: threading.Event | None = None) -> Path:
     """Merge a search's winning recipe into `out`, with its card and history."""
     from . import engine
-    from .card import write_card
+    from .card import RunFacts, write_card
     from .plan import build
     from .recipe import parse
 
     plan = build(parse(recipe_text, allow_local=allow_local), opener=opener)
     result = engine.run(plan, Path(out), device=device, cancel=cancel)
-    write_card(plan, result)
+    write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
     history.annotate(result.folder)
     return result.folder
