@@ -39,24 +39,18 @@ def _recipe_text(path: str, what: str = "recipe") -> str:
         raise RecipeError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
-def _plan_any(path: str, only: str | None = None):
-    """The plan of a merge or a mixture-of-experts recipe, whichever the file holds (`only`:
-    refuse the other kind)."""
-    from .recipe import kind_of, parse
+def _plan_any(path: str, kinds: tuple[str, ...] | None = None):
+    """The plan of whatever the file holds (a merge or MoE recipe, or a soup or search request,
+    planned from its starting recipe); `kinds` refuses the others."""
+    from .kinds import parse_any, plan_any
+    from .recipe import KIND_HINTS, kind_of
 
     text = _recipe_text(path)
     kind = kind_of(text)
-    if only and kind != only:
-        raise RecipeError(f"{path} is a merge recipe, not a mixture of experts (it has no 'experts:'); "
-                          "run it with 'hubbot merge'")
-    if kind == "moe":
-        from . import moe
-        from .moe_recipe import parse_moe
-
-        return moe.build(parse_moe(text))
-    from .plan import build
-
-    return build(parse(text))
+    if kinds and kind not in kinds:
+        raise RecipeError(f"{path}: " + KIND_HINTS.get(kind, "this is a merge recipe, not a mixture of experts "
+                                                               "(it has no 'experts:'); run it with 'hubbot merge'"))
+    return plan_any(parse_any(text))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -79,13 +73,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         from .hub import HubOptions, check_push_target
 
         check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
-    plan = _plan_any(args.recipe, only=args.only)
+    plan = _plan_any(args.recipe, kinds=args.kinds)
     plan.raise_for_problems()
-    write = engine.run
-    if plan.method.name == "moe":
-        from . import moe
-
-        write = moe.run_plan
     bar = None
     if sys.stderr.isatty() and not args.quiet:
         from tqdm import tqdm
@@ -101,7 +90,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     try:
         if args.push:
             return _push(args, plan, progress)
-        result = write(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
+        result = engine.run(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
     finally:
         if bar is not None:
             bar.close()
@@ -264,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML file, or - for standard input")
     p.set_defaults(func=cmd_validate)
 
-    for name, only, help_text in (
-        ("merge", None, "run a recipe (a merge or a mixture of experts) and write the merged model"),
-        ("moe", "moe", "run a mixture-of-experts recipe (experts: ...) into a Mixtral or Qwen2-MoE model"),
+    for name, kinds, help_text in (
+        ("merge", ("merge", "moe"), "run a recipe (a merge or a mixture of experts) and write the merged model"),
+        ("moe", ("moe",), "run a mixture-of-experts recipe (experts: ...) into a Mixtral or Qwen2-MoE model"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe YAML file, or - for standard input")
@@ -280,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-        p.set_defaults(func=cmd_merge, only=only)
+        p.set_defaults(func=cmd_merge, kinds=kinds)
 
     p = sub.add_parser("evaluate", help="perplexity on held-out texts and a generation smoke test")
     p.add_argument("model", help="model folder (or Hub id)")

@@ -22,6 +22,7 @@ import torch
 from .errors import Cancelled, MergeError
 from .io import DTYPES, TORCH_NAMES
 from .plan import Plan, TensorTask
+from .sources.computed import ComputedSource
 from .writer import DEFAULT_SHARD_BYTES, ShardWriter
 
 CHUNK_BYTES = 64 << 20  # float32 bytes of one block when merging elementwise
@@ -153,6 +154,10 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
            progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> int:
     """Run every unit with reads prefetched on a thread; returns the bytes read."""
     units = _units(plan, writer, chunk_bytes)
+    if units:  # tensors computed here (MoE routers) first: the work may be long, and may be cancelled
+        for source in plan.sources:
+            if isinstance(source, ComputedSource):
+                source.compute(cancel)
     total = len(plan.tasks)
     done_tensors = total - len({u.task.name for u in units})
     done_bytes = writer.total_size - sum(_unit_bytes(u) for u in units)

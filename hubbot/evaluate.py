@@ -48,10 +48,10 @@ class TextSet:
 
 
 def load_texts(spec: str, *, text_field: str = "text", max_documents: int | None = None, allow_local: bool = True,
-               token: str | None = None) -> TextSet:
+               token: str | None = None, endpoint: str | None = None) -> TextSet:
     """Read a text set from a local file or `hf://datasets/org/name[@rev]/path` (downloaded with
-    huggingface_hub; `token` is used for that request only). `allow_local=False` (service
-    mode) refuses local files."""
+    huggingface_hub from `endpoint`; `token` is used for that request only). `allow_local=False`
+    (service mode) refuses local files."""
     dataset = revision = None
     if spec.startswith(HUB_PREFIX):
         dataset, revision, path = _parse_hub_spec(spec)
@@ -59,7 +59,8 @@ def load_texts(spec: str, *, text_field: str = "text", max_documents: int | None
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            local = Path(hf_hub_download(dataset, path, repo_type="dataset", revision=revision, token=token))
+            local = Path(hf_hub_download(dataset, path, repo_type="dataset", revision=revision, token=token,
+                                         endpoint=endpoint))
         except (HfHubHTTPError, OSError, ValueError) as exc:
             raise EvalError(f"{spec}: could not download it from the Hub ({exc.__class__.__name__}: {exc}); check "
                             "the dataset name, revision and file path, and your access to it") from None
@@ -226,10 +227,10 @@ class EvalSpec:
     max_documents: int | None = None
     max_length: int = 512
 
-    def evaluator(self, *, allow_local: bool = True, token: str | None = None, device: str | None = None,
-                  cancel: threading.Event | None = None) -> Evaluator:
+    def evaluator(self, *, allow_local: bool = True, token: str | None = None, endpoint: str | None = None,
+                  device: str | None = None, cancel: threading.Event | None = None) -> Evaluator:
         texts = load_texts(self.data, text_field=self.text_field, max_documents=self.max_documents,
-                           allow_local=allow_local, token=token)
+                           allow_local=allow_local, token=token, endpoint=endpoint)
         return Evaluator(texts, max_length=self.max_length, device=device, cancel=cancel)
 
 

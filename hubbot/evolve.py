@@ -37,9 +37,9 @@ import yaml
 from . import engine
 from .errors import Cancelled, HubbotError, MergeError, PlanError, RecipeError
 from .evaluate import Scorer
-from .history import SearchHistory, Trial, write_winner
+from .history import SearchHistory, SearchProgress, Trial, write_winner
 from .plan import Opener, build
-from .recipe import load_yaml, parse, text_hash
+from .recipe import Recipe, load_yaml, parse, text_hash
 from .sources import caching_opener
 
 PAPER = "CMA-ES over recipe parameters, Akiba et al. 2024, arXiv:2403.13187"
@@ -193,27 +193,6 @@ class SearchState:
 
 
 @dataclass
-class SearchProgress:
-    """Reported after every evaluation: for a job log, or a live view of the best recipe."""
-
-    evaluation: int
-    budget: int
-    generation: int
-    params: dict[str, Any]
-    score: float | None
-    error: str | None
-    best_score: float | None
-    best_params: dict[str, Any] | None
-    best_recipe: str | None
-
-    def __str__(self) -> str:
-        got = f"{self.score:.4g}" if self.score is not None else f"failed ({self.error})"
-        best = f"{self.best_score:.4g}" if self.best_score is not None else "-"
-        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"[{self.evaluation}/{self.budget}] gen {self.generation}: {params} -> {got} (best {best})"
-
-
-@dataclass
 class SearchResult:
     folder: Path | None  # None when no output folder was asked for
     recipe: str
@@ -241,7 +220,7 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
     if out is not None:
         engine.check_output_folder(Path(out))
     opener = opener or caching_opener(allow_local=allow_local)
-    _check_template(tpl, allow_local, opener)
+    build(check_template(tpl, allow_local), opener=opener).raise_for_problems()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / STATE_FILE
@@ -292,9 +271,9 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
             points.append(x)
             best = history.best
             if report:
-                report(SearchProgress(trial.n, budget, g, trial.params, trial.score, trial.error,
-                                      best.score if best else None, best.params if best else None,
-                                      tpl.render(points[best.n - 1]) if best else None))
+                report(SearchProgress(trial.n, budget, trial.params, trial.score, trial.error,
+                                      best.score if best else None, tpl.render(points[best.n - 1]) if best else None,
+                                      score.metric, generation=g))
         if gen.done():
             es.tell([np.array(x) for x in gen.asked], gen.losses())
     if best is None:
@@ -309,15 +288,16 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
     return SearchResult(folder, text, best.score, history)
 
 
-def _check_template(tpl: Template, allow_local: bool, opener: Opener) -> None:
-    """The template must give valid recipes at its start and at both ends of every range."""
+def check_template(tpl: Template, allow_local: bool = True) -> Recipe:
+    """The template must give valid recipes at its start and at both ends of every range;
+    returns the recipe at the start."""
+    recipes = []
     for label, x in (("start", tpl.x0()), ("lowest", [0.0] * tpl.size), ("highest", [1.0] * tpl.size)):
         try:
-            recipe = parse(tpl.render(x), allow_local=allow_local)
+            recipes.append(parse(tpl.render(x), allow_local=allow_local))
         except RecipeError as exc:
             raise RecipeError([f"at the {label} values of the search ranges: {p}" for p in exc.problems]) from None
-        if label == "start":
-            build(recipe, opener=opener).raise_for_problems()
+    return recipes[0]
 
 
 def _evaluate(tpl: Template, x: list[float], score: Scorer, work_dir: Path, history: SearchHistory,

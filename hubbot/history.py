@@ -33,6 +33,35 @@ class Trial:
 
 
 @dataclass
+class SearchProgress:
+    """Reported after every evaluation of a soup or search: `str()` is a line for a log,
+    `as_progress()` a job's progress (with the best recipe so far, for a live view)."""
+
+    evaluation: int
+    budget: int
+    params: dict[str, Any]
+    score: float | None
+    error: str | None
+    best_score: float | None
+    best_recipe: str | None
+    metric: str
+    generation: int | None = None
+    note: str = ""
+
+    def __str__(self) -> str:
+        got = f"{self.score:.4g}" if self.score is not None else f"failed ({self.error})"
+        best = f"{self.best_score:.4g}" if self.best_score is not None else "-"
+        gen = f" gen {self.generation}:" if self.generation is not None else ""
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
+        note = f", {self.note}" if self.note else ""
+        return f"[{self.evaluation}/{self.budget}]{gen} {params} -> {self.metric} {got}{note} (best {best})"
+
+    def as_progress(self) -> dict[str, Any]:
+        return {"evaluations_done": self.evaluation, "evaluations_total": self.budget, "metric": self.metric,
+                "best_score": self.best_score, "best_recipe": self.best_recipe}
+
+
+@dataclass
 class SearchHistory:
     kind: str  # "greedy_soup" or "cma_es"
     title: str

@@ -64,23 +64,13 @@ def run(recipe: MoeRecipe | str, out: Path, *, allow_local: bool = True, opener:
         device: str | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
         progress: Callable[[engine.Progress], None] | None = None, cancel: threading.Event | None = None,
         on_shard: Callable[[Path], None] | None = None) -> engine.RunResult:
-    """Parse (if given text), plan and write an MoE into the folder `out`."""
+    """Parse (if given text), plan and write an MoE into the folder `out`. The engine computes
+    the routers (the prompts run through the base) before it writes the first shard."""
     if isinstance(recipe, str):
         recipe = parse_moe(recipe, allow_local=allow_local)
     plan = build(recipe, opener=opener or functools.partial(open_source, allow_local=allow_local), device=device)
-    return run_plan(plan, out, device=device, shard_bytes=shard_bytes, progress=progress, cancel=cancel,
-                    on_shard=on_shard)
-
-
-def run_plan(plan: Plan, out: Path, *, cancel: threading.Event | None = None, **engine_options: Any) -> engine.RunResult:
-    """Write a planned MoE. The routers are computed first (the prompts run through the base),
-    so a bad prompt or tokenizer fails before any shard is written."""
-    plan.raise_for_problems()
-    routers = plan.sources[-1]
-    if not isinstance(routers, ComputedSource):
-        raise TypeError("run_plan expects a plan made by hubbot.moe.build")
-    routers.compute(cancel)
-    return engine.run(plan, out, cancel=cancel, **engine_options)
+    return engine.run(plan, out, device=device, shard_bytes=shard_bytes, progress=progress, cancel=cancel,
+                      on_shard=on_shard)
 
 
 class _MoePlanner:

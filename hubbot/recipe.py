@@ -285,10 +285,25 @@ def load_yaml(text: str, what: str = "recipe") -> Any:
         raise RecipeError(f"the {what} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
 
 
-def kind_of(text: str) -> Literal["merge", "moe"]:
-    """Which recipe kind a text is: a merge, or a mixture of experts (it lists `experts:`)."""
-    data = load_yaml(text)
-    return "moe" if isinstance(data, dict) and "experts" in data else "merge"
+Kind = Literal["merge", "moe", "soup", "evolve"]
+KIND_KEYS: dict[str, Kind] = {"experts": "moe", "soup": "soup", "evolve": "evolve"}
+KIND_HINTS = {
+    "moe": "this is a mixture-of-experts recipe (it lists 'experts:'); run it with 'hubbot moe'",
+    "soup": "this is a greedy soup request (it has 'soup:'); submit it as a job, or use 'hubbot soup'",
+    "evolve": "this is a merge search request (it has 'evolve:'); submit it as a job, or use 'hubbot evolve'",
+}
+
+
+def kind_of(text: str) -> Kind:
+    """What a text asks for, from its top-level keys: a merge recipe, a mixture of experts
+    (`experts:`), a greedy soup (`soup:`) or a merge search (`evolve:`)."""
+    return _kind(load_yaml(text))
+
+
+def _kind(data: Any) -> Kind:
+    if isinstance(data, dict):
+        return next((kind for key, kind in KIND_KEYS.items() if key in data), "merge")
+    return "merge"
 
 
 def parse(text: str, *, allow_local: bool = True) -> Recipe:
@@ -302,9 +317,8 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     data = load_yaml(text)
     if not isinstance(data, dict):
         raise RecipeError("the recipe must be a YAML mapping with at least 'merge_method' and 'models' or 'slices'")
-    if "experts" in data:
-        raise RecipeError("this is a mixture-of-experts recipe (it lists 'experts:'); run it with 'hubbot moe' "
-                          "or parse it with hubbot.moe_recipe.parse_moe")
+    if _kind(data) != "merge":
+        raise RecipeError(KIND_HINTS[_kind(data)])
 
     c = _Checker(allow_local)
     c.unknown_keys("", data, TOP_LEVEL_FIELDS)

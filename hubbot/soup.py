@@ -21,7 +21,7 @@ import yaml
 from . import engine
 from .errors import Cancelled, HubbotError
 from .evaluate import Scorer
-from .history import SearchHistory, Trial, write_winner
+from .history import SearchHistory, SearchProgress, Trial, write_winner
 from .plan import Opener, build
 from .recipe import ModelRef, parse
 from .sources import caching_opener
@@ -49,11 +49,12 @@ def soup_recipe(ingredients: list[str], comment: str = "") -> str:
 
 def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_dir: Path | None = None,
                 allow_local: bool = True, opener: Opener | None = None, device: str | None = None,
-                report: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> SoupResult:
+                report: Callable[[SearchProgress], None] | None = None,
+                cancel: threading.Event | None = None) -> SoupResult:
     """Cook a greedy soup of `candidates` (model references) into the folder `out`.
 
     `score(folder)` rates a merged model (lower is better, e.g. an Evaluator's perplexity);
-    `report` receives one line per step for a log; `cancel` stops between steps. With `out`
+    `report` hears of every evaluation (SearchProgress); `cancel` stops between steps. With `out`
     None nothing is written: publish `result.recipe` with `annotate=result.history.annotate`."""
     refs = list(dict.fromkeys(str(ModelRef.parse(c)) for c in candidates))
     if len(refs) < 2:
@@ -80,29 +81,33 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
+        total = 2 * len(refs) - 1  # each candidate alone, then each but the first added to the soup
+
+        def record(ingredients: list[str], value: float, kept: bool | None, note: str) -> None:
+            history.trials.append(Trial(len(history.trials) + 1, {"ingredients": ingredients}, value, kept=kept))
+            leader = min((t for t in history.trials if t.kept is not False), key=lambda t: t.score)
+            say(SearchProgress(len(history.trials), total, {"ingredients": ingredients}, value, None, leader.score,
+                               soup_recipe(leader.params["ingredients"]), score.metric, note=note))
+
         alone = {}
         for ref in refs:
             alone[ref] = rate([ref])
-            history.trials.append(Trial(len(history.trials) + 1, {"ingredients": [ref]}, alone[ref], kept=None))
-            say(f"candidate {ref}: {score.metric} {alone[ref]:.4g}")
+            record([ref], alone[ref], None, "alone")
         order = sorted(refs, key=lambda r: alone[r])
         soup, best = [order[0]], alone[order[0]]
         history.trials[refs.index(order[0])].kept = True
-        say(f"soup starts with {order[0]} ({score.metric} {best:.4g})")
         for ref in order[1:]:
             trial = soup + [ref]
             s = rate(trial)
             kept = s < best
-            history.trials.append(Trial(len(history.trials) + 1, {"ingredients": trial}, s, kept=kept))
-            say(f"soup + {ref}: {score.metric} {s:.4g} -> {'kept' if kept else 'left out'} (best {min(s, best):.4g})")
             if kept:
                 soup, best = trial, s
+            record(trial, s, kept, "kept" if kept else "left out")
     comment = (f"Greedy soup (Wortsman et al. 2022, arXiv:2203.05482): {len(soup)} of {len(refs)} candidates kept,\n"
                f"{score.metric} {best:.4g} on {history.data.get('name')}; every soup tried is in search_history.json.")
     text = soup_recipe(soup, comment)
     folder = None
     if out is not None:
         folder = write_winner(text, history, out, allow_local=allow_local, opener=opener, device=device, cancel=cancel)
-        say(f"wrote {folder}: soup of {', '.join(soup)}")
     return SoupResult(folder, text, soup, best, history)
 

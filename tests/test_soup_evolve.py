@@ -16,11 +16,11 @@ from hubbot import evolve
 from hubbot.cli import main
 from hubbot.errors import Cancelled, RecipeError
 from hubbot.evaluate import Evaluator, load_texts
-from hubbot.history import FILE_NAME, SearchHistory
+from hubbot.history import FILE_NAME, SearchHistory, SearchProgress
 from hubbot.plan import build
 from hubbot.publish import merge_and_push
 from hubbot.recipe import parse
-from hubbot.soup import greedy_soup
+from hubbot.soup import greedy_soup, soup_recipe
 from tests.hub_fixtures import ALICE_TOKEN
 from tests.models import load_state
 
@@ -36,8 +36,8 @@ def scores(trained):
 def test_greedy_soup_beats_every_single_model(trained, scores, tmp_path):
     evaluator, single = scores
     candidates = [str(trained.tunes["arithmetic"]), str(trained.base), str(trained.tunes["animals"])]
-    lines: list[str] = []
-    result = greedy_soup(candidates, evaluator, tmp_path / "soup", work_dir=tmp_path, report=lines.append)
+    progress: list[SearchProgress] = []
+    result = greedy_soup(candidates, evaluator, tmp_path / "soup", work_dir=tmp_path, report=progress.append)
     assert result.score < min(single.values())
     assert evaluator(result.folder) == pytest.approx(result.score, rel=1e-4)
     assert result.ingredients[0] == str(trained.tunes["animals"])  # the best single model starts the soup
@@ -46,7 +46,10 @@ def test_greedy_soup_beats_every_single_model(trained, scores, tmp_path):
     assert [str(m.model) for m in recipe.models] == result.ingredients
     history = SearchHistory.from_json(json.loads((result.folder / FILE_NAME).read_text()))
     assert history.best.params["ingredients"] == result.ingredients and len(history.trials) == 5
-    assert "| kept |" in history.markdown() and any("kept" in line for line in lines)
+    assert "| kept |" in history.markdown()
+    assert [p.evaluation for p in progress] == [1, 2, 3, 4, 5] and progress[-1].budget == 5
+    assert progress[-1].best_score == result.score and progress[-1].best_recipe == soup_recipe(result.ingredients)
+    assert "kept" in str(progress[-1]) or "left out" in str(progress[-1])
     assert [p.name for p in tmp_path.iterdir()] == ["soup"], "candidate soups must be cleaned up"
     card = ModelCard.load(result.folder / "README.md")
     assert "## How this recipe was found" in card.text and "### Greedy soup" in card.text
@@ -63,7 +66,7 @@ models:
   - model: {trained.tunes['arithmetic']}
     parameters: {{weight: {{search: [0, 1.5], init: 0.1}}}}
 """
-    progress: list[evolve.SearchProgress] = []
+    progress: list[SearchProgress] = []
     result = evolve.search(template, evaluator, tmp_path / "out", budget=12, work_dir=tmp_path / "work",
                            report=progress.append)
     assert result.score < min(single.values())
@@ -123,7 +126,7 @@ parameters: {{normalize: false}}
 
     cancel = threading.Event()
 
-    def stop_after_six(p: evolve.SearchProgress) -> None:
+    def stop_after_six(p: SearchProgress) -> None:
         if p.evaluation == 6:
             cancel.set()
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import RecipeError
 from ..hub import HubOptions
-from ..plan import Plan, build
-from ..recipe import Recipe, parse
+from ..kinds import Parsed, parse_any, plan_any
+from ..plan import Opener, Plan
 from ..settings import Settings
 from ..sources import LocalSource, Source, open_source
 
@@ -23,14 +23,15 @@ READ_BYTES_PER_S = {"local": 1.0e9, "hub": 1.0e8}  # rough rates for the time es
 MERGE_BYTES_PER_S = 3.0e8
 
 
-def parse_recipe(settings: Settings, text: str) -> Recipe:
-    """Parse with the service's size limit; service mode refuses local paths."""
+def parse_recipe(settings: Settings, text: str) -> Parsed:
+    """Parse any kind (a merge or MoE recipe, a soup or search request) with the service's size
+    limit; service mode refuses local paths."""
     size = len(text.encode())
     limit = settings.limits.recipe_bytes
     if size > limit:
         raise RecipeError(f"the recipe is {size} bytes; this service accepts recipes up to {limit} bytes. "
                           "Recipes are short YAML files; remove pasted weights or long comments")
-    return parse(text, allow_local=settings.local)
+    return parse_any(text, allow_local=settings.local)
 
 
 def hub_options(settings: Settings, token: str | None, *, write: bool = False) -> HubOptions:
@@ -46,9 +47,14 @@ def hub_options(settings: Settings, token: str | None, *, write: bool = False) -
     return HubOptions(token=token, endpoint=settings.hub_endpoint, cache_dir=settings.data_dir / "cache")
 
 
-def plan_recipe(settings: Settings, recipe: Recipe, token: str | None = None) -> Plan:
-    """Plan from headers (config.json, safetensors headers), local or on the Hub."""
-    return build(recipe, opener=partial(open_source, allow_local=settings.local, hub=hub_options(settings, token)))
+def plan_recipe(settings: Settings, recipe: Parsed, token: str | None = None) -> Plan:
+    """Plan from headers (config.json, safetensors headers), local or on the Hub. A soup or
+    search request plans its starting recipe."""
+    return plan_any(recipe, opener=opener(settings, token))
+
+
+def opener(settings: Settings, token: str | None) -> Opener:
+    return partial(open_source, allow_local=settings.local, hub=hub_options(settings, token))
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -68,8 +74,8 @@ def source_revision(source: Source) -> str | None:
 
 
 def source_revisions(plan: Plan) -> list[dict]:
-    """[{"ref", "revision"}] for each source: the pinned Hub sha or a local fingerprint."""
-    return [{"ref": s.label, "revision": source_revision(s)} for s in plan.sources]
+    """[{"ref", "revision"}] for each model: the pinned Hub sha or a local fingerprint."""
+    return [{"ref": s.label, "revision": source_revision(s)} for s in plan.models]
 
 
 def dedup_key(recipe_hash: str, sources: list[dict], target: str | None) -> str:
@@ -86,6 +92,6 @@ def run_key(plan: Plan, sources: list[dict], shard_bytes: int) -> str:
 
 def estimate_seconds(plan: Plan) -> float:
     """A rough duration: reading the inputs plus merging and writing the output."""
-    hub = any(not isinstance(s, LocalSource) for s in plan.sources)
+    hub = any(not isinstance(s, LocalSource) for s in plan.models)
     read = plan.input_bytes / READ_BYTES_PER_S["hub" if hub else "local"]
     return round(read + plan.output_bytes / MERGE_BYTES_PER_S, 1)

@@ -98,7 +98,7 @@ class Service:
             return _invalid(str(exc), [str(exc)], models)
         return Validation(
             ok=not plan.problems, summary=plan.summary(), problems=list(plan.problems), warnings=list(plan.warnings),
-            models=[{"ref": s.label, "revision": s.revision} for s in plan.sources],
+            models=[{"ref": s.label, "revision": s.revision} for s in plan.models],
             output_bytes=plan.output_bytes, input_bytes=plan.input_bytes,
             peak_bytes=plan.peak_bytes(64 << 20), est_seconds=estimate_seconds(plan), curves=plan.param_curves(),
         )
@@ -147,7 +147,7 @@ class Service:
             if token:
                 with self._tokens_lock:
                     self._tokens[row["id"]] = token
-            self.store.log(row["id"], f"queued: {len(plan.tasks)} tensors from {len(plan.sources)} models"
+            self.store.log(row["id"], f"queued: {len(plan.tasks)} tensors from {len(plan.models)} models"
                            + (f", to publish to {target}" if target else ""))
         return self._job(row, self.store.queue())
 

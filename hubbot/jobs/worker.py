@@ -1,4 +1,4 @@
-"""One job's run, inside its own worker process: parse, plan, merge (and publish).
+"""One job's run, inside its own worker process: parse, plan, (search,) merge (and publish).
 
 The supervisor starts `python -m hubbot.jobs.worker --job ID` and writes one JSON line to its
 stdin: the settings, the claim under which the job is held and the user's token if the job
@@ -24,13 +24,18 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, HubbotError
+from ..history import FILE_NAME as HISTORY_FILE
+from ..history import SearchProgress
 from ..hub import RETRY_STATUSES, transport_errors
+from ..search_request import SearchRequest
 from ..settings import Settings
+from ..sources import caching_opener
 from .planning import hub_options, parse_recipe, plan_recipe, run_key, source_revisions
 from .store import Store
 
 TEST_DELAY_ENV = "HUBBOT_TEST_TENSOR_DELAY"  # seconds to sleep per tensor: lets tests stop a merge midway
 KEY_FILE = "run-key"
+WINNER_KEY_FILE = "winner-key"  # a soup's or search's winner: its merge resumes only if it is the same
 REPORT_EVERY_S = 0.5
 EXIT_ORPHANED = 75
 
@@ -47,7 +52,8 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
     work = settings.jobs_dir / job_id
     work.mkdir(parents=True, exist_ok=True)
     try:
-        plan = plan_recipe(settings, parse_recipe(settings, row["recipe"]), token)
+        parsed = parse_recipe(settings, row["recipe"])
+        plan = plan_recipe(settings, parsed, token)
         plan.raise_for_problems()
         sources = source_revisions(plan)
         moved = [f"{now['ref']} ({then['revision']} -> {now['revision']})"
@@ -57,12 +63,15 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
         _start_or_resume(work, run_key(plan, sources, row["options"]["shard_bytes"]), say)
         if not store.advance(job_id, claim, "running"):
             return "lost"
+        annotate = None
+        if isinstance(parsed, SearchRequest):
+            plan, annotate = _search(settings, store, job_id, claim, parsed, work, row, token, cancel, say)
         report = _Reporter(store, job_id, claim, settings.lease_seconds, cancel)
         if row["target"]:
             report.on_complete = lambda: store.advance(job_id, claim, "publishing")
-            result = _publish(settings, plan, work, row, token, report, cancel, say)
+            result = _publish(settings, plan, work, row, token, report, cancel, say, annotate)
         else:
-            result = _merge_local(plan, work / "out", row["options"], report, cancel, say)
+            result = _merge_local(plan, work / "out", row["options"], report, cancel, say, annotate)
         total = {"tensors_done": len(plan.tasks), "tensors_total": len(plan.tasks),
                  "bytes_done": plan.output_bytes, "bytes_total": plan.output_bytes}
         if not store.advance(job_id, claim, "done", result=result, progress=total):
@@ -91,18 +100,44 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
         return "lost"
 
 
-def _start_or_resume(work: Path, key: str, say: Callable[[str], None]) -> None:
-    """Keep an interrupted run's files only if they come from the very same plan."""
-    key_file = work / KEY_FILE
+def _start_or_resume(work: Path, key: str, say: Callable[[str], None], key_name: str = KEY_FILE,
+                     outputs: tuple[str, ...] = ("out", "out.partial", "hub", "search")) -> None:
+    """Keep an interrupted run's files (`outputs`) only if they come from the very same plan."""
+    key_file = work / key_name
     if key_file.exists() and key_file.read_text() != key:
         say("the sources or settings changed since the interrupted run; starting over")
-        for name in ("out", "out.partial", "hub"):
+        for name in outputs:
             shutil.rmtree(work / name, ignore_errors=True)
     key_file.write_text(key)
 
 
+def _search(settings: Settings, store: Store, job_id: str, claim: str, request: SearchRequest, work: Path, row,
+            token: str | None, cancel: threading.Event, say: Callable[[str], None]) -> tuple:
+    """Cook a soup or run a search (each evaluation goes to the log, the best recipe so far to
+    the job's progress); returns the winner's plan and what adds its history to the output."""
+    what = (f"greedy soup of {len(request.candidates)} candidates" if request.kind == "soup"
+            else f"merge search, {request.budget} evaluations")
+    say(f"{what}, scored by {request.eval.data}; candidate merges stay in this job's folder")
+
+    def report(p: SearchProgress) -> None:
+        say(str(p))
+        if not store.report(job_id, claim, p.as_progress(), settings.lease_seconds):
+            cancel.set()
+
+    hub = hub_options(settings, token)
+    text, history = request.run(work_dir=work / "search", opener=caching_opener(allow_local=settings.local, hub=hub),
+                                device=row["options"].get("device"), token=hub.token, endpoint=hub.endpoint,
+                                report=report, cancel=cancel)
+    say(f"winner ({history.metric} {history.best.score:.4g}):\n{text}")
+    plan = plan_recipe(settings, parse_recipe(settings, text), token)
+    plan.raise_for_problems()
+    _start_or_resume(work, run_key(plan, source_revisions(plan), row["options"]["shard_bytes"]), say,
+                     WINNER_KEY_FILE, ("out", "out.partial", "hub"))
+    return plan, history.annotate
+
+
 def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: threading.Event,
-                 say: Callable[[str], None]) -> dict:
+                 say: Callable[[str], None], annotate: Callable[[Path], None] | None = None) -> dict:
     from .. import engine
     from ..card import RunFacts, write_card
 
@@ -110,11 +145,15 @@ def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: th
         say("the merge had completed before the interruption; keeping its output")
         if not (out / "README.md").exists():
             write_card(plan, out, None)
+        if annotate and not (out / HISTORY_FILE).exists():
+            annotate(out)
         return {"folder": str(out)}
     say(f"merging {len(plan.tasks)} tensors")
     res = engine.run(plan, out, device=options.get("device"), shard_bytes=options["shard_bytes"], progress=report,
                      cancel=cancel, resume=True, keep_partial=True)
     write_card(plan, out, RunFacts(res.seconds, res.device, res.bytes_written, res.tensors))
+    if annotate:
+        annotate(out)
     shards = sum(1 for f in res.files if f.suffix == ".safetensors")
     kept = f", {res.resumed_shards} kept from the interrupted run" if res.resumed_shards else ""
     say(f"merged: {res.tensors} tensors, {res.bytes_written / 1e6:.1f} MB in {shards} shards{kept}, "
@@ -123,7 +162,8 @@ def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: th
 
 
 def _publish(settings: Settings, plan, work: Path, row, token: str | None, report: "_Reporter",
-             cancel: threading.Event, say: Callable[[str], None]) -> dict:
+             cancel: threading.Event, say: Callable[[str], None],
+             annotate: Callable[[Path], None] | None = None) -> dict:
     from ..publish import merge_and_push
 
     opts = row["options"]
@@ -131,7 +171,7 @@ def _publish(settings: Settings, plan, work: Path, row, token: str | None, repor
     hub = hub_options(settings, token, write=True)
     pub = merge_and_push(plan, work / "hub", row["target"], token=hub.token, private=opts["private"],
                          create_pr=opts["pr"], progress=report, cancel=cancel, resume=True, endpoint=hub.endpoint,
-                         device=opts.get("device"), shard_bytes=opts["shard_bytes"], options=hub)
+                         device=opts.get("device"), shard_bytes=opts["shard_bytes"], options=hub, annotate=annotate)
     say(f"published {pub.run.tensors} tensors, {pub.run.bytes_written / 1e6:.1f} MB: {pub.pr_url or pub.url} "
         f"(commit {pub.commit[:12]})")
     return {k: v for k, v in pub.as_dict().items() if v is not None}
