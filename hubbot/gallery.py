@@ -206,8 +206,8 @@ def import_recipe(model_id: str, *, token: str | None = None, endpoint: str | No
     """The recipe of an existing merge on the Hub, from its `mergekit_config.yml` or from the
     YAML block in its card, headed by a `# source:` line naming where it came from."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
     model_id = model_id.strip().removeprefix("https://huggingface.co/").strip("/")
     repo, _, revision = model_id.partition("@")
@@ -218,7 +218,7 @@ def import_recipe(model_id: str, *, token: str | None = None, endpoint: str | No
         for filename in (*RECIPE_FILES, "README.md"):
             try:
                 path = hf_hub_download(repo, filename, revision=revision or None, token=token, endpoint=endpoint)
-            except EntryNotFoundError:
+            except RemoteEntryNotFoundError:
                 continue
             content = Path(path).read_text(encoding="utf-8", errors="replace")
             text = content if filename != "README.md" else recipe_from_card(content)
@@ -233,6 +233,8 @@ def import_recipe(model_id: str, *, token: str | None = None, endpoint: str | No
         raise SourceError(f"{repo} has no revision {revision!r}") from None
     except HfHubHTTPError as exc:
         raise SourceError(f"could not read {repo} from the Hub: {exc}") from None
+    except (LocalEntryNotFoundError, OSError):
+        raise SourceError(f"could not reach the Hub to read {repo}; check the connection and try again") from None
     if not text:
         raise RecipeError(f"{repo} has no mergekit_config.yml and no YAML recipe in its model card; "
                           "it may not be a merge, or its card does not show the recipe")

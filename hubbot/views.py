@@ -129,9 +129,9 @@ def job_html(job: "Job | None") -> str:
     state = job.state
     facts = [f'<span class="hb-badge hb-{state}">{STATE_LABELS.get(state, state)}</span>',
              f'<span class="hb-id">job {html.escape(job.id)}</span>']
-    if state == "queued" and job.position is not None:
-        facts.append(f"<span>position {job.position + 1} in the queue</span>" if job.position
-                     else "<span>next in the queue</span>")
+    if state == "queued" and job.position:
+        facts.append("<span>next in the queue</span>" if job.position == 1
+                     else f"<span>number {job.position} in the queue</span>")
     if job.started_at and state in ACTIVE_STATES:
         facts.append(f"<span>started {_ago(job.started_at)}</span>")
     elif job.finished_at:

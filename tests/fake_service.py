@@ -70,7 +70,7 @@ class FakeService:
         self.submitted.append(dict(owner=owner, target=target, private=private, pr=pr, token=token))
         job = Job(id=f"job{next(self._ids):04d}", owner=owner, recipe=recipe_text, recipe_hash=recipe.hash,
                   target=target, options={"private": private, "pr": pr}, state="queued",
-                  created_at=datetime.now(timezone.utc), position=0,
+                  created_at=datetime.now(timezone.utc), position=1,
                   progress={"tensors_done": 0, "tensors_total": self.TENSORS, "bytes_done": 0,
                             "bytes_total": self.TENSORS * 1_000_000})
         self.jobs[job.id] = job

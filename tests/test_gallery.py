@@ -158,13 +158,15 @@ class _FakeHub:
 
     def __call__(self, repo_id, filename, revision=None, token=None, endpoint=None):
         import httpx
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
+        if repo_id == "org/offline":
+            raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
+        response = httpx.Response(404, request=httpx.Request("GET", f"https://hub.test/{repo_id}/{filename}"))
         if not any(r == repo_id for r, _ in self.files):
-            response = httpx.Response(404, request=httpx.Request("GET", f"https://hub.test/{repo_id}"))
             raise RepositoryNotFoundError(f"{repo_id} not found", response=response)
         if (repo_id, filename) not in self.files:
-            raise EntryNotFoundError(f"{filename} not found")
+            raise RemoteEntryNotFoundError(f"{filename} not found", response=response)
         path = self.tmp / repo_id.replace("/", "--") / filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.files[(repo_id, filename)])
@@ -188,5 +190,7 @@ def test_import_from_config_file_then_card(monkeypatch, tmp_path):
         import_recipe("org/not-a-merge")
     with pytest.raises(SourceError, match="was not found on the Hub"):
         import_recipe("org/missing")
+    with pytest.raises(SourceError, match="could not reach the Hub"):
+        import_recipe("org/offline")
     with pytest.raises(RecipeError, match="not a Hub model id"):
         import_recipe("not an id")

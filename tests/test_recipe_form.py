@@ -78,7 +78,8 @@ def _job(**kw) -> Job:
 def test_job_views():
     html = views.job_html(_job())
     assert "Merging" in html and "5 / 20" in html and "width:25.0%" in html
-    assert "position 3 in the queue" in views.job_html(_job(state="queued", position=2, started_at=None))
+    assert "number 3 in the queue" in views.job_html(_job(state="queued", position=3, started_at=None))
+    assert "next in the queue" in views.job_html(_job(state="queued", position=1, started_at=None))
     assert "width:100.0%" in views.job_html(_job(state="done", progress={}))
     assert "<script>" not in views.job_html(_job(id="<script>"))
     assert "Saved to" in views.result_markdown(_job(state="done", result={"folder": "/x/y"}))
