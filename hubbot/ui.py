@@ -414,7 +414,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             refresh_btn = gr.Button("Refresh", size="sm", scale=0)
                         jobs_table = gr.Dataframe(headers=views.JOB_COLUMNS, interactive=False, wrap=True,
                                                   column_count=len(views.JOB_COLUMNS), max_height=520,
-                                                  column_widths=["22%", "16%", "18%", "24%", "20%"])
+                                                  column_widths=["24%", "15%", "17%", "24%", "20%"])
                         gr.Markdown("Select a row to follow that job. Jobs keep running when you close the page.",
                                     elem_classes="hb-note")
 

@@ -171,8 +171,7 @@ def result_markdown(job: "Job | None") -> str:
         lines.append(f"**Published:** [{md(job.target or r['url'])}]({r['url']}){commit}. "
                      "Its model card documents the recipe, the sources and their revisions.")
     if r.get("folder"):
-        lines.append(f"**Saved to** `{r['folder']}`; load it with "
-                     f"`AutoModelForCausalLM.from_pretrained(\"{r['folder']}\")`.")
+        lines.append(f"**Saved to** `{r['folder']}`, ready for `from_pretrained`.")
     return "\n\n".join(lines) or "**Done.**"
 
 

@@ -5,6 +5,7 @@ come back as readable messages, never as stack traces."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def test_submit_follow_to_done_and_find_the_result(client, tiny):
     assert "width:100.0%" in done["job"]
     assert done["log"].strip()
     assert done["timer"]["active"] is False  # polling stops at the end
-    folder = Path(done["result"].split("Saved to `", 1)[1].split("`", 1)[0])
+    folder = Path(re.search(r"Saved to\*\* `([^`]+)`", done["result"]).group(1))
     assert (folder / "config.json").is_file() and list(folder.glob("*.safetensors"))
     assert "mergekit_config.yml" in {p.name for p in folder.iterdir()}
 
