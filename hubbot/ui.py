@@ -327,13 +327,14 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
 
     ALL_TAGS = "All tags"
     first_rows, first_slugs = gallery_view("", ALL_TAGS)
+    first_entry = gallery.load(first_slugs[0]) if first_slugs else None
     default_method = "linear"
 
     with gr.Blocks(title="hubbot · merge models on the Hub") as demo:
         job_store = gr.BrowserState("", storage_key="hubbot-job")
         logs_state = gr.State({"job": "", "lines": []})
         slugs_state = gr.State(first_slugs)
-        picked_slug = gr.State("")
+        picked_slug = gr.State(first_entry.slug if first_entry else "")
         timer = gr.Timer(POLL_SECONDS, active=False)
 
         with gr.Row(elem_classes="hb-header"):
@@ -414,7 +415,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             refresh_btn = gr.Button("Refresh", size="sm", scale=0)
                         jobs_table = gr.Dataframe(headers=views.JOB_COLUMNS, interactive=False, wrap=True,
                                                   column_count=len(views.JOB_COLUMNS), max_height=520,
-                                                  column_widths=["24%", "15%", "17%", "24%", "20%"])
+                                                  column_widths=["27%", "14%", "16%", "23%", "20%"])
                         gr.Markdown("Select a row to follow that job. Jobs keep running when you close the page.",
                                     elem_classes="hb-note")
 
@@ -446,8 +447,8 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             share_btn = gr.Button("Open a pull request")
                             share_status = gr.Markdown()
                     with gr.Column(scale=2):
-                        entry_view = gr.Markdown(views.entry_markdown(None))
-                        entry_code = gr.Code(language="yaml", interactive=False, lines=12, max_lines=24, label="Recipe",
+                        entry_view = gr.Markdown(views.entry_markdown(first_entry))
+                        entry_code = gr.Code(first_entry.text if first_entry else "", language="yaml", interactive=False, lines=12, max_lines=24, label="Recipe",
                                              wrap_lines=True)
                         use_btn = gr.Button("Use this recipe", variant="primary", elem_id="use-recipe")
 

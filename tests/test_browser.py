@@ -34,6 +34,7 @@ def page(space_app):
 
 
 def shot(page, name: str) -> None:
+    page.wait_for_timeout(800)  # let the progress bars finish their transition
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
