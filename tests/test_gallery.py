@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from hubbot import methods
-from hubbot.errors import RecipeError, SourceError
+from hubbot.errors import HubbotError, RecipeError, SourceError
 from hubbot.gallery import (Gallery, default_folder, import_recipe, parse_entry, read_metadata, recipe_from_card,
-                            strip_metadata, with_metadata)
+                            share, strip_metadata, with_metadata)
+from hubbot.hub import HubOptions
 from hubbot.plan import build
 from hubbot.recipe import ModelRef, parse
-from hubbot.sources import LocalSource
+from hubbot.sources import open_source
+from tests.hub_fixtures import ALICE_TOKEN, BOB_TOKEN
 
 GALLERY = Gallery(default_folder())
 FILES = GALLERY.files()
@@ -52,35 +54,44 @@ def test_titles_and_slugs_are_unique():
     assert len({e.slug for e in entries}) == len(entries)
 
 
-class _Standin(LocalSource):
-    """A tiny local model answering for a Hub repo id."""
-
-    def __init__(self, ref: ModelRef, folder: Path):
-        super().__init__(ModelRef(str(folder), local=True))
-        self.ref = ref
+def _kind(entry) -> str:
+    return "qwen2" if any("qwen" in t for t in entry.tags) else "mistral" if "mistral" in entry.tags else "llama"
 
 
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory) -> dict[str, list[Path]]:
-    """32-layer tiny families (base and three fine-tunes) per architecture the gallery uses."""
+def gallery_on_hub(hub_server, tmp_path_factory):
+    """Every model the gallery names, as a tiny 32-layer model of the right architecture
+    uploaded under that repo id to the Hub stand-in (bases get the family's base)."""
     from tests.models import make_family
 
+    hub_server.reset()
     root = tmp_path_factory.mktemp("gallery-standins")
-    return {kind: make_family(root / kind, kind, variants=3, layers=STANDIN_LAYERS, hidden=32, intermediate=64)
-            for kind in ("llama", "mistral", "qwen2")}
+    families = {kind: make_family(root / kind, kind, variants=3, layers=STANDIN_LAYERS, hidden=32, intermediate=64)
+                for kind in ("llama", "mistral", "qwen2")}
+    names: dict[str, str] = {}
+    for entry in GALLERY.list():
+        recipe = parse(entry.text, allow_local=False)
+        for ref in recipe.model_refs():
+            names.setdefault(ref.path, _kind(entry))
+    used = {kind: 0 for kind in families}
+    for name, kind in sorted(names.items()):
+        is_base = not any(w in name.lower() for w in ("instruct", "chat", "hermes", "zephyr", "distill", "lite"))
+        folder = families[kind][0] if is_base else families[kind][1 + used[kind] % 3]
+        used[kind] += 0 if is_base else 1
+        files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        hub_server.create_repo_direct(name, files)
+    return hub_server
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
-def test_recipe_plans_against_standin_models(path: Path, standins):
+def test_recipe_plans_against_the_hub(path: Path, gallery_on_hub, tmp_path):
+    """Plans as the service would: Hub sources only, headers read with range requests."""
     entry = parse_entry(path.read_text(), path.stem)
     recipe = parse(entry.text, allow_local=False)
-    kind = "qwen2" if any("qwen" in t for t in entry.tags) else "mistral" if "mistral" in entry.tags else "llama"
-    refs = recipe.model_refs()
-    assert len(refs) <= len(standins[kind])
-    folders = dict(zip(refs, standins[kind]))
-    plan = build(recipe, opener=lambda ref: _Standin(ref, folders[ref]))
+    opts = HubOptions(cache_dir=tmp_path / "cache")
+    plan = build(recipe, opener=lambda ref: open_source(ref, allow_local=False, hub=opts))
     assert not plan.problems, plan.problems
-    assert plan.tasks
+    assert plan.tasks and all(s.revision and len(s.revision) == 40 for s in plan.sources)
     if recipe.slices:
         assert plan.out_layers == sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)
 
@@ -150,38 +161,14 @@ def test_recipe_from_card_takes_the_yaml_recipe_block():
     assert recipe_from_card("# no recipe here\n```yaml\nfoo: 1\n```\n") is None
 
 
-class _FakeHub:
-    """hf_hub_download over a dict of {(repo, filename): text}, raising like the client does."""
+def test_import_from_config_file_then_card(hub):
+    hub.create_repo_direct("org/config-merge", {
+        "mergekit_config.yml": b"merge_method: linear\nmodels:\n  - {model: a/b, parameters: {weight: 1}}\n",
+        "README.md": CARD.encode()})
+    hub.create_repo_direct("org/card-merge", {"README.md": CARD.encode()})
+    hub.create_repo_direct("org/not-a-merge", {"README.md": b"# just a model\n"})
+    hub.create_repo_direct("org/gated-merge", {"README.md": CARD.encode()}, gated="manual")
 
-    def __init__(self, files: dict[tuple[str, str], str], tmp_path: Path):
-        self.files, self.tmp = files, tmp_path
-
-    def __call__(self, repo_id, filename, revision=None, token=None, endpoint=None):
-        import httpx
-        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
-
-        if repo_id == "org/offline":
-            raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
-        response = httpx.Response(404, request=httpx.Request("GET", f"https://hub.test/{repo_id}/{filename}"))
-        if not any(r == repo_id for r, _ in self.files):
-            raise RepositoryNotFoundError(f"{repo_id} not found", response=response)
-        if (repo_id, filename) not in self.files:
-            raise RemoteEntryNotFoundError(f"{filename} not found", response=response)
-        path = self.tmp / repo_id.replace("/", "--") / filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.files[(repo_id, filename)])
-        return str(path)
-
-
-def test_import_from_config_file_then_card(monkeypatch, tmp_path):
-    import huggingface_hub
-
-    hub = _FakeHub({("org/config-merge", "mergekit_config.yml"): "merge_method: linear\nmodels:\n"
-                    "  - {model: a/b, parameters: {weight: 1}}\n",
-                    ("org/config-merge", "README.md"): CARD,
-                    ("org/card-merge", "README.md"): CARD,
-                    ("org/not-a-merge", "README.md"): "# just a model\n"}, tmp_path)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
     text = import_recipe("https://huggingface.co/org/config-merge")
     assert read_metadata(text)["source"] == "https://huggingface.co/org/config-merge"
     assert parse(text).merge_method == "linear"
@@ -190,7 +177,48 @@ def test_import_from_config_file_then_card(monkeypatch, tmp_path):
         import_recipe("org/not-a-merge")
     with pytest.raises(SourceError, match="was not found on the Hub"):
         import_recipe("org/missing")
-    with pytest.raises(SourceError, match="could not reach the Hub"):
-        import_recipe("org/offline")
+    with pytest.raises(SourceError, match="gated"):
+        import_recipe("org/gated-merge", token=BOB_TOKEN)
     with pytest.raises(RecipeError, match="not a Hub model id"):
         import_recipe("not an id")
+
+
+def test_import_without_a_connection(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(SourceError, match="could not reach the Hub"):
+        import_recipe("org/anything")
+
+
+@pytest.mark.parametrize("repo_type, repo_id", [("dataset", "merge-lab/community-recipes"), ("space", "merge-lab/hubbot")])
+def test_share_opens_a_pull_request(hub, repo_type, repo_id):
+    hub.create_repo_direct(repo_id, {"README.md": b"# recipes\n"}, repo_type=repo_type)
+    text = "# source: https://huggingface.co/org/card-merge\n" + (FILES[0].read_text())
+    url = share(text, title="My  chat soup", description="Three chat tunes averaged.", tags=["linear", "chat"],
+                repo_id=repo_id, repo_type=repo_type, token=ALICE_TOKEN)
+    assert "/discussions/" in url
+    files = hub.repo_files(repo_id, revision="refs/pr/1", repo_type=repo_type)
+    shared = files["recipes/my-chat-soup.yml"].decode()
+    entry = parse_entry(shared, "my-chat-soup")
+    assert entry.title == "My chat soup" and entry.tags == ("linear", "chat")
+    assert entry.source == "https://huggingface.co/org/card-merge"
+    assert set(entry.models) == {str(r) for r in parse(text).model_refs()}
+    assert "recipes/my-chat-soup.yml" not in hub.repo_files(repo_id, repo_type=repo_type)  # main is untouched
+
+
+def test_share_refuses_what_cannot_be_shared(hub, families):
+    hub.create_repo_direct("merge-lab/community-recipes", {"README.md": b"#\n"}, repo_type="dataset")
+    good = FILES[0].read_text()
+    kw = dict(repo_id="merge-lab/community-recipes", repo_type="dataset", token=ALICE_TOKEN, tags=[])
+    with pytest.raises(RecipeError, match="title"):
+        share(good, title=" ", description="x", **kw)
+    local = f"merge_method: linear\nmodels: [{{model: {families('llama')[1]}, parameters: {{weight: 1}}}}]\n"
+    with pytest.raises(RecipeError, match="local path"):
+        share(local, title="Mine", description="x", **kw)
+    with pytest.raises(HubbotError, match="could not open a pull request"):
+        share(good, title="Mine", description="x", **{**kw, "token": "hf_not_a_token"})
