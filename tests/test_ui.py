@@ -64,7 +64,8 @@ def test_validate_a_good_recipe_shows_the_plan(client, tiny):
     assert "Estimated time" in text and "Peak memory" in text and " KB" in text  # sizes of a tiny model
     assert plot["visible"] is True
     rows = plot["value"]["data"]
-    assert {r[2] for r in rows} == {"t"} and [r[1] for r in rows][0] == 0.0 and rows[-1][1] == 1.0
+    assert len({r[2] for r in rows}) == 1 and rows[0][2].startswith("t")  # every tensor follows one curve
+    assert rows[0][1] == 0.0 and rows[-1][1] == 1.0
 
 
 @pytest.mark.parametrize("recipe, expected", [
