@@ -137,3 +137,23 @@ def test_share_and_watch_explain_what_is_missing(client, tiny):
     text = client.predict(soup(tiny[1], tiny[2]), "", False, api_name="/watch")
     assert "Name the result repo" in text
     no_traceback(text)
+
+
+def test_publish_to_the_hub_with_the_users_token(space_app, hub, tiny):
+    """A signed-in user's token goes with the request to the service, which pushes the merge to
+    the Hub stand-in; the page links the repo and never shows the token."""
+    from gradio_client import Client
+
+    from tests.hub_fixtures import ALICE_TOKEN
+
+    client = Client(space_app.url, verbose=False, oauth_token=ALICE_TOKEN)
+    out = named(client.predict(soup(tiny[1], tiny[2], 0.4), "alice/tiny-soup", False, False, api_name="/submit"),
+                SUBMIT)
+    assert "Submitted" in out["status"] and "alice/tiny-soup" in out["status"]
+    done = follow_until_done(client, out["job_id"])
+    assert 'data-state="done"' in done["job"], done
+    assert "Published" in done["result"] and "alice/tiny-soup" in done["result"]
+    files = hub.repo_files("alice/tiny-soup")
+    assert {"README.md", "config.json", "mergekit_config.yml"} <= set(files)
+    assert any(name.endswith(".safetensors") for name in files)
+    assert ALICE_TOKEN not in json.dumps(out) + json.dumps(done)

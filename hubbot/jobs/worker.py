@@ -124,11 +124,13 @@ def _publish(settings: Settings, plan, work: Path, row, token: str | None, repor
 
     opts = row["options"]
     say(f"merging and publishing to {row['target']}" + (" as a pull request" if opts["pr"] else ""))
-    result = merge_and_push(plan, work / "hub", row["target"], token=token, private=opts["private"],
-                            create_pr=opts["pr"], progress=report, cancel=cancel, resume=True,
-                            endpoint=settings.hub_endpoint)
-    say(f"published: {result.get('pr_url') or result.get('url')}")
-    return {k: v for k, v in result.items() if v is not None}
+    published = merge_and_push(plan, work / "hub", row["target"], token=token, private=opts["private"],
+                               create_pr=opts["pr"], progress=report, cancel=cancel, resume=True,
+                               endpoint=settings.hub_endpoint, device=opts.get("device"),
+                               shard_bytes=opts.get("shard_bytes"))
+    result = {k: v for k, v in published.as_dict().items() if v is not None}
+    say(f"published: {result.get('pr_url') or result['url']}")
+    return result
 
 
 class _Reporter:
