@@ -17,7 +17,7 @@ import gradio as gr
 from gradio.utils import get_space
 
 from . import methods, recipe_form, views
-from .errors import HubbotError
+from .errors import HubbotError, JobNotFound
 from .gallery import Gallery, import_recipe, share
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubbot.ui")
 
 POLL_SECONDS = 1.0
+ALL_TAGS = "All tags"
 CONCURRENT_EVENTS = 16  # validation reads headers over the network: let several users wait at once
 LOG_LINES_SHOWN = 400
 STARTER = """\
@@ -132,6 +133,19 @@ def _owner(profile: gr.OAuthProfile | None) -> str | None:
     return profile.username if profile is not None else None
 
 
+def _token(oauth_token: gr.OAuthToken | None) -> str | None:
+    return oauth_token.token if oauth_token is not None else None
+
+
+def _rows(table: Any) -> list[list[Any]]:
+    """A table's rows, whether Gradio hands over a DataFrame or lists."""
+    return table.values.tolist() if hasattr(table, "values") else list(table or [])
+
+
+def _row_index(evt: gr.SelectData) -> int | None:
+    return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+
+
 def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None = None) -> gr.Blocks:
     """The whole app. `gallery` defaults to the recipes folder the settings name."""
     gallery = gallery or Gallery(settings.recipes_dir)
@@ -180,7 +194,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                                  f"in *Publish to*, e.g. `{profile.username}/my-merge`."), *skip)
         try:
             job = service.submit(recipe_text or "", owner=_owner(profile), target=target, private=bool(private),
-                                 pr=bool(pr), token=oauth_token.token if oauth_token is not None else None)
+                                 pr=bool(pr), token=_token(oauth_token))
         except HubbotError as exc:
             return (_error_markdown("Not submitted", exc), *skip)
         where = f"`{views.md(target)}`" if target else "a local folder"
@@ -206,8 +220,9 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                     {"job": "", "lines": []}, gr.Timer(active=False), gr.skip())
         try:
             job = service.get(job_id)
-        except (HubbotError, KeyError):
-            return (job_id, "", views.job_html(None), views.notice("error", "No such job", f"`{job_id}`: check the id, or pick one under *My jobs*."), gr.Button(visible=False), "", {"job": "", "lines": []},
+        except JobNotFound:
+            missing = views.notice("error", "No such job", f"`{job_id}`: check the id, or pick one under *My jobs*.")
+            return (job_id, "", views.job_html(None), missing, gr.Button(visible=False), "", {"job": "", "lines": []},
                     gr.Timer(active=False), gr.skip())
         logs = logs if logs and logs.get("job") == job.id else {"job": job.id, "lines": []}
         lines = list(logs["lines"]) + list(service.log(job.id, since=len(logs["lines"])))
@@ -222,8 +237,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
         return follow(job_id, logs, profile)
 
     def pick_job(table: Any, evt: gr.SelectData) -> tuple:
-        rows = table.values.tolist() if hasattr(table, "values") else list(table or [])
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        rows, row = _rows(table), _row_index(evt)
         if row is None or row >= len(rows):
             return gr.skip(), gr.skip()
         return rows[row][0], gr.Timer(active=True)
@@ -245,7 +259,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
 
     @_friendly
     def pick_recipe(slugs: list[str], evt: gr.SelectData) -> tuple:
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        row = _row_index(evt)
         if row is None or row >= len(slugs):
             return gr.skip(), gr.skip(), gr.skip()
         entry = gallery.load(slugs[row])
@@ -263,14 +277,14 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
     def import_from_hub(model_id: str, oauth_token: gr.OAuthToken | None) -> tuple:
         if not (model_id or "").strip():
             raise gr.Error("Paste the id of a merged model, e.g. mlabonne/NeuralBeagle14-7B.", print_exception=False)
-        text = import_recipe(model_id, token=oauth_token.token if oauth_token is not None else None)
+        text = import_recipe(model_id, token=_token(oauth_token))
         return (text, gr.Tabs(selected="recipe"), "", gr.LinePlot(value=None, visible=False),
                 f"Imported the recipe of **{views.md(model_id.strip())}**. Validate it, change it, merge it.")
 
     @_friendly
     def share_recipe(recipe_text: str, title: str, description: str, tags: str, destination: str,
-                     profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> str:
-        token = oauth_token.token if oauth_token is not None else None
+                     oauth_token: gr.OAuthToken | None) -> str:
+        token = _token(oauth_token)
         if token is None and service_mode:
             return views.notice("error", "Sign in to share", "The pull request is opened in your name.")
         repo_id = settings.recipes_dataset if destination == "dataset" else settings.space_id
@@ -286,29 +300,29 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
         return views.notice("ok", "Pull request opened", f"[{views.md(url)}]({url})")
 
     @_friendly
-    def watch(recipe_text: str, target: str, pr: bool, profile: gr.OAuthProfile | None,
-              oauth_token: gr.OAuthToken | None) -> str:
+    def watch(recipe_text: str, target: str, private: bool, pr: bool, profile: gr.OAuthProfile | None,
+              oauth_token: gr.OAuthToken | None) -> tuple:
+        """Register the watch; its first run starts at once and the Jobs tab follows it."""
         target = (target or "").strip()
         if service_mode and profile is None:
-            return views.notice("error", "Sign in to watch", "Re-merges publish in your name.")
+            return views.notice("error", "Sign in to watch", "Re-merges publish in your name."), gr.skip(), gr.skip()
         if not target:
-            return views.notice("error", "Name the result repo", "the re-merges publish to, e.g. `you/my-merge`.")
+            return (views.notice("error", "Name the result repo", "the re-merges publish to, e.g. `you/my-merge`."),
+                    gr.skip(), gr.skip())
         try:
-            info = service.watch(recipe_text or "", owner=_owner(profile), target=target, pr=bool(pr),
-                                 token=oauth_token.token if oauth_token is not None else None)
+            info = service.watch(recipe_text or "", owner=_owner(profile), target=target, private=bool(private),
+                                 pr=bool(pr), token=_token(oauth_token))
         except HubbotError as exc:
-            return _error_markdown("Not watching", exc)
-        details = "\n".join(f"- **{views.md(k)}**: {views.md(v)}" for k, v in (info or {}).items())
-        return views.notice("ok", "Watching", f"a new commit on any source re-merges into `{target}`.") \
-            + f"\n\n{details}"
+            return _error_markdown("Not watching", exc), gr.skip(), gr.skip()
+        first = info.get("last_job_id")
+        return views.watch_markdown(info), first or gr.skip(), gr.Timer(active=bool(first))
 
     # form
 
     def form_method_changed(method_name: str, rows: Any) -> tuple:
         m = methods.get(method_name)
         columns = recipe_form.model_columns(method_name)
-        old = rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
-        models = [r[0] for r in old if r and r[0]] or [""] * 2
+        models = [r[0] for r in _rows(rows) if r and r[0]] or [""] * 2
         info = f"**{views.md(m.title)}**: {views.md(m.summary)}" + (f"  \n*{views.md(m.paper)}*" if m.paper else "")
         params = ", ".join(f"`{p.name}`" for p in m.params) or "none"
         info += f"  \nParameters: {params}."
@@ -318,14 +332,12 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
 
     @_friendly
     def form_to_editor(method_name: str, base: str, rows: Any, shared: Any, dtype: str) -> tuple:
-        as_list = lambda t: t.values.tolist() if hasattr(t, "values") else list(t or [])  # noqa: E731
         text = recipe_form.to_yaml(method_name, base if methods.get(method_name).base != "none" else "",
-                                   as_list(rows), as_list(shared), dtype)
+                                   _rows(rows), _rows(shared), dtype)
         return text, "Wrote the recipe from the form. Validate it to see the plan."
 
     # ---- layout -----------------------------------------------------------------------------
 
-    ALL_TAGS = "All tags"
     first_rows, first_slugs = gallery_view("", ALL_TAGS)
     first_entry = gallery.load(first_slugs[0]) if first_slugs else None
     default_method = "linear"
@@ -458,6 +470,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             "repo gets a new commit (or a pull request) whose card names the new revisions.")
                 with gr.Row():
                     watch_target = gr.Textbox(label="Result repo", placeholder="org/name", scale=3)
+                    watch_private = gr.Checkbox(label="Private repo", scale=1)
                     watch_pr = gr.Checkbox(label="Publish re-merges as pull requests", scale=1)
                 watch_btn = gr.Button("Watch the sources", variant="primary")
                 watch_status = gr.Markdown()
@@ -486,7 +499,8 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                          api_name="import_recipe")
         share_btn.click(share_recipe, [editor, share_title, share_desc, share_tags, share_dest], [share_status],
                         api_name="share")
-        watch_btn.click(watch, [editor, watch_target, watch_pr], [watch_status], api_name="watch")
+        watch_btn.click(watch, [editor, watch_target, watch_private, watch_pr], [watch_status, job_id, timer],
+                        api_name="watch")
         target.change(lambda t: t, [target], [watch_target], api_name=False, show_progress="hidden")
 
         form_method.change(form_method_changed, [form_method, form_models], [form_models, form_base, form_info],

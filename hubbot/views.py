@@ -196,6 +196,20 @@ def _when(when: datetime | None) -> str:
     return when.astimezone(timezone.utc).strftime("%b %d, %H:%M")
 
 
+def watch_markdown(watch: dict) -> str:
+    """A registered watch: what it re-merges into, the source revisions it starts from, its first run."""
+    target = watch.get("target")
+    where = f"into `{target}`" + (" as pull requests" if watch.get("pr") else "") if target else "into a local folder"
+    lines = [notice("ok", "Watching", f"a new commit on any source re-merges {where}.")]
+    sources = watch.get("sources") or {}
+    if sources:
+        lines += ["", "| Source | Revision now |", "|---|---|"]
+        lines += [f"| {md(ref)} | {f'`{rev[:12]}`' if rev else 'local folder'} |" for ref, rev in sources.items()]
+    if watch.get("last_job_id"):
+        lines += ["", f"The first run is job `{watch['last_job_id']}`; follow it under **Jobs**."]
+    return "\n".join(lines)
+
+
 # ---- gallery --------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from hubbot.errors import RecipeError
+from hubbot.errors import JobNotFound, RecipeError
 from hubbot.recipe import parse
 
 
@@ -95,7 +95,7 @@ class FakeService:
 
     def get(self, job_id: str) -> Job:
         if job_id not in self.jobs:
-            raise KeyError(job_id)
+            raise JobNotFound(f"no job {job_id!r}")
         job = self.jobs[job_id]
         self._advance(job)
         return job
@@ -114,6 +114,9 @@ class FakeService:
     def log(self, job_id, since=0) -> list[str]:
         return self.logs[job_id][since:]
 
-    def watch(self, recipe_text, *, owner, target, pr=False, token=None) -> dict:
+    def watch(self, recipe_text, *, owner, target, pr=False, private=False, token=None) -> dict:
         self.watches.append(dict(owner=owner, target=target, pr=pr, token=token))
-        return {"watch": "w1", "sources": ", ".join(str(r) for r in parse(recipe_text).model_refs())}
+        first = self.submit(recipe_text, owner=owner, target=target, private=private, pr=pr, token=token)
+        sources = {str(r): "0123456789abcdef0123456789abcdef01234567" for r in parse(recipe_text).model_refs()}
+        return {"id": "w1", "owner": owner, "target": target, "pr": pr, "private": private, "sources": sources,
+                "last_job_id": first.id}

@@ -134,7 +134,7 @@ def test_gallery_search_lists_the_configured_folder(client):
 def test_share_and_watch_explain_what_is_missing(client, tiny):
     text = client.predict(soup(tiny[1], tiny[2]), "", "", "", "dataset", api_name="/share")
     assert "Nowhere to share" in text or "title" in text
-    text = client.predict(soup(tiny[1], tiny[2]), "", False, api_name="/watch")
+    text = client.predict(soup(tiny[1], tiny[2]), "", False, False, api_name="/watch")[0]
     assert "Name the result repo" in text
     no_traceback(text)
 
