@@ -393,8 +393,9 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                                 placeholder="org/name on the Hub" + ("" if service_mode else " (empty: local folder)"),
                                 scale=3,
                             )
-                            private = gr.Checkbox(label="Private repo", scale=1)
-                            as_pr = gr.Checkbox(label="As a pull request", scale=1)
+                            with gr.Column(scale=2, min_width=200):
+                                private = gr.Checkbox(label="Private repo")
+                                as_pr = gr.Checkbox(label="As a pull request to an existing repo")
                         with gr.Row():
                             validate_btn = gr.Button("Validate", variant="secondary", elem_id="validate-button")
                             submit_btn = gr.Button("Merge", variant="primary", elem_id="submit-button")
@@ -407,7 +408,7 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             elem_id="validation",
                         )
                         curves = gr.LinePlot(x="layer", y="value", color="parameter", title="Per-layer parameters",
-                                             x_title="layer", y_title="value", height=280, visible=False)
+                                             x_title="layer", y_title="value", height=280, visible=False, elem_id="curves")
 
             with gr.Tab("Jobs", id="jobs"):
                 with gr.Row(equal_height=False):

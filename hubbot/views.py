@@ -8,6 +8,8 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .recipe import ModelRef
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -220,6 +222,7 @@ def gallery_rows(entries: list["Entry"]) -> list[list[str]]:
 def entry_markdown(entry: "Entry | None") -> str:
     if entry is None:
         return "Pick a recipe from the list to see what it does."
-    models = "\n".join(f"- [{md(m)}](https://huggingface.co/{m})" for m in entry.models)
+    models = "\n".join(f"- `{m}`" if ModelRef.parse(m).local else f"- [{md(m)}](https://huggingface.co/{m})"
+                       for m in entry.models)
     tags = " ".join(f"`{t}`" for t in entry.tags)
     return f"### {md(entry.title)}\n\n{md(entry.description)}\n\n{tags}\n\n**Known to work with**\n\n{models}"

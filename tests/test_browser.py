@@ -38,6 +38,11 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def pick_recipe(page, title: str) -> None:
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-table [role=gridcell]", has_text=title).first.click()
+
+
 def editor_text(page) -> str:
     return page.locator("#recipe-editor .cm-content").inner_text()
 
@@ -50,8 +55,7 @@ def test_gallery_validate_merge_follow(page, space_app):
     expect(page.get_by_text("Local mode")).to_be_visible()  # signed out locally: results go to a folder
     shot(page, "01-start")
 
-    page.get_by_role("tab", name="Gallery").click()
-    page.get_by_text("Tiny llama soup").click()
+    pick_recipe(page, "Tiny llama soup")
     expect(page.get_by_role("heading", name="Tiny llama soup")).to_be_visible()
     shot(page, "02-gallery")
     page.locator("#use-recipe").click()
@@ -96,3 +100,17 @@ def test_bad_recipe_shows_readable_problems(page, space_app):
     expect(page.locator("#submit-status")).to_contain_text("Not submitted")
     assert "Traceback" not in page.content()
     shot(page, "06-bad-recipe")
+
+
+def test_validation_plots_per_layer_curves(page, space_app):
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    pick_recipe(page, "Tiny llama SLERP with a curve")
+    page.locator("#use-recipe").click()
+    expect(page.locator("#recipe-editor .cm-content")).to_contain_text("merge_method: slerp")
+    page.locator("#validate-button").click()
+    expect(page.locator("#validation")).to_contain_text("Ready to merge")
+    expect(page.locator("#curves")).to_be_visible()
+    expect(page.locator("#curves")).to_contain_text("Per-layer parameters")
+    shot(page, "07-curves")
