@@ -51,3 +51,14 @@ class Families:
 @pytest.fixture(scope="session")
 def families(tmp_path_factory: pytest.TempPathFactory) -> Families:
     return Families(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def space_app(families, tmp_path_factory):
+    """`hubbot serve` in local mode with a gallery over tiny models, shared by the UI and browser tests."""
+    from tests.app_server import AppServer, tiny_gallery
+
+    root = tmp_path_factory.mktemp("space")
+    recipes = tiny_gallery(root / "recipes", *families("llama"))
+    with AppServer(root / "data", recipes) as server:
+        yield server
