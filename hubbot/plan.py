@@ -336,7 +336,7 @@ class _Planner:
         if on_vocab:
             shape = (self.vocab.size, *shape[1:])
             sources = [s.source for s, _ in found]
-            aligned = not all(self.vocab.is_identity([s], i.shape[0]) for s, i in found)
+            aligned = not all(self.vocab.is_identity([s.source], i.shape[0]) for s, i in found)
             for k in self.vocab.rule_sources() - set(sources):
                 self.problems.append(f"tensor '{out_name}': tokenizer.tokens takes rows from {self.sources[k].label}, "
                                      "which is not an input of this tensor; use one of its inputs")

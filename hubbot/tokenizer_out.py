@@ -7,9 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from .sources import Source
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+from .sources.base import TOKENIZER_FILES
 TEMPLATE_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
 ADDED_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
@@ -61,11 +59,10 @@ class OutputTokenizer:
             data.setdefault("added_tokens", []).extend(
                 {"id": e["id"], **{k: e.get(k, False) for k in ADDED_KEYS}} for e in self.added)
             out["tokenizer.json"] = _dump(data)
-        if CONFIG_FILE in out:
-            config = json.loads(out[CONFIG_FILE])
-            decoder = config.setdefault("added_tokens_decoder", {})
+        config = json.loads(out[CONFIG_FILE]) if CONFIG_FILE in out else {}
+        if "added_tokens_decoder" in config:
             for e in self.added:
-                decoder[str(e["id"])] = {k: e.get(k, False) for k in ADDED_KEYS}
+                config["added_tokens_decoder"][str(e["id"])] = {k: e.get(k, False) for k in ADDED_KEYS}
             out[CONFIG_FILE] = _dump(config)
         if "added_tokens.json" in out:
             table = json.loads(out["added_tokens.json"])
