@@ -131,6 +131,11 @@ class Plan:
                      f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
         lines.append(f"reads: {_size(self.input_bytes)} of weights; peak memory for tensors about "
                      f"{_size(self.peak_bytes(64 << 20))}")
+        if self.vocab is not None:
+            spec = self.recipe.tokenizer
+            lines.append(f"vocabulary: {len(self.vocab.tokens)} tokens ({spec.source if spec else 'base'}"
+                         f"{f', {len(self.vocab.added)} added' if self.vocab.added else ''}), "
+                         f"{self.vocab.size} embedding rows")
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)

@@ -34,6 +34,7 @@ CASES = [
     ("multislerp", False, {}, [{"weight": 0.3}, {"weight": 0.7}], 2),
     ("multislerp", True, {"normalize_weights": False}, [{"weight": 0.5}, {"weight": 0.4}], 2),
     ("karcher", False, {"max_iter": 20}, [{}, {}], 2),
+    ("karcher", True, {}, [{}, {}], 2),
     ("breadcrumbs", True, {}, [{"weight": 0.6, "density": 0.5, "gamma": 0.05}, {"weight": 0.4, "density": 0.8}], 2),
     ("breadcrumbs_ties", True, {"normalize": True}, [{"weight": 0.6, "density": 0.5}, {"weight": 0.4, "density": 0.9, "gamma": 0.1}], 2),
     ("sce", True, {}, [{}, {}], 2),
@@ -50,7 +51,7 @@ def recipe(folders: list[Path], method: str, with_base: bool, shared: dict, per_
            dtype: str) -> str:
     base, *fts = folders
     lines = [f"merge_method: {method}"] + ([f"base_model: {base}"] if with_base else []) + ["models:"]
-    if method == "karcher":
+    if method == "karcher" and not with_base:
         lines.append(f"  - model: {base}")
     for folder, params in zip(fts[:n], per_model):
         lines.append(f"  - model: {folder}")
@@ -61,7 +62,7 @@ def recipe(folders: list[Path], method: str, with_base: bool, shared: dict, per_
 
 
 def case_id(case: tuple) -> str:
-    return case[0] + "".join(f"-{k}={v}" for k, v in case[2].items())
+    return case[0] + ("-base" if case[1] else "") + "".join(f"-{k}={v}" for k, v in case[2].items())
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -205,3 +206,14 @@ def test_magnitude_selections_do_not_sort(monkeypatch):
     order = x.abs().reshape(-1).kthvalue(1000 - 100).values
     assert kept.max() <= order and kept.min() >= x.abs().kthvalue(401).values
     assert int(magnitude_mask(x, 0.3).sum()) == 300
+
+
+def test_every_method_has_a_gallery_recipe():
+    """Each method has a community recipe in recipes/ that parses as the service reads it."""
+    from hubbot.methods import all_methods
+
+    folder = Path(__file__).resolve().parent.parent / "recipes"
+    used = {parse(p.read_text(), allow_local=False).merge_method for p in folder.glob("*.yml")}
+    new = {"nuslerp", "multislerp", "karcher", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce",
+           "model_stock", "nearswap", "arcee_fusion"}
+    assert new <= used <= set(all_methods())

@@ -4,7 +4,8 @@ Each tensor is split into a norm and a direction; the directions' equal-weight K
 (the point minimising the summed squared geodesic distances, Karcher 1977) is found by
 Riemannian gradient steps: map every direction into the tangent space at the current mean
 (log map), average, and step along the average (exp map) until the step is below `tol` or
-`max_iter` steps are taken. The result is that direction scaled by the mean norm.
+`max_iter` steps are taken. The result is that direction scaled by the mean norm. A base
+model, when the recipe names one, is one more point of the mean (as in the format's reference).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from . import Method, Param, register
 
 
 def karcher(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
+    if base is not None:
+        tensors = [base, *tensors]
     if len(tensors) == 1:
         return tensors[0]
     tol, max_iter = float(params["tol"]), int(params["max_iter"])
@@ -55,6 +58,7 @@ register(Method(
             "geodesic distances to every model's direction (their Riemannian centre of mass), scaled by "
             "the mean norm; a multi-model generalisation of SLERP at equal weights.",
     paper="Karcher 1977, Riemannian center of mass and mollifier smoothing (Comm. Pure Appl. Math. 30)",
+    base="optional",
     params=(
         Param("max_iter", int, default=10, low=1, doc="most gradient steps"),
         Param("tol", default=1e-5, low=0.0, low_open=True, doc="stop when a step is shorter than this"),
