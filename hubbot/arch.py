@@ -15,6 +15,7 @@ LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PRE_MARKERS = ("embed", "wte", "wpe", "word_embeddings")
 LM_HEAD = re.compile(r"(^|\.)lm_head\.weight$")
 EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings)\.weight$")
+PACKED_CODES = ("F8_E4M3", "F8_E5M2", "I8", "U8", "I32", "I16")
 QUANTIZED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".SCB", ".absmax", ".quant_map",
                       ".weight_scale", ".input_scale", ".weight_format")
 
@@ -73,13 +74,16 @@ def tied_alias(name: str, available: set[str]) -> str | None:
     return next((n for n in sorted(available) if EMBED.search(n)), None)
 
 
-def quantization_problem(config: dict, tensor_names: list[str]) -> str | None:
-    """Why a model's weights are quantized or packed (and so not mergeable), or None."""
+def quantization_problem(config: dict, tensor_dtypes: dict[str, str]) -> str | None:
+    """Why a model's weights are quantized or packed (and so not mergeable), or None.
+
+    `tensor_dtypes` maps tensor names to safetensors dtype codes."""
     qc = config.get("quantization_config") or text_config(config).get("quantization_config")
     if qc:
         kind = qc.get("quant_method", "unknown") if isinstance(qc, dict) else "unknown"
         return f"is quantized ({kind}); merge the original float16/bfloat16 weights instead"
-    packed = [n for n in tensor_names if n.endswith(QUANTIZED_SUFFIXES)]
+    packed = [n for n, code in tensor_dtypes.items()
+              if n.endswith(QUANTIZED_SUFFIXES) or code in PACKED_CODES and n.endswith(".weight")]
     if packed:
         return f"holds packed or quantized tensors (e.g. '{packed[0]}'); merge the original float weights instead"
     return None

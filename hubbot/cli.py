@@ -61,6 +61,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .plan import build
 
     recipe = _read_recipe(args.recipe)
+    if args.push:
+        from .hub import HubOptions, check_push_target
+
+        check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
     plan = build(recipe)
     plan.raise_for_problems()
     bar = None
@@ -76,12 +80,48 @@ def cmd_merge(args: argparse.Namespace) -> int:
             bar.refresh()
 
     try:
+        if args.push:
+            return _push(args, plan, progress)
         result = engine.run(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
     finally:
         if bar is not None:
             bar.close()
+    _write_card(plan, result)
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
-          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}")
+          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
+    return 0
+
+
+def _fetched(plan) -> str:
+    """How much came over the network from Hub sources (zero when the cache was warm)."""
+    hub = [s for s in plan.sources if hasattr(s, "bytes_fetched")]
+    return f"; fetched {sum(s.bytes_fetched for s in hub) / 1e6:.1f} MB from the Hub" if hub else ""
+
+
+def _write_card(plan, result) -> None:
+    from .card import RunFacts, build_card
+
+    card, extra = build_card(plan, repo_id=None,
+                             run=RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
+    (result.folder / "README.md").write_text(card)
+    for name, data in extra.items():
+        (result.folder / name).write_bytes(data)
+
+
+def _push(args: argparse.Namespace, plan, progress) -> int:
+    import tempfile
+
+    from .hub import HubOptions
+    from .publish import merge_and_push
+
+    opts = HubOptions.from_env()
+    with tempfile.TemporaryDirectory(prefix="hubbot-", dir=args.work_dir) as work:
+        pub = merge_and_push(plan, Path(work), args.push, token=opts.token, private=args.private,
+                             create_pr=args.pr, progress=progress, endpoint=opts.endpoint, device=args.device,
+                             shard_bytes=args.shard_size)
+    where = pub.pr_url or pub.url
+    print(f"published {args.push} at {where} (commit {pub.commit[:12]}): {pub.run.tensors} tensors, "
+          f"{pub.run.bytes_written / 1e6:.1f} MB in {pub.run.seconds:.1f} s on {pub.run.device}{_fetched(plan)}")
     return 0
 
 
@@ -112,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("merge", help="run a recipe and write the merged model")
     p.add_argument("recipe", help="recipe YAML file, or - for standard input")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="output folder (must not exist or be empty)")
+    dest.add_argument("--push", metavar="ORG/NAME", help="publish to this Hub repo (token from HF_TOKEN or hf auth login)")
+    p.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    p.add_argument("--pr", action="store_true", help="with --push: open a pull request on an existing repo")
+    p.add_argument("--work-dir", default=None, help="with --push: where shards wait for upload (default: temp)")
     p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -93,11 +93,14 @@ def run(
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     on_shard: Callable[[Path], None] | None = None,
+    on_written: Callable[[Path], None] | None = None,
     resume: bool = False,
     keep_partial: bool = False,
 ) -> RunResult:
     """Merge `plan` into the folder `out` and return what was written.
 
+    `on_shard(path)` hears of each shard as it completes; `on_written(folder)` runs once every
+    file is written, before the folder takes its final name (a failure there fails the run).
     `resume` keeps shards that an interrupted run with the same plan completed;
     `keep_partial` leaves `<out>.partial` behind on failure so a later run can resume.
     """
@@ -116,6 +119,8 @@ def run(
         bytes_read = _merge(plan, writer, dev, chunk_bytes, progress, cancel)
         files = writer.close()
         side = _write_side_files(plan, partial)
+        if on_written:
+            on_written(partial)
     except BaseException:
         writer.abort()
         if not keep_partial:

@@ -27,7 +27,6 @@ TORCH_NAMES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
 }
 FLOAT_CODES = ("F64", "F32", "F16", "BF16")
-HEADER_PROBE = 100_000  # the first read of a file: holds the whole header in practice
 MAX_HEADER = 100 * 1024 * 1024
 
 

@@ -105,22 +105,28 @@ class Plan:
             raise PlanError(self.problems)
 
     def param_curves(self) -> dict[str, list[float]]:
-        """Per-output-layer value of each numeric parameter that varies over the layers, keyed
-        `param` or `param[model]`, for plots. Uses the first tensor of each layer."""
-        curves: dict[str, dict[int, float]] = {}
+        """Per-output-layer values of each numeric parameter that varies over the layers, for
+        plots. Tensors whose values follow the same curve share one line, labelled by the
+        first of them (`t · self_attn.q_proj.weight (+3)`); per-model values name the model."""
+        per_tensor: dict[tuple[str, str], dict[int, float]] = {}
         for task in self.tasks:
             if task.layer is None:
                 continue
+            rest = task.name.split(f".{task.layer}.", 1)[-1]
             for name, value in task.params.items():
-                if name == "seed":
-                    continue
                 values = value if isinstance(value, list) else [value]
                 for i, v in enumerate(values):
-                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    if name == "seed" or isinstance(v, bool) or not isinstance(v, (int, float)):
                         continue
                     key = name if not isinstance(value, list) else f"{name}[{self.sources[task.inputs[i].source].label}]"
-                    curves.setdefault(key, {}).setdefault(task.layer, float(v))
-        return {k: [v[i] for i in sorted(v)] for k, v in curves.items() if len(set(v.values())) > 1}
+                    per_tensor.setdefault((key, rest), {})[task.layer] = float(v)
+        groups: dict[tuple[str, tuple[float, ...]], list[str]] = {}
+        for (key, rest), by_layer in per_tensor.items():
+            curve = tuple(by_layer[i] for i in sorted(by_layer))
+            if len(set(curve)) > 1:
+                groups.setdefault((key, curve), []).append(rest)
+        return {f"{key} · {rests[0]}" + (f" (+{len(rests) - 1})" if len(rests) > 1 else ""): list(curve)
+                for (key, curve), rests in groups.items()}
 
     def summary(self) -> str:
         lines = [f"method: {self.method.name} ({self.method.title})"]
@@ -182,7 +188,7 @@ def build(recipe: Recipe, *, opener: Opener | None = None) -> Plan:
         raise PlanError(problems)
     index = {s.ref: i for i, s in enumerate(sources)}
     for s in sources:
-        why = arch.quantization_problem(s.config(), list(s.tensors()))
+        why = arch.quantization_problem(s.config(), {n: i.dtype for n, i in s.tensors().items()})
         if why:
             problems.append(f"{s.label} {why}")
     if problems:

@@ -209,3 +209,11 @@ def test_quantized_models_are_refused(tmp_path, families):
     (q / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PlanError, match=r"is quantized \(gptq\)"):
         build(parse(f"merge_method: linear\nmodels: [{{model: {q}, parameters: {{weight: 1}}}}]\n"))
+    from safetensors.torch import save_file
+
+    fp8 = tmp_path / "fp8"
+    fp8.mkdir()
+    (fp8 / "config.json").write_text((base / "config.json").read_text())
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4).to(torch.float8_e4m3fn)}, fp8 / "model.safetensors")
+    with pytest.raises(PlanError, match="packed or quantized tensors"):
+        build(parse(f"merge_method: linear\nmodels: [{{model: {fp8}, parameters: {{weight: 1}}}}]\n"))

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..errors import SourceError
-from ..io import TensorInfo, decode
+from ..io import TensorInfo, decode, header_length, parse_header
 from ..recipe import ModelRef
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -87,6 +87,13 @@ class Source(ABC):
                 "(hubbot reads pickles only from local folders, with torch.load(weights_only=True))"
             )
         raise SourceError(f"{self.label}: has no safetensors weights")
+
+    def read_header(self, path: str) -> dict[str, TensorInfo]:
+        """The tensors of one safetensors file: its 8-byte length, then exactly the header, so
+        planning reads no tensor bytes even from small files."""
+        n = header_length(bytes(self.read_range(path, 0, 8)), f"{self.label}/{path}")
+        found, _ = parse_header(bytes(self.read_range(path, 8, n)), path, self.label)
+        return found
 
     def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """One tensor (or a block of its rows) in its stored dtype, on the CPU."""

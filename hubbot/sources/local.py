@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SourceError
-from ..io import CODES, HEADER_PROBE, TensorInfo, header_length, parse_header
+from ..io import CODES, TensorInfo
 from ..recipe import ModelRef
 from .base import BIN_FILE, BIN_INDEX_FILE, Source
 
@@ -60,11 +60,7 @@ class LocalSource(Source):
             return self._load_pickled(files)
         infos: dict[str, TensorInfo] = {}
         for path in self.weight_files():
-            probe = self.read_range(path, 0, min(HEADER_PROBE, (self.root / path).stat().st_size))
-            n = header_length(bytes(probe[:8]), f"{self.label}/{path}")
-            raw = bytes(probe[8:8 + n]) if 8 + n <= len(probe) else bytes(self.read_range(path, 8, n))
-            found, _ = parse_header(raw, path, self.label)
-            infos.update(found)
+            infos.update(self.read_header(path))
         return infos
 
     def _load_pickled(self, files: list[str]) -> dict[str, TensorInfo]:
