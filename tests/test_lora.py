@@ -180,3 +180,30 @@ def test_extract_lora_reports_what_lora_cannot_carry(families, tmp_path):
     assert res.returncode == 0 and "other tensors differ and are not in the adapter" in res.stderr
     res = extract_cli(base, families("llama_vocab")[1], 4, tmp_path / "bad")
     assert res.returncode == 2 and "is it a fine-tune of that base?" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_adapter_from_the_hub_is_applied_and_pinned(hub, alice_api, families, tmp_path):
+    """`org/model+org/lora` on the Hub: both are read by range, the result equals the local
+    merge, and the card's recipe pins both commits."""
+    from hubbot.card import resolved_recipe
+    from hubbot.hub import HubOptions
+    from tests.hub_fixtures import ALICE_TOKEN
+
+    base, ft1, _ = families("llama_f32")
+    adapter = peft_adapter(base, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"])
+    shas = {}
+    for folder, repo in ((base, "alice/base"), (adapter, "alice/lora"), (ft1, "alice/ft1")):
+        alice_api.create_repo(repo)
+        shas[repo] = alice_api.upload_folder(folder_path=str(folder), repo_id=repo).oid
+    recipe = "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.5}}}}\n" \
+             "  - {{model: {b}, parameters: {{weight: 0.5}}}}\ndtype: float32\n"
+    opts = HubOptions(token=ALICE_TOKEN, cache_dir=tmp_path / "cache")
+    plan = build(parse(recipe.format(a="alice/base+alice/lora", b="alice/ft1"), allow_local=False),
+                 opener=lambda ref: open_source(ref, allow_local=False, hub=opts))
+    got = load_state(engine.run(plan, tmp_path / "hub", device="cpu").folder)
+    want = load_state(engine.run(build(parse(recipe.format(a=f"{base}+{adapter}", b=ft1))), tmp_path / "local",
+                                 device="cpu").folder)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    pinned = resolved_recipe(plan)
+    assert f"alice/base@{shas['alice/base']}+alice/lora@{shas['alice/lora']}" in pinned
+    assert f"alice/ft1@{shas['alice/ft1']}" in pinned

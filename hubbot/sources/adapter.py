@@ -98,6 +98,9 @@ class AdapterSource(Source):
             raise SourceError(f"{self.adapter.label}: {UNSUPPORTED['lora_magnitude_vector']}")
         return config
 
+    def pinned(self) -> str:
+        return f"{self.model.pinned()}+{self.adapter.pinned()}"
+
     def _own_tokenizer_files(self) -> set[str]:
         return {f for f in self.adapter.files() if f in TOKENIZER_FILES}
 

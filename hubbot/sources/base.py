@@ -36,6 +36,12 @@ class Source(ABC):
     def label(self) -> str:
         return str(self.ref)
 
+    def pinned(self) -> str:
+        """The reference with a Hub source's revision pinned to the commit that was read."""
+        if self.ref.local or not self.revision:
+            return str(self.ref)
+        return f"{self.ref.path}@{self.revision}"
+
     @abstractmethod
     def files(self) -> list[str]:
         """Every file path in the model, relative to its root."""
