@@ -209,6 +209,8 @@ def _compute(method, task: TensorTask, raw: list[torch.Tensor], dev: torch.devic
     except torch.OutOfMemoryError:
         raise MergeError(f"tensor '{task.name}': out of {dev.type} memory while merging; "
                          "try --device cpu or a machine with more memory") from None
+    except ValueError as exc:  # a method's own refusal (e.g. directions that cancel out)
+        raise MergeError(f"tensor '{task.name}': {exc}") from None
     if not bool(torch.isfinite(out).all()):
         raise MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
                          "of this tensor (weights summing to zero, extreme lambda) and the input models")

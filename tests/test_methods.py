@@ -171,6 +171,8 @@ def test_valid_della_values_pass():
      "models[0].parameters.gamma: 2 is outside [0, 1]"),
     ("merge_method: karcher\nmodels: [{model: org/a}, {model: org/b}]\nparameters: {max_iter: 0}\n",
      "parameters.max_iter: 0 is outside [1, inf]"),
+    ("merge_method: karcher\nmodels: [{model: org/a}, {model: org/b}]\nparameters: {max_iter: 2.5}\n",
+     "parameters.max_iter: expected a whole number, got 2.5"),
 ])
 def test_method_inputs_and_ranges(text, needle):
     assert any(needle in p for p in problems(text)), problems(text)
@@ -217,3 +219,15 @@ def test_every_method_has_a_gallery_recipe():
     new = {"nuslerp", "multislerp", "karcher", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce",
            "model_stock", "nearswap", "arcee_fusion"}
     assert new <= used <= set(all_methods())
+
+
+def test_multislerp_refuses_directions_that_cancel():
+    from hubbot.methods import get
+
+    x = torch.randn(4, 8)
+    kernel = get("multislerp").kernel
+    params = {"weight": [0.25, 0.5, 0.25], "normalize_weights": True, "eps": 1e-8}
+    with pytest.raises(ValueError, match="cancel out"):
+        kernel(None, [x, -x, x], params)
+    two = kernel(None, [x, -x], {**params, "weight": [0.5, 0.5]})
+    assert torch.allclose(two, torch.zeros_like(x)), "two opposite tensors fall back to a straight average"

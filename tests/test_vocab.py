@@ -243,3 +243,23 @@ def test_token_rules_naming_missing_tokens_are_plan_problems(families):
                        + f"    <x>: {{source: {{kind: model_token, model: {ft1}, token: nope}}}}\n"))
     assert any(f"{base} has no token '<|im_start|>'" in p for p in plan.problems)
     assert any(f"{ft1} has no token 'nope'" in p for p in plan.problems)
+
+
+def test_tokenizer_ids_past_the_embedding_get_rows(families, tmp_path):
+    """A tokenizer with a token beyond its model's embedding (the reference truncates such
+    vocabularies or leaves ids outside the embedding): the output embedding covers every id."""
+    base, ft1, _ = families("llama_vocab")
+    grown = tmp_path / "grown"
+    shutil.copytree(base, grown)
+    data = json.loads((grown / "tokenizer.json").read_text())
+    data["added_tokens"].append({"id": 320, "content": "<|extra|>", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    (grown / "tokenizer.json").write_text(json.dumps(data))
+    text = (f"merge_method: linear\nbase_model: {grown}\n" + models_block([grown, ft1], [{"weight": 1}] * 2)
+            + "tokenizer_source: base\n")
+    plan = build(parse(text))
+    assert any("1 tokens of the output tokenizer are in no model's embedding" in w for w in plan.warnings)
+    out = engine.run(plan, tmp_path / "out", device="cpu").folder
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 321
+    assert torch.equal(load_state(out)["model.embed_tokens.weight"][320], torch.zeros(64))
+    assert_loads_and_runs(out, "<|extra|> hello")

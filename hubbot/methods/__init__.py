@@ -46,6 +46,8 @@ class Param:
             return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"expected a number, got {value!r}"
+        if self.kind is int and value != int(value):
+            return f"expected a whole number, got {value!r}"
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return f"{value} is outside {self.range_text()}"
         if self.high is not None and value > self.high:
