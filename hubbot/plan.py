@@ -453,6 +453,7 @@ class _Planner:
                     c["torch_dtype"] = dtype
         if self.vocab is not None:
             cfg["vocab_size"] = self.vocab.size
+        if self.recipe.tokenizer is not None:
             return config
         sizes = {s.label: arch.vocab_size(s.config()) for s in self.sources}
         if len({v for v in sizes.values() if v is not None}) > 1:
@@ -484,7 +485,8 @@ class _Planner:
             return None
         template = None
         if self.recipe.chat_template is not None:
-            found = [t for s in self.sources if (t := model_chat_template(s))]
+            auto = self.recipe.chat_template == chat_templates.AUTO
+            found = [t for s in self.sources if (t := model_chat_template(s))] if auto else []
             template = chat_templates.resolve(self.recipe.chat_template, found)
             if template is None:
                 self.warnings.append("chat_template: auto found no chat template in any model; none is set")
