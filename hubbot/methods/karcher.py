@@ -10,6 +10,7 @@ model, when the recipe names one, is one more point of the mean (as in the forma
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,31 +24,33 @@ def karcher(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict
     if len(tensors) == 1:
         return tensors[0]
     tol, max_iter = float(params["tol"]), int(params["max_iter"])
-    alpha = 1.0 / len(tensors)
-    norms = [torch.linalg.vector_norm(x) for x in tensors]
-    units = [x / n for x, n in zip(tensors, norms) if n.item() > tol]
+    norms = [float(torch.linalg.vector_norm(x)) for x in tensors]
+    units = [x.reshape(-1) / n for x, n in zip(tensors, norms) if n > tol]
     if not units:
         return torch.zeros_like(tensors[0])
     weight = 1.0 / len(units)
-    mean = sum(u * weight for u in units)
-    mean_norm = torch.linalg.vector_norm(mean)
-    mean = units[0].clone() if mean_norm.item() < tol else mean / mean_norm
+    mean = torch.zeros_like(units[0])
+    for u in units:
+        mean.add_(u, alpha=weight)
+    length = float(torch.linalg.vector_norm(mean))
+    mean = units[0].clone() if length < tol else mean.div_(length)
     for _ in range(max_iter):
-        step = torch.zeros_like(mean)
+        step = torch.zeros_like(mean)  # the mean of the log maps at `mean`
         for u in units:
-            cos = torch.dot(mean.reshape(-1), u.reshape(-1)).clamp(-1.0, 1.0)
-            theta = torch.arccos(cos)
-            if theta.item() < tol:
+            cos = min(1.0, max(-1.0, float(torch.dot(mean, u))))
+            theta = math.acos(cos)
+            if theta < tol:
                 continue
-            step += (weight * theta / torch.sin(theta)) * (u - cos * mean)
-        length = torch.linalg.vector_norm(step)
-        if length.item() < tol:
+            scale = weight * theta / math.sin(theta)
+            step.add_(u, alpha=scale).add_(mean, alpha=-scale * cos)
+        length = float(torch.linalg.vector_norm(step))
+        if length < tol:
             break
-        mean = torch.cos(length) * mean + torch.sin(length) * (step / length)
-        mean_norm = torch.linalg.vector_norm(mean)
-        if mean_norm.item() > tol:
-            mean = mean / mean_norm
-    return mean * sum(alpha * n for n in norms)
+        mean.mul_(math.cos(length)).add_(step, alpha=math.sin(length) / length)  # exp map
+        norm = float(torch.linalg.vector_norm(mean))
+        if norm > tol:
+            mean.div_(norm)
+    return mean.mul_(sum(norms) / len(tensors)).reshape(tensors[0].shape)
 
 
 register(Method(
