@@ -7,6 +7,7 @@ import html
 import os
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -143,6 +144,14 @@ def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tupl
                   f"- output layers: {plan.out_layers}", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     return str(card), extra
+
+
+def write_card(plan: Plan, folder: Path, run: RunFacts | None) -> None:
+    """Write README.md (and the files it references) into a local output folder."""
+    card, extra = build_card(plan, repo_id=None, run=run)
+    (folder / "README.md").write_text(card)
+    for name, data in extra.items():
+        (folder / name).write_bytes(data)
 
 
 def _license_warnings(facts: list[dict], chosen: str | None) -> list[str]:

@@ -31,14 +31,17 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB") from None
 
 
+def _recipe_text(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe {path}: {exc.strerror}") from None
+
+
 def _read_recipe(path: str):
     from .recipe import parse
 
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as exc:
-        raise RecipeError(f"cannot read the recipe {path}: {exc.strerror}") from None
-    return parse(text)
+    return parse(_recipe_text(path))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -86,7 +89,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    _write_card(plan, result)
+    from .card import RunFacts, write_card
+
+    write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
           f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
     return 0
@@ -96,16 +101,6 @@ def _fetched(plan) -> str:
     """How much came over the network from Hub sources (zero when the cache was warm)."""
     hub = [s for s in plan.sources if hasattr(s, "bytes_fetched")]
     return f"; fetched {sum(s.bytes_fetched for s in hub) / 1e6:.1f} MB from the Hub" if hub else ""
-
-
-def _write_card(plan, result) -> None:
-    from .card import RunFacts, build_card
-
-    card, extra = build_card(plan, repo_id=None,
-                             run=RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
-    (result.folder / "README.md").write_text(card)
-    for name, data in extra.items():
-        (result.folder / name).write_bytes(data)
 
 
 def _push(args: argparse.Namespace, plan, progress) -> int:
@@ -140,6 +135,67 @@ def cmd_extract_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace, **overrides):
+    """Settings from the environment, with the command's flags (those given) on top."""
+    from .settings import Settings
+
+    if getattr(args, "data", None):
+        overrides["data_dir"] = args.data
+    if getattr(args, "service", False):
+        overrides["service"] = True
+    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, ui=False if args.no_ui else None))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .jobs.store import Store
+    from .jobs.supervisor import Supervisor
+
+    settings = _settings(args, worker_slots=args.workers)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"hubbot worker: {settings.worker_slots} slot(s), jobs from {settings.store_url}", flush=True)
+    Supervisor(settings, Store(settings.store_url)).run_forever(stop)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import time
+
+    from .jobs.service import Service
+    from .jobs.store import FINAL
+
+    service = Service(_settings(args))
+    job = service.submit(_recipe_text(args.recipe), target=args.target, private=args.private, pr=args.pr)
+    print(f"job {job.id}: {job.state}" + (f" (number {job.position} in the queue)" if job.position else ""))
+    if not args.wait:
+        return 0
+    since = 0
+    while True:
+        lines = service.log(job.id, since)
+        since += len(lines)
+        for line in lines:
+            print(line, flush=True)
+        if job.state in FINAL:
+            break
+        time.sleep(1.0)
+        job = service.get(job.id)
+    result = job.result or {}
+    print(f"job {job.id}: {job.state}" + (f": {job.error}" if job.error else "")
+          + (f" -> {result.get('pr_url') or result.get('url') or result.get('folder')}" if result else ""))
+    return 0 if job.state == "done" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubbot", description="Merge LLM weights, locally or on the Hugging Face Hub.")
     parser.add_argument("--version", action="version", version=f"hubbot {__version__}")
@@ -170,6 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for adapter_config.json and adapter_model.safetensors")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N for the SVDs (default: CUDA when available)")
     p.set_defaults(func=cmd_extract_lora)
+
+    def service_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", default=None, help="data folder (default ./data, or $HUBBOT_DATA_DIR)")
+        p.add_argument("--service", action="store_true", help="service mode: Hub sources only, results to the Hub")
+
+    p = sub.add_parser("serve", help="run the web UI, the job API, webhooks, the scheduler and the workers")
+    service_flags(p)
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 in service mode)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.add_argument("--no-ui", action="store_true", help="serve the API and webhooks without the web UI")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run queued jobs from the store (for running workers apart from the server)")
+    service_flags(p)
+    p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="queue a recipe for 'hubbot serve' or 'hubbot worker' to run")
+    service_flags(p)
+    p.add_argument("recipe", help="recipe YAML file, or - for standard input")
+    p.add_argument("--target", default=None, help="publish to this Hub repo (namespace/name); default: a local folder")
+    p.add_argument("--private", action="store_true", help="create the target repo private")
+    p.add_argument("--pr", action="store_true", help="open a pull request on the target instead of committing")
+    p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 

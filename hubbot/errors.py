@@ -40,3 +40,19 @@ class MergeError(HubbotError):
 
 class Cancelled(MergeError):
     """The merge was cancelled on request; nothing partial is published."""
+
+
+class JobNotFound(HubbotError):
+    """No job (or watch, or schedule) has the id asked for."""
+
+
+class LimitError(HubbotError):
+    """A submission was refused by a queue limit; the message says which and what to do."""
+
+
+class Forbidden(HubbotError):
+    """The caller may not act on this job (it belongs to someone else)."""
+
+
+class RequestError(HubbotError):
+    """A request to the job service is malformed apart from its recipe (target, cron, options)."""

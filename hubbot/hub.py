@@ -85,7 +85,7 @@ def with_retries(fn: Callable[[], T], what: str, opts: HubOptions, error: type[H
     exponential backoff; other failures raise at once. When retries run out, raise `error`."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    network = _transport_errors()
+    network = transport_errors()
     for attempt in range(opts.retries + 1):
         try:
             return fn()
@@ -94,8 +94,10 @@ def with_retries(fn: Callable[[], T], what: str, opts: HubOptions, error: type[H
             transient = isinstance(exc, (*network, _Transient)) or status in RETRY_STATUSES
             if not transient or attempt == opts.retries:
                 if transient:
-                    raise error(f"{what}: the Hub did not answer after {opts.retries + 1} tries "
-                                      f"({exc}); try again later") from None
+                    failure = error(f"{what}: the Hub did not answer after {opts.retries + 1} tries "
+                                    f"({exc}); try again later")
+                    failure.transient = True  # the job service queues the job again later
+                    raise failure from None
                 raise
             delay = opts.backoff * (2**attempt) * (0.5 + random.random())
             log.info("retrying %s in %.1fs after %s", what, delay, exc)
@@ -103,7 +105,7 @@ def with_retries(fn: Callable[[], T], what: str, opts: HubOptions, error: type[H
     raise AssertionError("unreachable")
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
+def transport_errors() -> tuple[type[BaseException], ...]:
     """Connection-level errors of the HTTP library the Hub client uses (httpx2, or httpx before it)."""
     errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
     for name in ("httpx2", "httpx"):

@@ -1,0 +1,404 @@
+"""The job service: the one interface through which the UI, webhooks and the CLI ask for merges.
+
+It checks and plans a recipe before anything is queued, deduplicates, enforces limits and
+keeps users' tokens in memory only (never in the store or a log). Merges themselves run in
+worker processes (hubbot.jobs.worker); nothing here imports the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import RowMapping
+
+from ..errors import Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError
+from ..recipe import ModelRef
+from ..settings import Settings
+from .hubapi import HubClient
+from .planning import dedup_key, estimate_seconds, folder_fingerprint, parse_recipe, plan_recipe, source_revisions
+from .store import FINAL, QUEUED, Store, new_id, now
+
+log = logging.getLogger("hubbot.jobs")
+
+TARGET = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+SHA = re.compile(r"^[0-9a-f]{40}$")
+LOST_TOKEN = ("this job needed your sign-in token, which is kept only in memory and was lost when the "
+              "service restarted; sign in and submit the recipe again")
+NO_PROGRESS = {"tensors_done": 0, "tensors_total": 0, "bytes_done": 0, "bytes_total": 0}
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str | None
+    recipe: str
+    recipe_hash: str
+    target: str | None  # Hub repo id, or None = local folder
+    options: dict  # private, pr, device, shard_bytes
+    state: str  # queued|validating|running|publishing|done|failed|cancelled
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: dict  # tensors_done, tensors_total, bytes_done, bytes_total
+    result: dict | None  # url, commit, folder, pr_url (what applies)
+    error: str | None
+    position: int | None  # place in the queue while queued (1 = next)
+    attempts: int
+
+
+@dataclass
+class Validation:
+    ok: bool
+    summary: str
+    problems: list[str]
+    warnings: list[str]
+    models: list[dict]  # {"ref": str, "revision": str | None}
+    output_bytes: int
+    input_bytes: int
+    peak_bytes: int
+    est_seconds: float
+    curves: dict[str, list[float]]  # plan.param_curves()
+
+
+class Service:
+    """Submit, inspect and cancel merge jobs; watch sources; schedule recipes."""
+
+    def __init__(self, settings: Settings, *, hub: HubClient | None = None):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(settings.store_url)
+        self.hub = hub or HubClient(settings)
+        self.scheduler: Any = None  # the running scheduler registers itself to receive new cron schedules
+        self._tokens: dict[str, str] = {}
+        self._tokens_lock = threading.Lock()
+
+    # --- checking -------------------------------------------------------------------------
+
+    def validate(self, recipe_text: str, *, token: str | None = None) -> Validation:
+        """Parse and plan from headers; bad recipes come back as problems, never as exceptions.
+        `token` lets a signed-in user's private sources be read."""
+        try:
+            recipe = parse_recipe(self.settings, recipe_text)
+        except RecipeError as exc:
+            return _invalid(str(exc), exc.problems, [])
+        models = [{"ref": str(r), "revision": r.revision} for r in recipe.model_refs()]
+        try:
+            plan = plan_recipe(self.settings, recipe, token)
+        except PlanError as exc:
+            return _invalid(str(exc), exc.problems, models)
+        except HubbotError as exc:
+            return _invalid(str(exc), [str(exc)], models)
+        return Validation(
+            ok=not plan.problems, summary=plan.summary(), problems=list(plan.problems), warnings=list(plan.warnings),
+            models=[{"ref": s.label, "revision": s.revision} for s in plan.sources],
+            output_bytes=plan.output_bytes, input_bytes=plan.input_bytes,
+            peak_bytes=plan.peak_bytes(64 << 20), est_seconds=estimate_seconds(plan), curves=plan.param_curves(),
+        )
+
+    def _check_target(self, target: str | None, token: str | None) -> str | None:
+        if target is None or not target.strip():
+            if not self.settings.local:
+                raise RequestError("this service publishes results to the Hub: give a target repo such as "
+                                   "'your-name/merged-model'")
+            return None
+        target = target.strip()
+        if not TARGET.match(target):
+            raise RequestError(f"target {target!r} is not a Hub model repo id; write it as 'namespace/name'")
+        if not self.settings.local and token is None and self.settings.hub_token is None:
+            raise RequestError(f"sign in with your Hugging Face account to publish to {target}")
+        return target
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def submit(self, recipe_text: str, *, owner: str | None = None, target: str | None = None,
+               private: bool = False, pr: bool = False, token: str | None = None,
+               notify: dict | None = None) -> Job:
+        """Check, plan and queue a recipe; an identical live request returns the existing job.
+
+        Raises RecipeError or PlanError for a recipe that cannot run (nothing is queued),
+        RequestError for a bad target and LimitError when a queue limit is reached. `notify`
+        names a discussion {"repo", "repo_type", "num"} to report the outcome to.
+        """
+        target = self._check_target(target, token)
+        recipe = parse_recipe(self.settings, recipe_text)
+        plan = plan_recipe(self.settings, recipe, token)
+        plan.raise_for_problems()
+        sources = source_revisions(plan)
+        values = {
+            "id": new_id(), "owner": owner, "recipe": recipe_text, "recipe_hash": recipe.hash,
+            "dedup_key": dedup_key(recipe.hash, sources, target), "target": target,
+            "options": {"private": bool(private), "pr": bool(pr), "device": self.settings.device,
+                        "shard_bytes": self.settings.shard_bytes},
+            "sources": sources, "token_source": "user" if token else ("service" if target else None),
+            "notify": notify,
+        }
+        row, duplicate = self.store.add_job(values, self.settings.limits, self._reusable)
+        if duplicate:
+            self.store.log(row["id"], "an identical request (same recipe, sources and target) got this job")
+        else:
+            if token:
+                with self._tokens_lock:
+                    self._tokens[row["id"]] = token
+            self.store.log(row["id"], f"queued: {len(plan.tasks)} tensors from {len(plan.sources)} models"
+                           + (f", to publish to {target}" if target else ""))
+        return self._job(row, self.store.queue())
+
+    def _reusable(self, row: RowMapping) -> bool:
+        """A finished local result counts only while its folder is still there."""
+        if row["state"] == "done" and row["target"] is None:
+            return Path((row["result"] or {}).get("folder", "")).is_dir()
+        return True
+
+    def get(self, job_id: str) -> Job:
+        return self._job(self._row(job_id), self.store.queue())
+
+    def _row(self, job_id: str) -> RowMapping:
+        row = self.store.get(job_id)
+        if row is None:
+            raise JobNotFound(f"there is no job {job_id!r}; check the id (it is shown when the job is "
+                              "submitted and in the jobs list)")
+        return row
+
+    def list(self, owner: str | None = None, limit: int = 50) -> list[Job]:
+        """Jobs, newest first; only `owner`'s when given."""
+        queue = self.store.queue()
+        return [self._job(r, queue) for r in self.store.list(owner, limit)]
+
+    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel a queued job at once, or stop a running one (its worker is told to stop).
+        With `owner`, only that owner's jobs may be cancelled."""
+        row = self._row(job_id)
+        if owner is not None and row["owner"] != owner:
+            raise Forbidden(f"job {job_id} belongs to another user; you can cancel only your own jobs")
+        if row["state"] not in FINAL and self.store.cancel(job_id):
+            with self._tokens_lock:
+                self._tokens.pop(job_id, None)
+        return self.get(job_id)
+
+    def log(self, job_id: str, since: int = 0) -> list[str]:
+        """Log lines from line `since` on, each "HH:MM:SS text" (UTC)."""
+        self._row(job_id)
+        return [f"{at:%H:%M:%S} {text}" for at, text in self.store.log_lines(job_id, since)]
+
+    def job_url(self, job_id: str) -> str:
+        return f"{self.settings.public_url}/api/jobs/{job_id}"
+
+    def _job(self, row: RowMapping, queue: list[str]) -> Job:
+        return Job(
+            id=row["id"], owner=row["owner"], recipe=row["recipe"], recipe_hash=row["recipe_hash"],
+            target=row["target"], options=dict(row["options"]), state=row["state"],
+            created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+            progress={**NO_PROGRESS, **(row["progress"] or {})}, result=row["result"], error=row["error"],
+            position=queue.index(row["id"]) + 1 if row["state"] == QUEUED and row["id"] in queue else None,
+            attempts=row["attempts"],
+        )
+
+    # --- watches and schedules ------------------------------------------------------------
+
+    def watch(self, recipe_text: str, *, owner: str | None, target: str | None, pr: bool = False,
+              private: bool = False, token: str | None = None) -> dict:
+        """Run a recipe now and again whenever one of its sources gets a new commit.
+
+        The first run may use `token`; later runs happen without the user, so they publish with
+        the service's token (a new commit where it may write, else ask for `pr=True`).
+        """
+        if target is not None and not self.settings.local and self.settings.hub_token is None:
+            raise RequestError("this service has no Hub token of its own, so it cannot publish re-runs; "
+                               "set HF_TOKEN for the service to enable watches")
+        first = self.submit(recipe_text, owner=owner, target=target, private=private, pr=pr, token=token)
+        sources = {s["ref"]: s["revision"] for s in self.store.get(first.id)["sources"]}
+        row = self.store.add_watch({"owner": owner, "recipe": recipe_text, "target": first.target, "pr": bool(pr),
+                                    "private": bool(private), "sources": sources, "last_job_id": first.id})
+        return _watch_dict(row)
+
+    def watches(self, owner: str | None = None) -> list[dict]:
+        return [_watch_dict(w) for w in self.store.watches(owner)]
+
+    def schedule(self, recipe_text: str, cron: str, *, owner: str | None, target: str | None, pr: bool = False,
+                 private: bool = False) -> dict:
+        """Run a recipe on a cron schedule ("minute hour day month weekday", UTC) with the
+        service's token. The recipe is checked now."""
+        trigger = cron_trigger(cron)
+        target = self._check_target(target, None)
+        plan_recipe(self.settings, parse_recipe(self.settings, recipe_text)).raise_for_problems()
+        row = self.store.add_schedule({"owner": owner, "recipe": recipe_text, "cron": cron.strip(), "target": target,
+                                       "pr": bool(pr), "private": bool(private)})
+        if self.scheduler is not None:
+            self.scheduler.add_schedule(row)
+        return {**_schedule_dict(row), "next_run": trigger.get_next_fire_time(None, now())}
+
+    def schedules(self, owner: str | None = None) -> list[dict]:
+        return [_schedule_dict(s) for s in self.store.schedules(owner)]
+
+    def run_schedule(self, schedule_id: str) -> Job | None:
+        """One firing of a cron schedule (called by the scheduler)."""
+        row = self.store.get_schedule(schedule_id)
+        if row is None or not row["active"]:
+            return None
+        job = self._submit_quietly(f"schedule {schedule_id} ({row['cron']})", row["recipe"], owner=row["owner"],
+                                   target=row["target"], private=row["private"], pr=row["pr"])
+        if job is not None:
+            self.store.update_schedule(schedule_id, last_job_id=job.id)
+        return job
+
+    def watches_for(self, repo_id: str, updated: list[tuple[str, str | None]]) -> list[str]:
+        """Watches to re-run after a push to `repo_id`; `updated` holds (ref, new sha) pairs
+        from the webhook. A watch follows its source's branch (main unless the recipe names
+        one); sources pinned to a commit never change."""
+        hits = []
+        for w in self.store.watches():
+            for label, merged in w["sources"].items():
+                ref = ModelRef.parse(label)
+                branch = ref.revision or "main"
+                if ref.path != repo_id or SHA.match(branch):
+                    continue
+                news = [sha for name, sha in updated if name in (f"refs/heads/{branch}", branch)]
+                if updated and not news:
+                    continue
+                if news and all(sha == merged for sha in news):
+                    continue
+                hits.append(w["id"])
+                break
+        return hits
+
+    def rerun_watch(self, watch_id: str, reason: str) -> Job | None:
+        """Submit a watch's recipe again; dedup makes this a no-op when nothing changed."""
+        w = next((w for w in self.store.watches() if w["id"] == watch_id), None)
+        if w is None:
+            return None
+        job = self._submit_quietly(f"watch {watch_id}: {reason}", w["recipe"], owner=w["owner"], target=w["target"],
+                                   private=w["private"], pr=w["pr"])
+        if job is not None:
+            sources = {s["ref"]: s["revision"] for s in self.store.get(job.id)["sources"]}
+            self.store.update_watch(watch_id, sources=sources, last_job_id=job.id)
+        return job
+
+    def poll_watches(self) -> list[Job]:
+        """The fallback to webhooks: compare each watched source's head with the merged one."""
+        jobs = []
+        for w in self.store.watches():
+            try:
+                changed = [label for label, merged in w["sources"].items() if self._head(label) not in (None, merged)]
+            except Exception as exc:  # a source that cannot be reached now is checked again next time
+                log.warning("watch %s: could not check its sources: %s", w["id"], exc)
+                continue
+            if changed:
+                job = self.rerun_watch(w["id"], "new commits on " + ", ".join(changed))
+                if job is not None:
+                    jobs.append(job)
+        return jobs
+
+    def _head(self, label: str) -> str | None:
+        ref = ModelRef.parse(label)
+        if ref.local:
+            return folder_fingerprint(Path(ref.path).expanduser().resolve()) if self.settings.local else None
+        if ref.revision and SHA.match(ref.revision):
+            return None
+        return self.hub.head(ref.path, ref.revision)
+
+    def _submit_quietly(self, trigger: str, recipe_text: str, **kw: Any) -> Job | None:
+        """Submit on behalf of a trigger: problems are logged, not raised."""
+        try:
+            job = self.submit(recipe_text, **kw)
+        except HubbotError as exc:
+            log.warning("%s: not run: %s", trigger, exc)
+            return None
+        self.store.log(job.id, f"requested by {trigger}")
+        return job
+
+    # --- for the scheduler and the webhooks -------------------------------------------------
+
+    def token_for(self, job_id: str) -> str | None:
+        with self._tokens_lock:
+            return self._tokens.get(job_id)
+
+    def held_tokens(self) -> set[str]:
+        with self._tokens_lock:
+            return set(self._tokens)
+
+    def forget_finished_tokens(self) -> None:
+        for job_id in self.held_tokens():
+            row = self.store.get(job_id)
+            if row is None or row["state"] in FINAL:
+                with self._tokens_lock:
+                    self._tokens.pop(job_id, None)
+
+    def fail_lost_tokens(self) -> list[str]:
+        """At start-up: jobs waiting for a user token that a previous process held cannot run."""
+        return self.store.fail_unheld(self.held_tokens(), LOST_TOKEN)
+
+    def pending_reports(self) -> list[tuple[Job, dict]]:
+        """Finished jobs whose outcome is still to be posted, with where to post it."""
+        return [(self._job(r, []), r["notify"]) for r in self.store.unnotified()]
+
+    def mark_reported(self, job_id: str) -> None:
+        self.store.mark_notified(job_id)
+
+    def housekeeping(self) -> dict[str, int]:
+        """Drop old logs, work folders of published or failed jobs, and stale temporary and
+        cache files. Local results (no target) are the user's output and are kept."""
+        s = self.settings
+        t = now()
+        old = self.store.finished_before(t - timedelta(days=s.keep_logs_days))
+        pruned = self.store.prune_logs(r["id"] for r in old)
+        removed = 0
+        for r in self.store.finished_before(t - timedelta(days=s.keep_outputs_days)):
+            folder = s.jobs_dir / r["id"]
+            if (r["target"] is not None or r["state"] != "done") and folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        files = _prune_tree(s.tmp_dir, s.keep_tmp_hours * 3600) + _prune_tree(s.data_dir / "cache",
+                                                                               s.keep_outputs_days * 86400)
+        return {"log_lines": pruned, "job_folders": removed, "files": files}
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def cron_trigger(cron: str):
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        return CronTrigger.from_crontab(cron.strip(), timezone="UTC")
+    except ValueError as exc:
+        raise RequestError(f"cron {cron!r} is not a schedule ({exc}); write five fields 'minute hour day month "
+                           "weekday', e.g. '0 3 * * 1' for Mondays at 03:00 UTC") from None
+
+
+def _invalid(summary: str, problems: list[str], models: list[dict]) -> Validation:
+    return Validation(ok=False, summary=summary, problems=list(problems), warnings=[], models=models,
+                      output_bytes=0, input_bytes=0, peak_bytes=0, est_seconds=0.0, curves={})
+
+
+def _watch_dict(row: RowMapping) -> dict:
+    return {k: row[k] for k in ("id", "owner", "target", "pr", "private", "sources", "created_at", "last_job_id")}
+
+
+def _schedule_dict(row: RowMapping) -> dict:
+    return {k: row[k] for k in ("id", "owner", "cron", "target", "pr", "private", "created_at", "last_job_id")}
+
+
+def _prune_tree(folder: Path, max_age_s: float) -> int:
+    """Remove files not modified for `max_age_s` seconds, then empty folders; returns files removed."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for p in sorted(folder.rglob("*"), reverse=True):
+        try:
+            if p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed += 1
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        except OSError:
+            continue
+    return removed

@@ -1,0 +1,168 @@
+"""The supervisor: claims queued jobs and runs each in a worker process.
+
+At most `worker_slots` workers run at once (one GPU job at a time by default). Each tick it
+reaps finished workers (a worker that died leaves its job to be re-queued or failed), stops
+workers whose job was cancelled, renews its jobs' leases, takes over jobs whose lease lapsed
+(their server or worker died) and starts new workers. It runs inside `hubbot serve` (driven by
+the scheduler) or alone as `hubbot worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Callable
+
+from ..settings import Settings
+from .service import LOST_TOKEN
+from .store import Store, new_id
+
+log = logging.getLogger("hubbot.jobs")
+
+STOP_GRACE_S = 10.0  # after SIGTERM (cancel), a worker gets this long before SIGKILL
+
+
+@dataclass
+class _Run:
+    job_id: str
+    claim: str
+    proc: subprocess.Popen
+    log_file: IO[bytes]
+    stop_sent: float | None = None
+
+
+class Supervisor:
+    """Runs claimed jobs in worker processes.
+
+    `tokens` and `held` give access to the users' tokens that this process keeps in memory
+    (the server's Service); a supervisor without them (`hubbot worker`) runs only jobs that
+    need no user token and leaves those that do to the server.
+    """
+
+    def __init__(self, settings: Settings, store: Store, *, tokens: Callable[[str], str | None] | None = None,
+                 held: Callable[[], set[str]] | None = None):
+        self.settings, self.store = settings, store
+        self.tokens, self.held = tokens, held
+        self.runs: dict[str, _Run] = {}  # by claim
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._reap()
+            self._stop_cancelled()
+            self.store.renew(self.runs, self.settings.lease_seconds)
+            self._recover()
+            self._fill()
+
+    def _fill(self) -> None:
+        held = self.held() if self.held else set()
+        while len(self.runs) < self.settings.worker_slots:
+            claim = new_id()
+            row = self.store.claim(claim, self.settings.lease_seconds, held_tokens=held,
+                                   running_per_owner=self.settings.limits.running_per_owner)
+            if row is None:
+                return
+            self._spawn(row, claim)
+
+    def _spawn(self, row, claim: str) -> None:
+        job_id = row["id"]
+        work = self.settings.jobs_dir / job_id
+        work.mkdir(parents=True, exist_ok=True)
+        log_file = open(work / "worker.log", "ab")
+        token = self.tokens(job_id) if row["token_source"] == "user" and self.tokens else None
+        proc = subprocess.Popen([sys.executable, "-m", "hubbot.jobs.worker", "--job", job_id], stdin=subprocess.PIPE,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.runs[claim] = _Run(job_id, claim, proc, log_file)
+        try:  # one line, then stdin stays open: it is the worker's lifeline
+            proc.stdin.write((json.dumps({"settings": self.settings.to_dict(), "claim": claim, "token": token})
+                              + "\n").encode())
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died at once; the next reap handles it
+        self.store.set_pid(job_id, claim, proc.pid)
+        self.store.log(job_id, f"attempt {row['attempts']}: started worker process {proc.pid}")
+
+    def _reap(self) -> None:
+        for claim, run in list(self.runs.items()):
+            rc = run.proc.poll()
+            if rc is None:
+                continue
+            self._close(claim)
+            # A worker that closed its job is not holding it any more and release() does nothing.
+            self.store.release(run.job_id, claim, max_attempts=self.settings.max_attempts, why=_died(rc))
+
+    def _close(self, claim: str) -> None:
+        run = self.runs.pop(claim)
+        for f in (run.proc.stdin, run.log_file):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def _stop_cancelled(self) -> None:
+        for claim in self.store.cancel_requests(self.runs):
+            run = self.runs[claim]
+            if run.stop_sent is None:
+                run.stop_sent = time.monotonic()
+                _signal(run.proc, signal.SIGTERM)
+            elif time.monotonic() - run.stop_sent > STOP_GRACE_S:
+                _signal(run.proc, signal.SIGKILL)
+
+    def _recover(self) -> None:
+        """Jobs whose lease lapsed lost their worker (or their whole server): run them again."""
+        for row in self.store.expired():
+            if row["claim"] in self.runs:
+                continue
+            if row["token_source"] == "user":
+                if self.held is None:
+                    continue  # only the server that keeps tokens decides about these
+                if row["id"] not in self.held():
+                    self.store.advance(row["id"], row["claim"], "failed", error=LOST_TOKEN)
+                    self.store.log(row["id"], f"failed: {LOST_TOKEN}")
+                    continue
+            self.store.release(row["id"], row["claim"], max_attempts=self.settings.max_attempts,
+                               why="its worker stopped answering (the server or the worker was restarted or killed)")
+
+    def stop(self) -> None:
+        """Orderly shutdown: stop the workers and put their jobs back in the queue at once
+        (they resume from their finished shards; the attempt is not counted)."""
+        with self._lock:
+            for claim, run in list(self.runs.items()):
+                _signal(run.proc, signal.SIGKILL)
+                run.proc.wait()
+                self._close(claim)
+                self.store.release(run.job_id, claim, max_attempts=self.settings.max_attempts,
+                                   why="the service stopped", counts=False)
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """`hubbot worker`: tick until `stop` is set."""
+        try:
+            while not stop.is_set():
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("supervisor tick failed; trying again")
+                stop.wait(self.settings.dispatch_seconds)
+        finally:
+            self.stop()
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _died(rc: int) -> str:
+    if rc < 0:
+        name = signal.Signals(-rc).name
+        hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
+        return f"the worker process was killed by {name}{hint}"
+    return f"the worker process ended (exit code {rc}) without finishing the job; see worker.log in the job folder"
