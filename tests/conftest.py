@@ -29,6 +29,9 @@ class Families:
         "qwen2_sharded": dict(kind="qwen2", variants=2, shard_bytes=100_000),
         "gpt2": dict(kind="gpt2", variants=2),
         "llama_deep": dict(kind="llama", variants=1, layers=6, seed=3),
+        "llama_vocab": dict(kind="llama", variants=2, dtype="float32",
+                            extra_tokens={1: ["<tool>", "<|im_start|>"], 2: ["<|im_start|>", "<|im_end|>"]}),
+        "llama_tied_vocab": dict(kind="llama", variants=2, tied=True, extra_tokens={2: ["<|im_start|>", "<|im_end|>"]}),
     }
 
     def __init__(self, root: Path):
