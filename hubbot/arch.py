@@ -87,3 +87,8 @@ def quantization_problem(config: dict, tensor_dtypes: dict[str, str]) -> str | N
     if packed:
         return f"holds packed or quantized tensors (e.g. '{packed[0]}'); merge the original float weights instead"
     return None
+
+
+def on_vocabulary(name: str) -> bool:
+    """Tensors with one row per token: the input embedding and lm_head."""
+    return bool(EMBED.search(name) or LM_HEAD.search(name))

@@ -61,7 +61,7 @@ def _front_matter(text: str) -> dict:
 
 def resolved_recipe(plan: Plan) -> str:
     """The recipe with every Hub model pinned to the commit that was merged."""
-    pins = {str(s.ref): f"{s.ref.path}@{s.revision}" for s in plan.sources if s.revision and not s.ref.local}
+    pins = {str(s.ref): s.pinned() for s in plan.sources}
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):

@@ -182,6 +182,21 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_lora(args: argparse.Namespace) -> int:
+    from .engine import pick_device
+    from .lora_extract import extract
+    from .recipe import ModelRef
+    from .sources import open_source
+
+    base, model = open_source(ModelRef.parse(args.base)), open_source(ModelRef.parse(args.model))
+    result = extract(base, model, args.rank, Path(args.out), device=pick_device(args.device))
+    print(f"wrote {result.folder}: rank-{result.rank} LoRA for {result.modules} linear weights")
+    if result.skipped:
+        print(f"note: {len(result.skipped)} other tensors differ and are not in the adapter "
+              f"(e.g. '{result.skipped[0]}'); LoRA carries linear weights only", file=sys.stderr)
+    return 0
+
+
 def _settings(args: argparse.Namespace, **overrides):
     """Settings from the environment, with the command's flags (those given) on top."""
     from .settings import Settings
@@ -296,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("extract-lora", help="save the low-rank difference of a fine-tune from its base as a PEFT LoRA")
+    p.add_argument("--base", required=True, help="the base model (local folder or org/name[@revision])")
+    p.add_argument("--model", required=True, help="the fine-tune of that base")
+    p.add_argument("--rank", type=int, required=True, help="LoRA rank r")
+    p.add_argument("--out", required=True, help="output folder for adapter_config.json and adapter_model.safetensors")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N for the SVDs (default: CUDA when available)")
+    p.set_defaults(func=cmd_extract_lora)
 
     def service_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data", default=None, help="data folder (default ./data, or $HUBBOT_DATA_DIR)")

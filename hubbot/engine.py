@@ -27,8 +27,6 @@ from .writer import DEFAULT_SHARD_BYTES, ShardWriter
 
 CHUNK_BYTES = 64 << 20  # float32 bytes of one block when merging elementwise
 PREFETCH = 2
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 SIDE_FILES = ("generation_config.json",)
 
 
@@ -77,7 +75,7 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
         if writer.is_done(task.name):
             continue
         numel = task.nbytes // DTYPES[task.dtype].itemsize
-        if plan.method.elementwise and not task.copy and len(task.shape) > 1 and numel * 4 > chunk_bytes:
+        if plan.method.elementwise and not task.copy and not task.vocab and len(task.shape) > 1 and numel * 4 > chunk_bytes:
             row = max(1, numel // task.shape[0])
             step = max(1, chunk_bytes // (4 * row))
             units += [_Unit(task, (a, min(a + step, task.shape[0]))) for a in range(0, task.shape[0], step)]
@@ -165,10 +163,15 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
     method = plan.method
     in_dtype = TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None
 
-    def fetch(unit: _Unit) -> list[torch.Tensor]:
+    def fetch(unit: _Unit) -> tuple[int, list[torch.Tensor]]:
+        """The unit's inputs (base first) and the bytes read; embedding rows in output vocabulary order."""
         t = unit.task
         order = ([t.base] if t.base else []) + list(t.inputs)
-        return [plan.sources[i.source].read(i.name, unit.rows) for i in order]
+        raw = [plan.sources[i.source].read(i.name, unit.rows) for i in order]
+        nbytes = sum(x.numel() * x.element_size() for x in raw)
+        if t.vocab:
+            raw = plan.vocab.align([i.source for i in order], raw)
+        return nbytes, raw
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool:
         queue: list[Future] = [pool.submit(fetch, u) for u in units[:PREFETCH]]
@@ -177,10 +180,10 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 for f in queue:
                     f.cancel()
                 raise Cancelled("the merge was cancelled")
-            raw = queue.pop(0).result()
+            nbytes, raw = queue.pop(0).result()
             if k + PREFETCH < len(units):
                 queue.append(pool.submit(fetch, units[k + PREFETCH]))
-            bytes_read += sum(x.numel() * x.element_size() for x in raw)
+            bytes_read += nbytes
             task = unit.task
             result = raw[-1] if task.copy else _compute(method, task, raw, dev, in_dtype)
             row_offset = 0
@@ -216,6 +219,8 @@ def _compute(method, task: TensorTask, raw: list[torch.Tensor], dev: torch.devic
     except torch.OutOfMemoryError:
         raise MergeError(f"tensor '{task.name}': out of {dev.type} memory while merging; "
                          "try --device cpu or a machine with more memory") from None
+    except ValueError as exc:  # a method's own refusal (e.g. directions that cancel out)
+        raise MergeError(f"tensor '{task.name}': {exc}") from None
     if not bool(torch.isfinite(out).all()):
         raise MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
                          "of this tensor (weights summing to zero, extreme lambda) and the input models")
@@ -232,13 +237,10 @@ def _write_side_files(plan: Plan, folder: Path) -> list[str]:
     (folder / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
     (folder / recipe_file).write_text(plan.recipe.text if plan.recipe.text.endswith("\n")
                                       else plan.recipe.text + "\n")
-    tok = plan.tokenizer_source
-    if tok is not None:
-        have = set(tok.files())
-        for name in TOKENIZER_FILES:
-            if name in have:
-                (folder / name).write_bytes(tok.read_file(name))
-                written.append(name)
+    if plan.tokenizer is not None:
+        for name, data in plan.tokenizer.files().items():
+            (folder / name).write_bytes(data)
+            written.append(name)
     ref = plan.sources[0]
     have = set(ref.files())
     for name in SIDE_FILES:

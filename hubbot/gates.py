@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from . import arch
-from .engine import TOKENIZER_FILES
 from .errors import Cancelled, SourceError
 from .sources import Source
+from .sources.base import TOKENIZER_FILES
 
 PromptSet = tuple[tuple[str, ...], tuple[str, ...]]  # (positive, negative)
 

@@ -34,6 +34,7 @@ from .moe_recipe import Expert, MoeRecipe, parse_moe
 from .plan import DTYPE_CODES, Input, Opener, Plan, TensorTask, open_sources
 from .sources import Source, open_source
 from .sources.computed import ComputedSource
+from .tokenizer_out import OutputTokenizer
 from .writer import DEFAULT_SHARD_BYTES
 
 SOURCE_TYPES = {"mixtral": ("llama", "mistral"), "qwen2_moe": ("qwen2", "llama", "mistral")}
@@ -120,7 +121,7 @@ class _MoePlanner:
         )
         return Plan(recipe=r, method=method, sources=sources, tasks=tasks, config=config,
                     tokenizer_source=self.base, input_dtype=r.dtype, out_layers=layers,
-                    problems=self.problems, warnings=self.warnings)
+                    problems=self.problems, warnings=self.warnings, tokenizer=OutputTokenizer(self.base))
 
     def _check_sources(self, out_arch: str) -> None:
         allowed = SOURCE_TYPES[out_arch]

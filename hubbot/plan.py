@@ -1,8 +1,9 @@
 """Planning: from a recipe and the models' headers to the list of output tensors to compute.
 
-Only config.json, the index and the safetensors headers are read, so every problem (missing
-tensors, shape or layer mismatches, bad layer ranges, missing parameters) is found before any
-weight byte is fetched, and all of them are reported together.
+Only config.json, the index, the safetensors headers and (for vocabulary merges and chat
+templates) the small tokenizer files are read, so every problem (missing tensors, shape or layer
+mismatches, bad layer ranges, missing parameters) is found before any weight byte is fetched, and
+all of them are reported together.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import arch, methods
+from . import arch, chat_templates, methods, vocab
 from .errors import PlanError, SourceError
 from .io import DTYPES, FLOAT_CODES, TensorInfo
 from .methods import REQUIRED, Method
 from .recipe import ModelRef, Params, Recipe, evaluate
 from .sources import Source, open_source
+from .tokenizer_out import OutputTokenizer, model_chat_template
 
 if TYPE_CHECKING:
     from .moe_recipe import MoeRecipe
@@ -40,7 +42,8 @@ class TensorTask:
     """One output tensor and everything needed to compute it.
 
     `params` holds shared parameters as scalars and per-model ones as lists aligned with
-    `inputs`. `copy` tasks (non-float tensors) take the first input unchanged.
+    `inputs`. `copy` tasks (non-float tensors) take the first input unchanged. `vocab` tasks
+    (embeddings, lm_head) have their inputs' rows moved into the output vocabulary first.
     """
 
     name: str
@@ -52,6 +55,7 @@ class TensorTask:
     layer: int | None = None
     t: float = 0.0
     copy: bool = False
+    vocab: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -76,6 +80,8 @@ class Plan:
     out_layers: int
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    vocab: vocab.Vocabulary | None = None
+    tokenizer: OutputTokenizer | None = None
 
     @property
     def models(self) -> list[Source]:
@@ -97,7 +103,7 @@ class Plan:
         worst = 0
         for t in self.tasks:
             numel = max(1, t.nbytes // DTYPES[t.dtype].itemsize)
-            if self.method.elementwise and numel * 4 > chunk_bytes and len(t.shape) > 1:
+            if self.method.elementwise and not t.vocab and numel * 4 > chunk_bytes and len(t.shape) > 1:
                 numel = max(numel // t.shape[0], chunk_bytes // 4)
             n_in = len(t.inputs) + (1 if t.base else 0)
             worst = max(worst, numel * (2 * n_in * (1 + prefetch) + 4 * (n_in + 2)))
@@ -140,6 +146,11 @@ class Plan:
                      f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
         lines.append(f"reads: {_size(self.input_bytes)} of weights; peak memory for tensors about "
                      f"{_size(self.peak_bytes(64 << 20))}")
+        if self.vocab is not None:
+            spec = self.recipe.tokenizer
+            lines.append(f"vocabulary: {len(self.vocab.tokens)} tokens ({spec.source if spec else 'base'}"
+                         f"{f', {len(self.vocab.added)} added' if self.vocab.added else ''}), "
+                         f"{self.vocab.size} embedding rows")
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
@@ -211,8 +222,11 @@ class _Planner:
         ref_model = recipe.base_model or recipe.model_refs()[0]
         self.ref = index[ref_model]
         self.layers = {i: arch.layer_count(s.config()) for i, s in enumerate(sources)}
+        self.vocab: vocab.Vocabulary | None = None
 
     def build(self) -> Plan:
+        if self.recipe.tokenizer is not None:
+            self.vocab = self._vocabulary()
         slices = self._slices()
         ref_src = self.sources[self.ref]
         ref_names = list(ref_src.tensors())
@@ -237,11 +251,25 @@ class _Planner:
         self._report_missing()
         self._check_architectures(tasks)
         config = self._out_config(layer_map, tasks)
+        tokenizer_source = self._tokenizer_source()
         return Plan(
             recipe=self.recipe, method=self.method, sources=self.sources, tasks=tasks, config=config,
-            tokenizer_source=self._tokenizer_source(), input_dtype=self.recipe.dtype, out_layers=out_layer,
-            problems=self.problems, warnings=self.warnings,
+            tokenizer_source=tokenizer_source, input_dtype=self.recipe.dtype, out_layers=out_layer,
+            problems=self.problems, warnings=self.warnings, vocab=self.vocab,
+            tokenizer=self._output_tokenizer(tokenizer_source),
         )
+
+    def _vocabulary(self) -> vocab.Vocabulary | None:
+        """The output vocabulary, planned from tokenizer.json files and embedding shapes."""
+        rows = {}
+        for i, s in enumerate(self.sources):
+            embed = next((info.shape[0] for name, info in s.tensors().items() if arch.EMBED.search(name)), None)
+            rows[i] = embed or arch.vocab_size(s.config()) or 0
+        base = self.index[self.recipe.base_model] if self.recipe.base_model else None
+        planned, problems, warnings = vocab.build(self.recipe.tokenizer, self.sources, self.index, self.ref, base, rows)
+        self.problems += problems
+        self.warnings += warnings
+        return planned
 
     def _slices(self) -> list[tuple[Params, list[_Slot], int]]:
         """The recipe as slices of (slice parameters, inputs, length). `models:` is one slice
@@ -321,13 +349,23 @@ class _Planner:
             found.append((slot, info))
         if len(found) != len(inputs):
             return None
-        shapes = {info.shape for _, info in found}
+        on_vocab = self.vocab is not None and arch.on_vocabulary(out_name)
+        shapes = {info.shape[1:] if on_vocab else info.shape for _, info in found}
         if len(shapes) > 1:
             desc = ", ".join(f"{self.sources[s.source].label} {list(i.shape)}" for s, i in found)
             self.problems.append(f"tensor '{out_name}': shapes differ ({desc}); these models cannot be merged "
                                  "tensor by tensor")
             return None
         first_info = found[0][1]
+        shape = first_info.shape
+        aligned = False
+        if on_vocab:
+            shape = (self.vocab.size, *shape[1:])
+            sources = [s.source for s, _ in found]
+            aligned = not all(self.vocab.is_identity([s.source], i.shape[0]) for s, i in found)
+            for k in self.vocab.rule_sources() - set(sources):
+                self.problems.append(f"tensor '{out_name}': tokenizer.tokens takes rows from {self.sources[k].label}, "
+                                     "which is not an input of this tensor; use one of its inputs")
         is_float = all(i.dtype in FLOAT_CODES for _, i in found)
         out_code = self._out_dtype(first_info.dtype) if is_float else first_info.dtype
         base_pair = next(((s, i) for s, i in found if s.source == self.base), None)
@@ -337,7 +375,7 @@ class _Planner:
             params["seed"] = zlib.crc32(f"{self.recipe.random_seed or 0}:{out_name}".encode())
         return TensorTask(
             name=out_name,
-            shape=first_info.shape,
+            shape=shape,
             dtype=out_code,
             inputs=tuple(Input(s.source, i.name) for s, i in others),
             base=Input(base_pair[0].source, base_pair[1].name) if base_pair else None,
@@ -345,6 +383,7 @@ class _Planner:
             layer=layer,
             t=t,
             copy=not is_float,
+            vocab=aligned,
         )
 
     def _out_dtype(self, stored: str) -> str:
@@ -427,11 +466,15 @@ class _Planner:
                 c["dtype"] = dtype
                 if "torch_dtype" in c:
                     c["torch_dtype"] = dtype
-        vocab = {s.label: arch.vocab_size(s.config()) for s in self.sources}
-        if len({v for v in vocab.values() if v is not None}) > 1:
+        if self.vocab is not None:
+            cfg["vocab_size"] = self.vocab.size
+        if self.recipe.tokenizer is not None:
+            return config
+        sizes = {s.label: arch.vocab_size(s.config()) for s in self.sources}
+        if len({v for v in sizes.values() if v is not None}) > 1:
             self.problems.append("the models have different vocabulary sizes ("
-                                 + ", ".join(f"{k}: {v}" for k, v in vocab.items())
-                                 + "); their embeddings cannot be merged row by row")
+                                 + ", ".join(f"{k}: {v}" for k, v in sizes.items())
+                                 + "); set tokenizer_source: union (or base) to align their vocabularies")
         return config
 
     def _per_layer(self, name: str, source: int, layer: int, fallback: list) -> Any:
@@ -443,13 +486,23 @@ class _Planner:
 
     def _tokenizer_source(self) -> Source | None:
         spec = self.recipe.tokenizer
-        if spec is None or spec.source == "base":
+        if spec is None or spec.source in ("base", "union"):
             return self.sources[self.ref]
-        if spec.source == "union":
-            self.problems.append("tokenizer_source: 'union' is not supported yet; use 'base' or a model name")
-            return None
         ref = ModelRef.parse(spec.source)
         if ref not in self.index:
             self.problems.append(f"tokenizer_source: {spec.source!r} is not one of the recipe's models")
             return None
         return self.sources[self.index[ref]]
+
+    def _output_tokenizer(self, source: Source | None) -> OutputTokenizer | None:
+        """The output tokenizer: the source's files, tokens the vocabulary added, the chat template."""
+        if source is None:
+            return None
+        template = None
+        if self.recipe.chat_template is not None:
+            auto = self.recipe.chat_template == chat_templates.AUTO
+            found = [t for s in self.sources if (t := model_chat_template(s))] if auto else []
+            template = chat_templates.resolve(self.recipe.chat_template, found)
+            if template is None:
+                self.warnings.append("chat_template: auto found no chat template in any model; none is set")
+        return OutputTokenizer(source, self.vocab.added if self.vocab else [], template)

@@ -148,9 +148,25 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class TokenRule:
+    """Where one output token's embedding row comes from (`tokenizer.tokens.<token>`).
+
+    `zero`: a zero row. Otherwise `model`'s row for `token_id`, for `token`, or (neither given)
+    for the same token. `force` applies the rule to every model, even those that have the token.
+    No model and not zero: the default rules apply (see hubbot.vocab).
+    """
+
+    model: ModelRef | None = None
+    token: str | None = None
+    token_id: int | None = None
+    zero: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
 class TokenizerSpec:
     source: str = "base"  # "base", "union" or a model reference
-    tokens: dict[str, Any] = field(default_factory=dict)
+    tokens: dict[str, TokenRule] = field(default_factory=dict)
     pad_to_multiple_of: int | None = None
 
 
@@ -349,10 +365,15 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         c.add("random_seed", f"expected a non-negative integer, got {seed!r}")
 
-    tokenizer = _parse_tokenizer(c, data)
+    refs = ([base] if base else []) + [m.model for m in models or ()] + [x.model for sl in slices or () for x in sl.sources]
+    tokenizer = _parse_tokenizer(c, data, refs)
     template = data.get("chat_template")
-    if template is not None and not isinstance(template, str):
-        c.add("chat_template", f"expected a template name or a Jinja template string, got {template!r}")
+    if template is not None:
+        from .chat_templates import template_problem
+
+        why = template_problem(template)
+        if why:
+            c.add("chat_template", why)
 
     recipe = Recipe(
         merge_method=method,
@@ -430,7 +451,9 @@ def _parse_slices(c: _Checker, raw: Any) -> tuple[Slice, ...]:
     return tuple(out)
 
 
-def _parse_tokenizer(c: _Checker, data: dict) -> TokenizerSpec | None:
+def _parse_tokenizer(c: _Checker, data: dict, refs: list[ModelRef]) -> TokenizerSpec | None:
+    """`tokenizer_source` or the `tokenizer:` form (whose source defaults to union, as in mergekit).
+    Models it names must be models the recipe reads (`refs`)."""
     if "tokenizer" in data and "tokenizer_source" in data:
         c.add("tokenizer", "give either 'tokenizer' or 'tokenizer_source', not both")
     if data.get("tokenizer_source") is not None:
@@ -438,6 +461,7 @@ def _parse_tokenizer(c: _Checker, data: dict) -> TokenizerSpec | None:
         if not isinstance(src, str):
             c.add("tokenizer_source", f"expected base, union or a model reference, got {src!r}")
             return None
+        _check_member(c, "tokenizer_source", src, refs)
         return TokenizerSpec(source=src)
     raw = data.get("tokenizer")
     if raw is None:
@@ -454,4 +478,63 @@ def _parse_tokenizer(c: _Checker, data: dict) -> TokenizerSpec | None:
     if not isinstance(tokens, dict):
         c.add("tokenizer.tokens", "expected a mapping of token text to {source, force}")
         tokens = {}
-    return TokenizerSpec(source=str(raw.get("source", "base")), tokens=tokens, pad_to_multiple_of=pad)
+    rules = {str(tok): rule for tok, entry in tokens.items() if (rule := _token_rule(c, f"tokenizer.tokens.{tok}", entry))}
+    source = raw.get("source", "union")
+    if not isinstance(source, str):
+        c.add("tokenizer.source", f"expected base, union or a model reference, got {source!r}")
+        source = "union"
+    _check_member(c, "tokenizer.source", source, refs)
+    for tok, rule in rules.items():
+        if rule.model is not None:
+            _check_member(c, f"tokenizer.tokens.{tok}.source", str(rule.model), refs)
+    return TokenizerSpec(source=source, tokens=rules, pad_to_multiple_of=pad)
+
+
+def _token_rule(c: _Checker, path: str, raw: Any) -> TokenRule | None:
+    """`{source: <model> | {kind: zero} | {kind: model_token, model, token | token_id}, force}`."""
+    if raw is None:
+        return TokenRule()
+    if not isinstance(raw, dict):
+        c.add(path, f"expected {{source, force}}, got {raw!r}")
+        return None
+    c.unknown_keys(path, raw, ("source", "force"))
+    force = raw.get("force", False)
+    if not isinstance(force, bool):
+        c.add(f"{path}.force", f"expected true or false, got {force!r}")
+        return None
+    src = raw.get("source")
+    if src is None:
+        if force:
+            c.add(path, "force needs a source: a model, {kind: zero} or {kind: model_token, model, token}")
+        return TokenRule(force=force)
+    if isinstance(src, str):
+        ref = c.model(f"{path}.source", src)
+        return TokenRule(model=ref, force=force) if ref else None
+    if not isinstance(src, dict):
+        c.add(f"{path}.source", f"expected a model reference or {{kind: zero | model_token, ...}}, got {src!r}")
+        return None
+    kind = src.get("kind")
+    if kind == "zero":
+        c.unknown_keys(f"{path}.source", src, ("kind",))
+        return TokenRule(zero=True, force=force)
+    if kind != "model_token":
+        c.add(f"{path}.source.kind", f"expected zero or model_token, got {kind!r}")
+        return None
+    c.unknown_keys(f"{path}.source", src, ("kind", "model", "token", "token_id"))
+    ref = c.model(f"{path}.source.model", src.get("model"))
+    token, token_id = src.get("token"), src.get("token_id")
+    if (token is None) == (token_id is None):
+        c.add(f"{path}.source", "give exactly one of 'token' (its text) or 'token_id' (its id in that model)")
+        return None
+    if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0):
+        c.add(f"{path}.source.token_id", f"expected a non-negative integer, got {token_id!r}")
+        return None
+    if token is not None and not isinstance(token, str):
+        c.add(f"{path}.source.token", f"expected the token's text, got {token!r}")
+        return None
+    return TokenRule(model=ref, token=token, token_id=token_id, force=force) if ref else None
+
+
+def _check_member(c: _Checker, path: str, source: str, refs: list[ModelRef]) -> None:
+    if source not in ("base", "union") and refs and ModelRef.parse(source) not in refs:
+        c.add(path, f"{source!r} is not one of the recipe's models ({', '.join(str(r) for r in dict.fromkeys(refs))})")

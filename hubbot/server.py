@@ -143,7 +143,7 @@ def check_secret(expected: str | None, given: str | None) -> None:
 def _with_ui(app: FastAPI, service: Service, settings: Settings) -> FastAPI:
     """Mount the Gradio UI at / when hubbot.ui is present; otherwise serve the API alone."""
     try:
-        from .ui import build_ui
+        from .ui import build_ui, launch_options
     except ModuleNotFoundError as exc:
         if exc.name != "hubbot.ui":
             raise
@@ -151,7 +151,7 @@ def _with_ui(app: FastAPI, service: Service, settings: Settings) -> FastAPI:
         return app
     import gradio as gr
 
-    return gr.mount_gradio_app(app, build_ui(service, settings), path="/")
+    return gr.mount_gradio_app(app, build_ui(service, settings), path="/", **launch_options())
 
 
 def serve(settings: Settings) -> None:

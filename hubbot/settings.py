@@ -54,6 +54,9 @@ class Settings:
     bot_repo: str | None = None
     bot_namespace: str | None = None
     ui: bool = True
+    recipes_dir: Path | None = None  # the gallery folder; None: recipes/ next to the hubbot package
+    recipes_dataset: str | None = None  # the Hub dataset that sharing a recipe opens pull requests on
+    space_id: str | None = None  # owner/name of the Space this runs on, where recipes can also be proposed
 
     @property
     def local(self) -> bool:
@@ -120,6 +123,9 @@ class Settings:
             bot_repo=bot_repo,
             bot_namespace=bot_namespace,
             ui=r.choice("HUBBOT_UI", ("1", "0"), "1") == "1",
+            recipes_dir=Path(env["HUBBOT_RECIPES_DIR"]).expanduser().resolve() if env.get("HUBBOT_RECIPES_DIR") else None,
+            recipes_dataset=env.get("HUBBOT_RECIPES_DATASET") or None,
+            space_id=env.get("SPACE_ID") or None,
         )
         return replace(settings, **overrides) if overrides else settings
 
@@ -127,12 +133,14 @@ class Settings:
         """Plain data for a worker process (sent over its stdin, never argv or env)."""
         data = asdict(self)
         data["data_dir"] = str(self.data_dir)
+        data["recipes_dir"] = str(self.recipes_dir) if self.recipes_dir else None
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Settings":
         data = dict(data)
         data["data_dir"] = Path(data["data_dir"])
+        data["recipes_dir"] = Path(data["recipes_dir"]) if data.get("recipes_dir") else None
         data["limits"] = Limits(**data["limits"])
         return cls(**data)
 

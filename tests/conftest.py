@@ -29,6 +29,9 @@ class Families:
         "qwen2_sharded": dict(kind="qwen2", variants=2, shard_bytes=100_000),
         "gpt2": dict(kind="gpt2", variants=2),
         "llama_deep": dict(kind="llama", variants=1, layers=6, seed=3),
+        "llama_vocab": dict(kind="llama", variants=2, dtype="float32",
+                            extra_tokens={1: ["<tool>", "<|im_start|>"], 2: ["<|im_start|>", "<|im_end|>"]}),
+        "llama_tied_vocab": dict(kind="llama", variants=2, tied=True, extra_tokens={2: ["<|im_start|>", "<|im_end|>"]}),
     }
 
     def __init__(self, root: Path):
@@ -59,3 +62,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     from tests.trained import make_trained
 
     return make_trained(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def space_app(families, tmp_path_factory):
+    """`hubbot serve` in local mode with a gallery over tiny models, shared by the UI and browser tests."""
+    from tests.app_server import AppServer, tiny_gallery
+
+    root = tmp_path_factory.mktemp("space")
+    recipes = tiny_gallery(root / "recipes", *families("llama"))
+    with AppServer(root / "data", recipes) as server:
+        yield server

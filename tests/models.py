@@ -2,7 +2,9 @@
 
 A family is one random base model and fine-tunes of it (the base plus small seeded noise),
 so task vectors are small as they are in practice. Every model carries a real tokenizer
-(byte-level BPE trained here on a fixed text), so outputs load and run in transformers.
+(byte-level BPE trained here on a fixed text), so outputs load and run in transformers. A
+fine-tune may add special tokens to its tokenizer (and rows to its embeddings), as chat
+fine-tunes do, so vocabularies differ while sharing most tokens.
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ def make_family(
     intermediate: int = 128,
     noise: float = 0.02,
     seed: int = 0,
+    extra_tokens: dict[int, list[str]] | None = None,
 ) -> list[Path]:
-    """Save a base model and `variants` fine-tunes under `root`; return their folders, base first."""
+    """Save a base model and `variants` fine-tunes under `root`; return their folders, base first.
+
+    `extra_tokens[i]` are special tokens fine-tune i adds (its embeddings grow to match)."""
     from transformers import AutoModelForCausalLM
 
     root.mkdir(parents=True, exist_ok=True)
@@ -84,8 +89,22 @@ def make_family(
                     p.copy_(base_state[name] + (torch.randn(p.shape, generator=gen) * noise).to(dtype))
         folder = root / (f"{kind}-base" if i == 0 else f"{kind}-ft{i}")
         kwargs = {"max_shard_size": shard_bytes} if shard_bytes else {}
-        model.save_pretrained(folder, **kwargs)
-        tok.save_pretrained(folder)
+        out_model, out_tok = model, tok
+        if extra_tokens and extra_tokens.get(i):
+            import copy
+
+            out_model, out_tok = copy.deepcopy(model), copy.deepcopy(tok)
+            out_tok.add_special_tokens({"additional_special_tokens": list(extra_tokens[i])})
+            out_model.resize_token_embeddings(len(out_tok), mean_resizing=False)
+            with torch.no_grad():
+                gen = torch.Generator().manual_seed(seed * 1000 + 100 + i)
+                emb = out_model.get_input_embeddings().weight
+                emb[vocab:] = (torch.randn(emb[vocab:].shape, generator=gen) * 0.02).to(dtype)
+                head = out_model.get_output_embeddings()
+                if head is not None and head.weight is not emb:
+                    head.weight[vocab:] = (torch.randn(head.weight[vocab:].shape, generator=gen) * 0.02).to(dtype)
+        out_model.save_pretrained(folder, **kwargs)
+        out_tok.save_pretrained(folder)
         folders.append(folder)
     return folders
 

@@ -181,9 +181,9 @@ def test_pull_request_on_existing_repo_and_cancel(hub, hub_models, tmp_path):
     _, names = hub_models
     text = RECIPES["linear"].format(b=names[0], f1=names[1], f2=names[2])
     first = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w1", "alice/prs", token=ALICE_TOKEN)
-    # a changed recipe: identical files would make huggingface_hub skip the (empty) commit
-    pr = merge_and_push(plan_for(text + "# revised\n", tmp_path / "c"), tmp_path / "w2", "alice/prs",
-                        token=ALICE_TOKEN, create_pr=True)
+    remix = text.replace("weight: 0.5", "weight: 0.7")
+    pr = merge_and_push(plan_for(remix, tmp_path / "c"), tmp_path / "w2", "alice/prs", token=ALICE_TOKEN,
+                        create_pr=True)
     assert pr.pr_url and "/discussions/" in pr.pr_url
     assert hub.head_sha("alice/prs") == first.commit, "a PR leaves main alone"
     with pytest.raises(HubError, match="needs an existing repo"):

@@ -199,7 +199,7 @@ def test_serve_mounts_the_ui_and_runs_the_scheduler(tmp_path, monkeypatch):
             gr.Markdown(f"hubbot in {settings.mode} mode")
         return demo
 
-    monkeypatch.setitem(sys.modules, "hubbot.ui", types.SimpleNamespace(build_ui=build_ui))
+    monkeypatch.setitem(sys.modules, "hubbot.ui", types.SimpleNamespace(build_ui=build_ui, launch_options=dict))
     settings = make_settings(tmp_path)
     service = Service(settings, hub=FakeHub())
     with TestClient(create_app(settings, service=service)) as client:

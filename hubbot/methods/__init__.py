@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import itertools
 import pkgutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:
     import torch
 
-    from ..recipe import Recipe
+    from ..recipe import Params, Recipe, Scalar, Value
 
 Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]], "torch.Tensor"]
 REQUIRED = object()
@@ -44,6 +46,8 @@ class Param:
             return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"expected a number, got {value!r}"
+        if self.kind is int and value != int(value):
+            return f"expected a whole number, got {value!r}"
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return f"{value} is outside {self.range_text()}"
         if self.high is not None and value > self.high:
@@ -128,11 +132,10 @@ def check_recipe(recipe: "Recipe") -> list[str]:
         problems.append(f"base_model: merge_method '{method.name}' needs a base_model "
                         "(the model the others are compared with); add one")
     if recipe.models is not None:
-        count = len({m.model for m in recipe.models} | ({recipe.base_model} if has_base and method.base != "none" else set()))
-        problems += _count_problem(method, "models", count)
+        problems += _count_problem(method, "models", _input_count(method, recipe, [m.model for m in recipe.models]))
     for i, s in enumerate(recipe.slices or ()):
-        problems += _count_problem(method, f"slices[{i}].sources", len(s.sources) + (
-            1 if has_base and method.base != "none" and recipe.base_model not in {x.model for x in s.sources} else 0))
+        problems += _count_problem(method, f"slices[{i}].sources",
+                                   _input_count(method, recipe, [x.model for x in s.sources]))
 
     scopes: list[tuple[str, dict]] = [("parameters", recipe.parameters)]
     scopes += [(f"models[{i}].parameters", m.parameters) for i, m in enumerate(recipe.models or ())]
@@ -156,13 +159,92 @@ def check_recipe(recipe: "Recipe") -> list[str]:
                 if why:
                     problems.append(f"{path}.{name}: {why}")
                     break
+    if method.check is not None and not problems:
+        problems += _cross_parameter_problems(method, recipe)
     return problems
+
+
+def _input_count(method: Method, recipe: "Recipe", models: list) -> int:
+    """Inputs as `Method.models` counts them: with the base when required, without when optional."""
+    named = set(models)
+    if method.base == "required" and recipe.base_model is not None:
+        named.add(recipe.base_model)
+    elif method.base == "optional":
+        named.discard(recipe.base_model)
+    return len(named)
+
+
+MAX_COMBINATIONS = 1000
+
+
+def _cross_parameter_problems(method: Method, recipe: "Recipe") -> list[str]:
+    """Run `method.check` on every value one input model's parameters can take.
+
+    Each input model sees its scopes (slice source > slice > model > global); a filter list may
+    give any of its values, and a gradient is checked at every breakpoint of the gradients
+    involved (rules linear in the values hold between breakpoints). Problems name the innermost
+    scope that sets any of the values.
+    """
+    chains: list[tuple[tuple[str, ...], tuple["Params", ...]]] = []
+    for i, m in enumerate(recipe.models or ()):
+        if m.model != recipe.base_model or method.base == "none":
+            chains.append(((f"models[{i}].parameters", "parameters"), (m.parameters, recipe.parameters)))
+    for i, s in enumerate(recipe.slices or ()):
+        for j, src in enumerate(s.sources):
+            if src.model != recipe.base_model or method.base == "none":
+                chains.append(((f"slices[{i}].sources[{j}].parameters", f"slices[{i}].parameters", "parameters"),
+                               (src.parameters, s.parameters, recipe.parameters)))
+    problems: list[str] = []
+    for paths, scopes in chains:
+        values: dict[str, "Value"] = {}
+        where = len(scopes) - 1
+        for p in method.params:
+            for k, scope in enumerate(scopes):
+                if p.name in scope:
+                    values[p.name] = scope[p.name]
+                    where = min(where, k)
+                    break
+            else:
+                if p.default is not REQUIRED and p.default is not None:
+                    values[p.name] = p.default
+        for sample in _samples(values):
+            why = method.check(sample)
+            if why:
+                problem = f"{paths[where]}: {why}"
+                if problem not in problems:
+                    problems.append(problem)
+                break
+    return problems
+
+
+def _samples(values: dict[str, "Value"]) -> Iterator[dict[str, "Scalar"]]:
+    """Scalar assignments covering every filter alternative and gradient breakpoint."""
+    from ..recipe import FilterRule, evaluate
+
+    alternatives = []
+    for value in values.values():
+        if isinstance(value, tuple) and value and isinstance(value[0], FilterRule):
+            alternatives.append([rule.value for rule in value])
+        else:
+            alternatives.append([value])
+    for combo in itertools.islice(itertools.product(*alternatives), MAX_COMBINATIONS):
+        points = {0.0, 1.0}
+        for v in combo:
+            if isinstance(v, tuple) and len(v) > 1:
+                points.update(k / (len(v) - 1) for k in range(len(v)))
+        for t in sorted(points):
+            sample: dict[str, "Scalar"] = {}
+            for name, v in zip(values, combo):
+                scalar = evaluate(v, "", t)
+                if scalar is not None:
+                    sample[name] = scalar
+            yield sample
 
 
 def _count_problem(method: Method, path: str, count: int) -> list[str]:
     low, high = method.models
     if count < low or (high is not None and count > high):
         want = f"exactly {low}" if low == high else (f"at least {low}" if high is None else f"{low} to {high}")
-        base_note = " counting the base model" if method.base != "none" else ""
+        base_note = {"required": " counting the base model", "optional": " besides the base model"}.get(method.base, "")
         return [f"{path}: merge_method '{method.name}' takes {want} models{base_note}, got {count}"]
     return []

@@ -1,7 +1,8 @@
 """Sparsification of task vectors: keep a fraction `density` of each delta's entries.
 
-Shared by the task-vector family (ties, dare, breadcrumbs, della). Magnitude pruning finds the
-k-th largest |value| with a selection, not a full sort.
+Shared by the task-vector family (ties, dare, breadcrumbs, della) and sce. Magnitude pruning
+finds its cut values with a selection (k-th value), not a full sort; only DELLA, whose keep
+probabilities follow each entry's rank within its row, sorts (row by row).
 """
 
 from __future__ import annotations
@@ -11,30 +12,67 @@ import zlib
 import torch
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """True for exactly max(1, int(density * n)) entries of largest magnitude.
+def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+    """True for exactly k entries of `values` with the largest value (k clamped to [0, n]).
 
-    Entries tied with the cut are kept in index order, so the kept count is exact and the
-    result does not depend on a sort's tie order.
+    Entries tied with the cut are kept in index order, so the kept count is exact, the result
+    does not depend on a sort's tie order, and top_k_mask(v, j) lies inside top_k_mask(v, k)
+    for j <= k.
     """
-    n = delta.numel()
-    k = max(1, int(density * n))
+    n = values.numel()
     if k >= n:
-        return torch.ones_like(delta, dtype=torch.bool)
-    mags = delta.abs().reshape(-1)
-    cut = torch.kthvalue(mags, n - k + 1).values
-    mask = mags > cut
+        return torch.ones_like(values, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    flat = values.reshape(-1)
+    cut = torch.kthvalue(flat, n - k + 1).values
+    mask = flat > cut
     short = k - int(mask.sum())
     if short > 0:
-        tied = (mags == cut).nonzero().squeeze(1)[:short]
+        tied = (flat == cut).nonzero().squeeze(1)[:short]
         mask[tied] = True
-    return mask.reshape(delta.shape)
+    return mask.reshape(values.shape)
 
 
-def random_mask(shape: torch.Size, density: float, seed: int, device: torch.device) -> torch.Tensor:
-    """Keep each entry with probability `density`, drawn on the CPU so every device agrees."""
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """True for the max(1, int(density * n)) entries of largest magnitude (TIES)."""
+    return top_k_mask(delta.abs(), max(1, int(density * delta.numel())))
+
+
+def band_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs: drop the largest int(gamma * n) magnitudes as outliers, then the
+    smallest, keeping int(density * n) entries. When outliers and kept entries together exceed
+    n, fewer outliers are dropped so the kept count holds."""
+    n = delta.numel()
+    keep = int(density * n)
+    below = max(0, n - keep - int(gamma * n))  # entries dropped at the small end
+    mags = delta.abs()
+    return top_k_mask(mags, n - below) & ~top_k_mask(mags, n - below - keep)
+
+
+def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's MagPrune keep probabilities: within each row (the leading axis; a vector is one
+    row), entries ranked by magnitude get probabilities rising linearly from density - epsilon
+    (smallest) to density + epsilon (largest), so the expected kept fraction is `density`."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    width = rows.shape[1]
+    if width == 1:
+        return torch.full_like(delta, density)
+    order = rows.abs().argsort(dim=1)
+    ranks = torch.empty_like(rows)
+    ranks.scatter_(1, order, torch.arange(width, dtype=rows.dtype, device=rows.device).expand_as(rows))
+    probs = ranks.mul_(2 * epsilon / (width - 1)).add_(density - epsilon)
+    return probs.reshape(delta.shape)
+
+
+def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device) -> torch.Tensor:
+    """Keep each entry with probability `density` (a scalar or one per entry), drawn on the CPU
+    so every device draws the same mask."""
     gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(shape, generator=gen) < density).to(device)
+    draws = torch.rand(shape, generator=gen)
+    if isinstance(density, torch.Tensor):
+        return draws.to(device) < density
+    return (draws < density).to(device)
 
 
 def l1_rescale(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -3,6 +3,8 @@
 Each fine-tune minus the base is a task vector. The family sparsifies each vector, weights it,
 optionally keeps only entries that agree with the elected sign (TIES), and adds the combination
 to the base: out = base + lambda * sum_i(w_i m_i d_i) [/ sum_i(w_i m_i) when normalize].
+Other members (breadcrumbs, della) register themselves with `register_family` from their own
+modules.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import torch
 from . import Method, Param, register
 from ._sparsify import derive_seed, l1_rescale, magnitude_mask, random_mask
 
-Sparsifier = Callable[[torch.Tensor, float, bool, int], torch.Tensor]
+# (delta, density, rescale, seed, **per-model extras such as gamma or epsilon) -> pruned delta
+Sparsifier = Callable[..., torch.Tensor]
+SPARSIFIER_PARAMS = ("gamma", "epsilon")
 
 
 def _magnitude(delta: torch.Tensor, density: float, rescale: bool, seed: int) -> torch.Tensor:
@@ -47,7 +51,8 @@ def combine(
     for i, (x, w, density) in enumerate(zip(tensors, weights, densities)):
         d = x - base
         if sparsify is not None:
-            d = sparsify(d, density, params["rescale"], derive_seed(seed, i))
+            extra = {k: params[k][i] for k in SPARSIFIER_PARAMS if k in params}
+            d = sparsify(d, density, params["rescale"], derive_seed(seed, i), **extra)
         deltas.append(d.mul_(w))
     if not deltas:
         return base.clone()
@@ -76,8 +81,11 @@ def combine(
     return mixed.add_(base)
 
 
-def _family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
-            normalize: bool, rescale: bool, elementwise: bool = False) -> None:
+def register_family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
+                    normalize: bool, rescale: bool, elementwise: bool = False, seeded: bool = False,
+                    extra: tuple[Param, ...] = (), check: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+    """Register one member: `sparsify` prunes each task vector, `elect` adds TIES sign election;
+    `extra` are the sparsifier's own per-model parameters, `check` its cross-parameter rule."""
     params = [
         Param("weight", per_model=True, doc="scale of this model's task vector"),
         Param("normalize", bool, default=normalize, doc="divide by the sum of the weights that contribute"),
@@ -88,6 +96,7 @@ def _family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifie
     if sparsify is not None:
         params.insert(1, Param("density", per_model=True, default=1.0, low=0.0, high=1.0, low_open=True,
                                doc="fraction of the task vector to keep"))
+    params += extra
 
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], p: dict[str, Any]) -> torch.Tensor:
         assert base is not None
@@ -96,27 +105,27 @@ def _family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifie
     kernel.__name__ = name
     register(Method(name=name, kernel=kernel, title=title, summary=summary, paper=paper, base="required",
                     params=tuple(params), models=(1, None), elementwise=elementwise,
-                    seeded=sparsify is _random))
+                    seeded=seeded, check=check))
 
 
-_family("task_arithmetic", "Task arithmetic",
-        "Adds the weighted task vectors (fine-tune minus base) of every model to the base model, so the "
-        "skills each fine-tune learned add up.",
-        "Ilharco et al. 2023, Editing models with task arithmetic, arXiv:2212.04089",
-        None, False, normalize=False, rescale=False, elementwise=True)
-_family("ties", "TIES",
-        "Trims each task vector to its largest entries, elects a sign per parameter from the summed "
-        "vectors, and averages only the entries that agree with it, which reduces interference between "
-        "fine-tunes.",
-        "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
-        _magnitude, True, normalize=True, rescale=False)
-_family("dare_linear", "DARE (linear)",
-        "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
-        "by 1 / density, then adds the weighted vectors to the base.",
-        "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
-        _random, False, normalize=False, rescale=True)
-_family("dare_ties", "DARE (TIES)",
-        "Drops task-vector entries at random and rescales the survivors (DARE), then keeps only entries "
-        "that agree with the elected sign (TIES) before adding them to the base.",
-        "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
-        _random, True, normalize=False, rescale=True)
+register_family("task_arithmetic", "Task arithmetic",
+                "Adds the weighted task vectors (fine-tune minus base) of every model to the base model, so the "
+                "skills each fine-tune learned add up.",
+                "Ilharco et al. 2023, Editing models with task arithmetic, arXiv:2212.04089",
+                None, False, normalize=False, rescale=False, elementwise=True)
+register_family("ties", "TIES",
+                "Trims each task vector to its largest entries, elects a sign per parameter from the summed "
+                "vectors, and averages only the entries that agree with it, which reduces interference between "
+                "fine-tunes.",
+                "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
+                _magnitude, True, normalize=True, rescale=False)
+register_family("dare_linear", "DARE (linear)",
+                "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
+                "by 1 / density, then adds the weighted vectors to the base.",
+                "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
+                _random, False, normalize=False, rescale=True, seeded=True)
+register_family("dare_ties", "DARE (TIES)",
+                "Drops task-vector entries at random and rescales the survivors (DARE), then keeps only entries "
+                "that agree with the elected sign (TIES) before adding them to the base.",
+                "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
+                _random, True, normalize=False, rescale=True, seeded=True)

@@ -19,6 +19,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 BIN_FILE = "pytorch_model.bin"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 class Source(ABC):
@@ -35,6 +37,12 @@ class Source(ABC):
     @property
     def label(self) -> str:
         return str(self.ref)
+
+    def pinned(self) -> str:
+        """The reference with a Hub source's revision pinned to the commit that was read."""
+        if self.ref.local or not self.revision:
+            return str(self.ref)
+        return f"{self.ref.path}@{self.revision}"
 
     @abstractmethod
     def files(self) -> list[str]:

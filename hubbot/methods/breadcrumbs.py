@@ -1,0 +1,36 @@
+"""Model Breadcrumbs (Davari & Belilovsky 2023, arXiv:2312.06795).
+
+Each task vector loses its largest entries (outliers, a fraction `gamma`) and its smallest,
+keeping a band of `density` of its entries; the weighted bands are added to the base, with
+TIES sign election in `breadcrumbs_ties`. Both cuts are found by selection, not by sorting.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import Param
+from ._sparsify import band_mask, l1_rescale
+from .task_arithmetic import register_family
+
+PAPER = "Davari & Belilovsky 2023, Model Breadcrumbs, arXiv:2312.06795"
+GAMMA = Param("gamma", per_model=True, default=0.01, low=0.0, high=1.0,
+              doc="fraction of largest-magnitude entries dropped as outliers")
+
+
+def _band(delta: torch.Tensor, density: float, rescale: bool, seed: int, gamma: float) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    pruned = delta * band_mask(delta, density, gamma)
+    return l1_rescale(pruned, delta) if rescale else pruned
+
+
+register_family("breadcrumbs", "Model Breadcrumbs",
+                "Drops the largest (outlier) and the smallest entries of each task vector, keeping a band of "
+                "mid-sized changes, and adds the weighted bands to the base; removing outliers as well as noise "
+                "makes many fine-tunes combine with less interference.",
+                PAPER, _band, False, normalize=False, rescale=False, extra=(GAMMA,))
+register_family("breadcrumbs_ties", "Model Breadcrumbs (TIES)",
+                "Keeps a band of mid-sized entries of each task vector (Model Breadcrumbs), then elects a sign "
+                "per parameter and averages only the entries that agree with it (TIES).",
+                PAPER, _band, True, normalize=False, rescale=False, extra=(GAMMA,))
