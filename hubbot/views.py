@@ -124,7 +124,8 @@ def _bar(label: str, value_text: str, fraction: float, state: str) -> str:
 
 
 def job_html(job: "Job | None") -> str:
-    """The followed job: state badge, queue position or timing, and progress bars for tensors and bytes."""
+    """The followed job: state badge, queue position or timing, and progress bars for tensors and
+    bytes (for a soup or search while it searches: evaluations, and the best recipe so far)."""
     if job is None:
         return '<div class="hb-job hb-empty">No job selected. Submit a recipe, or pick one under <b>My jobs</b>.</div>'
     p = job.progress or {}
@@ -150,6 +151,14 @@ def job_html(job: "Job | None") -> str:
         _bar("Bytes", f"{human_bytes(p.get('bytes_done', 0) if not done else bytes_total or p.get('bytes_done', 0))}"
                       f" / {human_bytes(bytes_total) if bytes_total else '?'}", b_frac, state),
     ]
+    if p.get("evaluations_total") and not done:  # a soup or search job, while it searches
+        bars = [_bar("Evaluations", f"{p.get('evaluations_done', 0)} / {p['evaluations_total']}",
+                     _fraction(p.get("evaluations_done"), p["evaluations_total"]), state)]
+        if p.get("best_recipe"):
+            best = p.get("best_score")
+            score = f"{p.get('metric', 'score')} {best:.4g}" if isinstance(best, (int, float)) else ""
+            bars.append(f'<details class="hb-best"><summary>Best recipe so far {html.escape(score)}</summary>'
+                        f'<pre>{html.escape(p["best_recipe"])}</pre></details>')
     return (f'<div class="hb-job" data-state="{state}"><div class="hb-facts">{"".join(facts)}</div>'
             f'{"".join(bars)}</div>')
 
@@ -185,9 +194,15 @@ def jobs_rows(jobs: list["Job"]) -> list[list[Any]]:
     return rows
 
 
+KIND_LABELS = {"experts": "moe", "soup": "greedy soup", "evolve": "merge search"}
+
+
 def _method_of(recipe_text: str) -> str:
     m = re.search(r"^merge_method:\s*([\w-]+)", recipe_text or "", re.MULTILINE)
-    return m.group(1) if m else "?"
+    if m:
+        return m.group(1)
+    kind = re.search(r"^(experts|soup|evolve):", recipe_text or "", re.MULTILINE)
+    return KIND_LABELS[kind.group(1)] if kind else "?"
 
 
 def _when(when: datetime | None) -> str:

@@ -81,3 +81,16 @@ def test_moe_soup_and_search_run_as_jobs(families, trained, tmp_path):
         assert svc.submit(search_request(trained, 3)).id == search_job.id, "the same request is the same job"
     finally:
         svc.close()
+
+
+def test_the_space_shows_a_search_while_it_runs():
+    from hubbot import views
+    from tests.test_recipe_form import _job
+
+    progress = {"evaluations_done": 3, "evaluations_total": 12, "metric": "perplexity", "best_score": 2.0159,
+                "best_recipe": "merge_method: linear\n<models>\n"}
+    html = views.job_html(_job(recipe="evolve: {budget: 12}\n", progress=progress))
+    assert "3 / 12" in html and "width:25.0%" in html and "perplexity 2.016" in html
+    assert "&lt;models&gt;" in html, "the recipe is escaped"
+    rows = views.jobs_rows([_job(recipe="soup: [a, b]\n"), _job(recipe="base_model: a\nexperts: []\n")])
+    assert [r[2] for r in rows] == ["greedy soup", "moe"]
