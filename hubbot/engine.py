@@ -2,13 +2,16 @@
 
 Memory holds only the tensors in flight (the current one and the next ones being prefetched
 on a thread), whatever the model size. Elementwise methods go further and merge a large
-tensor block of rows by block, reading only those rows. The output is written into
+tensor block of rows by block, reading only those rows; methods with a blockwise form (SLERP,
+TIES) first read the blocks once per statistics pass, then merge them block by block. Blocks
+are a few MB, so they stay in the CPU caches and the allocator reuses their memory. The output is written into
 `<out>.partial` and renamed into place when complete, so a failed merge leaves no output
 that looks finished.
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import threading
 import time
@@ -21,12 +24,13 @@ import torch
 
 from .errors import Cancelled, MergeError
 from .io import DTYPES, TORCH_NAMES
-from .plan import Plan, TensorTask
+from .plan import CHUNK_BYTES, Plan, TensorTask
 from .sources.computed import ComputedSource
 from .writer import DEFAULT_SHARD_BYTES, ShardWriter
 
-CHUNK_BYTES = 64 << 20  # float32 bytes of one block when merging elementwise
 PREFETCH = 2
+WRITE_BEHIND = 2  # results handed to the write thread and not yet written
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 SIDE_FILES = ("generation_config.json",)
 
 
@@ -63,10 +67,19 @@ def pick_device(name: str | None = None) -> torch.device:
 
 @dataclass(frozen=True)
 class _Unit:
-    """A task, or a block of its rows [rows[0], rows[1])."""
+    """A task, or a block of its rows [rows[0], rows[1]), in one of its phases: a statistics
+    pass (0 .. passes-1) or the merge itself (`phase == passes`)."""
 
     task: TensorTask
     rows: tuple[int, int] | None
+    block: int = 0
+    blocks: int = 1
+    phase: int = 0
+    passes: int = 0
+
+    @property
+    def merges(self) -> bool:
+        return self.phase == self.passes
 
 
 def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
@@ -74,14 +87,25 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
     for task in plan.tasks:
         if writer.is_done(task.name):
             continue
-        numel = task.nbytes // DTYPES[task.dtype].itemsize
-        if plan.method.elementwise and not task.copy and not task.vocab and len(task.shape) > 1 and numel * 4 > chunk_bytes:
-            row = max(1, numel // task.shape[0])
-            step = max(1, chunk_bytes // (4 * row))
-            units += [_Unit(task, (a, min(a + step, task.shape[0]))) for a in range(0, task.shape[0], step)]
-        else:
+        rows, passes = plan.blocks(task, chunk_bytes)
+        if rows is None:
             units.append(_Unit(task, None))
+        else:
+            units += [_Unit(task, r, j, len(rows), phase, passes) for phase in range(passes + 1)
+                      for j, r in enumerate(rows)]
     return units
+
+
+def _reuse_freed_memory() -> None:
+    """Ask glibc's allocator to keep freed blocks for reuse. By default it hands memory above a
+    few MB back to the system and faults it in again on the next allocation, which on the
+    CPU made each kernel operation on a block take twice as long."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks and layer tensors from the heap, not fresh mappings
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)   # and the heap not trimmed between blocks
 
 
 def check_output_folder(out: Path) -> None:
@@ -118,8 +142,10 @@ def run(
     if partial.exists() and not resume:
         shutil.rmtree(partial)
     dev = pick_device(device)
+    if dev.type == "cpu":
+        _reuse_freed_memory()
     started = time.monotonic()
-    writer = ShardWriter(partial, plan.tasks, shard_bytes, on_shard=on_shard, resume=resume)
+    writer = ShardWriter(partial, plan.tasks, shard_bytes, on_shard=on_shard, resume=resume, durable=keep_partial)
     resumed = sum(1 for s in writer.shards if s.done)
     try:
         bytes_read = _merge(plan, writer, dev, chunk_bytes, progress, cancel)
@@ -150,7 +176,8 @@ def run(
 
 def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
            progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> int:
-    """Run every unit with reads prefetched on a thread; returns the bytes read."""
+    """Run every unit with reads prefetched on one thread and writes done on another (the
+    kernels run here); returns the bytes read."""
     units = _units(plan, writer, chunk_bytes)
     if units:  # tensors computed here (MoE routers) first: the work may be long, and may be cancelled
         for source in plan.sources:
@@ -158,7 +185,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 source.compute(cancel)
     total = len(plan.tasks)
     done_tensors = total - len({u.task.name for u in units})
-    done_bytes = writer.total_size - sum(_unit_bytes(u) for u in units)
+    done_bytes = writer.total_size - sum(_unit_bytes(u) for u in units if u.merges)
     bytes_read = 0
     method = plan.method
     in_dtype = TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None
@@ -173,8 +200,12 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             raw = plan.vocab.align([i.source for i in order], raw)
         return nbytes, raw
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool:
+    shares: dict[str, list] = {}
+    stats: dict[str, dict] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-write") as out:
         queue: list[Future] = [pool.submit(fetch, u) for u in units[:PREFETCH]]
+        writes: list[Future] = []
         for k, unit in enumerate(units):
             if cancel is not None and cancel.is_set():
                 for f in queue:
@@ -185,16 +216,35 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 queue.append(pool.submit(fetch, units[k + PREFETCH]))
             bytes_read += nbytes
             task = unit.task
-            result = raw[-1] if task.copy else _compute(method, task, raw, dev, in_dtype)
+            if not unit.merges:
+                step = method.blockwise.passes[unit.phase]
+                base, tensors = _prepare(task, raw, dev, in_dtype)
+                shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params,
+                                                                    stats.setdefault(task.name, {})))
+                if unit.block == unit.blocks - 1:
+                    stats[task.name].update(step.finish(shares.pop(task.name), stats[task.name], task.params))
+                continue
+            if task.copy:
+                result = raw[-1]
+            elif unit.passes:
+                result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: method.blockwise.kernel(
+                    b, xs, p, stats[task.name], unit.block))
+            else:
+                result = _compute(task, raw, dev, in_dtype, method.kernel)
             row_offset = 0
             if unit.rows is not None:
                 row_offset = unit.rows[0] * (task.nbytes // task.shape[0])
-            writer.write(task.name, result, row_offset)
+            writes.append(out.submit(writer.write, task.name, result, row_offset))
+            if len(writes) > WRITE_BEHIND:
+                writes.pop(0).result()  # a failed write surfaces here
             done_bytes += result.numel() * result.element_size()
-            if unit.rows is None or unit.rows[1] == task.shape[0]:
+            if unit.block == unit.blocks - 1:
                 done_tensors += 1
+                stats.pop(task.name, None)
             if progress:
                 progress(Progress(done_tensors, total, done_bytes, writer.total_size))
+        for f in writes:
+            f.result()
     return bytes_read
 
 
@@ -204,9 +254,10 @@ def _unit_bytes(unit: _Unit) -> int:
     return (unit.rows[1] - unit.rows[0]) * (unit.task.nbytes // unit.task.shape[0])
 
 
-def _compute(method, task: TensorTask, raw: list[torch.Tensor], dev: torch.device,
-             in_dtype: torch.dtype | None) -> torch.Tensor:
-    """Cast inputs (recipe dtype first, as the format defines), merge in float32, check, cast out."""
+def _prepare(task: TensorTask, raw: list[torch.Tensor], dev: torch.device,
+             in_dtype: torch.dtype | None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """Inputs cast to the recipe dtype first (as the format defines), then float32 on the
+    device; the base split off."""
     def prep(x: torch.Tensor) -> torch.Tensor:
         if in_dtype is not None:
             x = x.to(in_dtype)
@@ -214,14 +265,23 @@ def _compute(method, task: TensorTask, raw: list[torch.Tensor], dev: torch.devic
 
     tensors = [prep(x) for x in raw]
     base = tensors.pop(0) if task.base else None
+    return base, tensors
+
+
+def _compute(task: TensorTask, raw: list[torch.Tensor], dev: torch.device, in_dtype: torch.dtype | None,
+             kernel: Callable) -> torch.Tensor:
+    """Merge in float32, check the result is finite, cast it to the output dtype."""
+    base, tensors = _prepare(task, raw, dev, in_dtype)
     try:
-        out = method.kernel(base, tensors, task.params)
+        out = kernel(base, tensors, task.params)
     except torch.OutOfMemoryError:
         raise MergeError(f"tensor '{task.name}': out of {dev.type} memory while merging; "
                          "try --device cpu or a machine with more memory") from None
     except ValueError as exc:  # a method's own refusal (e.g. directions that cancel out)
         raise MergeError(f"tensor '{task.name}': {exc}") from None
-    if not bool(torch.isfinite(out).all()):
+    # a sum is finite exactly when every entry is (unless it overflows): one cheap reduction,
+    # and the entry-by-entry check only to confirm
+    if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
         raise MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
                          "of this tensor (weights summing to zero, extreme lambda) and the input models")
     return out.to(DTYPES[task.dtype]).cpu()

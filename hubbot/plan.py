@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 CODE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 MAX_LISTED = 5
+CHUNK_BYTES = 4 << 20  # float32 bytes of one block of rows: small enough to stay in the CPU caches
+WHOLE_BYTES = 64 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,28 @@ class Plan:
         seen = {(i.source, i.name) for t in self.tasks for i in (*t.inputs, *([t.base] if t.base else []))}
         return sum(self.sources[s].tensors()[n].nbytes for s, n in seen)
 
-    def peak_bytes(self, chunk_bytes: int, prefetch: int = 2) -> int:
+    def blocks(self, task: TensorTask, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[tuple[int, int]] | None, int]:
+        """How the engine splits `task`: its blocks of rows (None: the whole tensor at once), and
+        how many statistics passes read them before the merge (a blockwise method's passes)."""
+        f32_bytes = task.nbytes // DTYPES[task.dtype].itemsize * 4
+        if task.copy or task.vocab or len(task.shape) < 2:
+            return None, 0
+        if self.method.elementwise and f32_bytes > chunk_bytes:
+            return _rows(task, chunk_bytes), 0
+        blockwise = self.method.blockwise_for(task.params)
+        if blockwise is not None and f32_bytes > WHOLE_BYTES:
+            return _rows(task, chunk_bytes), len(blockwise.passes)
+        return None, 0
+
+    def peak_bytes(self, chunk_bytes: int = CHUNK_BYTES, prefetch: int = 2) -> int:
         """Bytes of tensors in flight at the worst task: raw inputs (prefetched too), their
-        float32 copies, and the result. Elementwise methods work in chunks of `chunk_bytes`."""
+        float32 copies, and the result with a few temporaries; split tasks count one block."""
         worst = 0
         for t in self.tasks:
+            rows, _ = self.blocks(t, chunk_bytes)
             numel = max(1, t.nbytes // DTYPES[t.dtype].itemsize)
-            if self.method.elementwise and not t.vocab and numel * 4 > chunk_bytes and len(t.shape) > 1:
-                numel = max(numel // t.shape[0], chunk_bytes // 4)
+            if rows is not None:
+                numel = numel // t.shape[0] * (rows[0][1] - rows[0][0])
             n_in = len(t.inputs) + (1 if t.base else 0)
             worst = max(worst, numel * (2 * n_in * (1 + prefetch) + 4 * (n_in + 2)))
         return worst
@@ -145,7 +161,7 @@ class Plan:
         lines.append(f"output: {len(self.tasks)} tensors, {self.out_layers} layers, {_size(self.output_bytes)}"
                      f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
         lines.append(f"reads: {_size(self.input_bytes)} of weights; peak memory for tensors about "
-                     f"{_size(self.peak_bytes(64 << 20))}")
+                     f"{_size(self.peak_bytes())}")
         if self.vocab is not None:
             spec = self.recipe.tokenizer
             lines.append(f"vocabulary: {len(self.vocab.tokens)} tokens ({spec.source if spec else 'base'}"
@@ -154,6 +170,13 @@ class Plan:
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def _rows(task: TensorTask, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Blocks of whole rows of about `chunk_bytes` in float32 (at least one row each)."""
+    row = max(1, task.nbytes // DTYPES[task.dtype].itemsize // task.shape[0])
+    step = max(1, chunk_bytes // (4 * row))
+    return [(a, min(a + step, task.shape[0])) for a in range(0, task.shape[0], step)]
 
 
 def _size(n: int) -> str:

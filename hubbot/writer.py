@@ -41,12 +41,16 @@ class ShardWriter:
 
     `on_shard(path)` is called as each shard completes. With `resume`, shards recorded as
     complete in the folder by an earlier, interrupted run are kept and reported by `done`.
+    `durable` shards reach the disk (fsync) before they are recorded as complete, so a later
+    run may resume from them even after a machine crash; a run whose partial output is
+    deleted on failure has no use for that and skips the wait.
     """
 
     def __init__(self, folder: Path, tasks: list[TensorTask], shard_bytes: int = DEFAULT_SHARD_BYTES,
-                 on_shard: Callable[[Path], None] | None = None, resume: bool = False):
+                 on_shard: Callable[[Path], None] | None = None, resume: bool = False, durable: bool = True):
         self.folder = folder
         self.on_shard = on_shard
+        self.durable = durable
         self.shards = self._layout(tasks, shard_bytes)
         self.where = {name: s for s in self.shards for name in s.tensors}
         self.sizes = {t.name: t.nbytes for t in tasks}
@@ -104,7 +108,8 @@ class ShardWriter:
                              "free some disk space or choose another --out folder") from None
 
     def _finish(self, shard: Shard) -> None:
-        os.fsync(shard.fd)
+        if self.durable:
+            os.fsync(shard.fd)
         os.close(shard.fd)
         shard.fd, shard.done = None, True
         with open(self.folder / PROGRESS_NAME, "a") as f:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 
 def mergekit_merge(recipe_text: str, out: Path, shard_bytes: int = 5 * 1000**3) -> Path:
     import yaml
@@ -15,3 +17,12 @@ def mergekit_merge(recipe_text: str, out: Path, shard_bytes: int = 5 * 1000**3) 
     run_merge(config, str(out), MergeOptions(copy_tokenizer=True, quiet=True, write_model_card=False,
                                               out_shard_size=shard_bytes, lazy_unpickle=False))
     return out
+
+
+def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How many representable values of their (16-bit) dtype lie between a and b."""
+    def ordered(x: torch.Tensor) -> torch.Tensor:
+        i = x.view(torch.int16).int()
+        return torch.where(i < 0, -32768 - i, i)
+
+    return (ordered(a) - ordered(b)).abs()

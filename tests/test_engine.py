@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from hubbot import engine
+from hubbot import plan as plan_module
 from hubbot.errors import MergeError, PlanError
 from hubbot.plan import build
 from hubbot.recipe import parse
 from tests.models import load_state
+from tests.test_parity import assert_close
 
 
 def merge(text: str, out: Path, **kw) -> engine.RunResult:
@@ -132,6 +134,27 @@ def test_elementwise_blocks_match_whole_tensors(families, tmp_path):
     whole = load_state(merge(text, tmp_path / "a").folder)
     blocks = load_state(merge(text, tmp_path / "b", chunk_bytes=4096).folder)
     assert all(torch.equal(whole[k], blocks[k]) for k in whole)
+
+
+@pytest.mark.parametrize("family", ["llama_f32", "llama"])
+@pytest.mark.parametrize("method", ["ties", "slerp"])
+def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, family, method):
+    """SLERP and TIES gather their statistics block by block (norms, magnitude cuts with their
+    ties) and then merge each block: the result is the whole-tensor merge's."""
+    base, ft1, ft2 = families(family)
+    if method == "ties":
+        body = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.6, density: 0.3}}\n"
+                f"  - model: {ft2}\n    parameters: {{weight: 0.5, density: [0.9, 0.5]}}\n")
+    else:
+        body = f"base_model: {base}\nmodels: [{{model: {base}}}, {{model: {ft1}}}]\nparameters: {{t: [0.2, 0.9]}}\n"
+    text = f"merge_method: {method}\n{body}"
+    whole = load_state(merge(text, tmp_path / "whole").folder)
+    monkeypatch.setattr(plan_module, "WHOLE_BYTES", 0)
+    blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
+    if method == "ties":  # the same cuts and the same ties kept: identical
+        assert all(torch.equal(blocks[k], whole[k]) for k in whole)
+    else:  # the dot product is summed block by block: coefficients agree to float32 rounding
+        assert_close(blocks, whole, atol=1e-7, ulps=0 if family.endswith("f32") else 1)
 
 
 def test_resume_keeps_finished_shards(families, tmp_path):

@@ -23,8 +23,8 @@ from hubbot.errors import RecipeError
 from hubbot.plan import build
 from hubbot.recipe import parse
 from tests.models import load_state
-from tests.oracle import mergekit_merge
-from tests.test_parity import assert_close, ulp_distance
+from tests.oracle import mergekit_merge, ulp_distance
+from tests.test_parity import assert_close
 
 # method, needs base, shared parameters, per-model parameters (for ft1, ft2), models used
 CASES = [

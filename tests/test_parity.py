@@ -17,22 +17,13 @@ from hubbot import engine
 from hubbot.plan import build
 from hubbot.recipe import parse
 from tests.models import load_state
-from tests.oracle import mergekit_merge
+from tests.oracle import mergekit_merge, ulp_distance
 
 
 def run_both(text: str, tmp: Path) -> tuple[dict, dict]:
     ours = engine.run(build(parse(text)), tmp / "ours", device="cpu").folder
     theirs = mergekit_merge(text, tmp / "theirs")
     return load_state(ours), load_state(theirs)
-
-
-def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """How many representable values of their (16-bit) dtype lie between a and b."""
-    def ordered(x: torch.Tensor) -> torch.Tensor:
-        i = x.view(torch.int16).int()
-        return torch.where(i < 0, -32768 - i, i)
-
-    return (ordered(a) - ordered(b)).abs()
 
 
 def assert_close(ours: dict, theirs: dict, *, ulps: int = 0, atol: float = 0.0) -> None:

@@ -20,8 +20,7 @@ from hubbot.errors import RecipeError
 from hubbot.plan import build
 from hubbot.recipe import parse
 from tests.models import load_state
-from tests.oracle import mergekit_merge
-from tests.test_parity import ulp_distance
+from tests.oracle import mergekit_merge, ulp_distance
 
 VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 

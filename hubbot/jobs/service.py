@@ -100,7 +100,7 @@ class Service:
             ok=not plan.problems, summary=plan.summary(), problems=list(plan.problems), warnings=list(plan.warnings),
             models=[{"ref": s.label, "revision": s.revision} for s in plan.models],
             output_bytes=plan.output_bytes, input_bytes=plan.input_bytes,
-            peak_bytes=plan.peak_bytes(64 << 20), est_seconds=estimate_seconds(plan), curves=plan.param_curves(),
+            peak_bytes=plan.peak_bytes(), est_seconds=estimate_seconds(plan), curves=plan.param_curves(),
         )
 
     def _check_target(self, target: str | None, token: str | None) -> str | None:

@@ -6,6 +6,12 @@ package is imported on first use, so adding a method is adding one file.
 
 Kernels receive float32 tensors on the merge device; per-model parameters arrive as lists
 aligned with `tensors`, shared ones as scalars, and seeded methods get `params["seed"]`.
+
+A method whose only need for the whole tensor is a few statistics (norms and a dot product for
+SLERP, the magnitude cut of each task vector for TIES) declares a `Blockwise` form instead: passes
+that gather those statistics block by block, and a kernel that merges each block with them. The
+engine then holds only a block of rows of a large tensor at a time; the whole-tensor kernel is
+the same passes over one block, so there is one definition of the method.
 """
 
 from __future__ import annotations
@@ -24,7 +30,40 @@ if TYPE_CHECKING:
     from ..recipe import Params, Recipe, Scalar, Value
 
 Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]], "torch.Tensor"]
+# (base block, blocks, params, statistics, block index) -> merged block
+BlockKernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any], int],
+                       "torch.Tensor"]
 REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One read over a tensor's blocks, in order, gathering statistics for a blockwise kernel.
+
+    `gather(base, blocks, params, stats)` returns this block's share (a tensor);
+    `finish(shares, stats, params)` turns every block's share, in block order, into the
+    statistics this pass adds (a dict merged into `stats` for later passes and the kernel).
+    """
+
+    gather: Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any]], "torch.Tensor"]
+    finish: Callable[[list["torch.Tensor"], dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Blockwise:
+    """A method merged block by block: `passes` gather whole-tensor statistics first, then
+    `kernel` merges each block. `applies(params)` says whether these parameters allow it."""
+
+    kernel: BlockKernel
+    passes: tuple[Pass, ...] = ()
+    applies: Callable[[dict[str, Any]], bool] = lambda params: True
+
+    def whole(self, base: "torch.Tensor | None", tensors: "list[torch.Tensor]", params: dict[str, Any]) -> "torch.Tensor":
+        """The whole-tensor kernel: every pass over a single block."""
+        stats: dict[str, Any] = {}
+        for p in self.passes:
+            stats.update(p.finish([p.gather(base, tensors, params, stats)], stats, params))
+        return self.kernel(base, tensors, params, stats, 0)
 
 
 @dataclass(frozen=True)
@@ -68,10 +107,12 @@ class Method:
     models: (fewest, most) inputs counting the base; most None means no limit.
     elementwise: each output element depends only on the same element of the inputs, so the
     engine may merge a large tensor block by block to bound memory.
+    blockwise: the block-by-block form of a method that needs whole-tensor statistics; its
+    `whole` is the kernel when none is given.
     """
 
     name: str
-    kernel: Kernel
+    kernel: Kernel | None
     title: str
     summary: str
     paper: str = ""
@@ -82,6 +123,17 @@ class Method:
     seeded: bool = False
     check: Callable[[dict[str, Any]], str | None] | None = None
     aliases: tuple[str, ...] = field(default=())
+    blockwise: Blockwise | None = None
+
+    def __post_init__(self) -> None:
+        if self.kernel is None:
+            if self.blockwise is None:
+                raise ValueError(f"merge method {self.name!r} needs a kernel or a blockwise form")
+            object.__setattr__(self, "kernel", self.blockwise.whole)
+
+    def blockwise_for(self, params: dict[str, Any]) -> Blockwise | None:
+        """The blockwise form when it applies to these parameters."""
+        return self.blockwise if self.blockwise is not None and self.blockwise.applies(params) else None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -1,8 +1,9 @@
 """Sparsification of task vectors: keep a fraction `density` of each delta's entries.
 
 Shared by the task-vector family (ties, dare, breadcrumbs, della) and sce. Magnitude pruning
-finds its cut values with a selection (k-th value), not a full sort; only DELLA, whose keep
-probabilities follow each entry's rank within its row, sorts (row by row).
+finds its cut values with a radix select over the float bits (two counting passes), not a sort;
+the passes also run block by block, so TIES can merge a large tensor a block of rows at a time.
+Only DELLA, whose keep probabilities follow each entry's rank within its row, sorts (row by row).
 """
 
 from __future__ import annotations
@@ -12,8 +13,57 @@ import zlib
 import torch
 
 
+HIGH_BINS = 1 << 15  # the top 16 bits of a non-negative float32 (its sign bit is clear)
+LOW_BINS = 1 << 16
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    """Non-negative float32 values (magnitudes, squares: never -0) as int32 bit patterns, which
+    order like the values."""
+    return values.float().contiguous().view(torch.int32)
+
+
+def high_counts(values: torch.Tensor) -> torch.Tensor:
+    """How many values fall in each bin of their top 16 bits (the first pass of a radix select)."""
+    return torch.bincount((_bits(values) >> 16).reshape(-1), minlength=HIGH_BINS)
+
+
+def kth_bin(counts: torch.Tensor, k: int) -> tuple[int, int]:
+    """The highest bin with at least k values at or above it (so the one holding the k-th
+    largest), and how many of the k largest lie in it."""
+    at_or_above = counts.flip(0).cumsum(0).flip(0)
+    b = int((at_or_above >= k).nonzero().max())
+    higher = int(at_or_above[b + 1]) if b + 1 < len(counts) else 0
+    return b, k - higher
+
+
+def low_bits_in(values: torch.Tensor, high: int) -> torch.Tensor:
+    """The low 16 bits of the values whose top bits are `high` (the second pass)."""
+    bits = _bits(values).reshape(-1)
+    return bits[(bits >> 16) == high] & 0xFFFF
+
+
+def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
+    """From every `low_bits_in` the cut bin: the k-th largest value's bit pattern, and how many
+    values equal to it belong to the k largest."""
+    low, ties = kth_bin(torch.bincount(lows, minlength=LOW_BINS), need)
+    return (high << 16) | low, ties
+
+
+def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
+    """True above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
+    it, in index order."""
+    bits = _bits(values)
+    mask = bits > cut
+    if ties > 0:
+        tied = (bits.reshape(-1) == cut).nonzero().squeeze(1)[:ties]
+        mask.view(-1)[tied] = True
+    return mask
+
+
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
-    """True for exactly k entries of `values` with the largest value (k clamped to [0, n]).
+    """True for exactly k entries of the non-negative `values` with the largest value (k clamped
+    to [0, n]), found by a two-pass radix select on the float bits (no sort, no k-th value copy).
 
     Entries tied with the cut are kept in index order, so the kept count is exact, the result
     does not depend on a sort's tie order, and top_k_mask(v, j) lies inside top_k_mask(v, k)
@@ -24,14 +74,9 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(values, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(values, dtype=torch.bool)
-    flat = values.reshape(-1)
-    cut = torch.kthvalue(flat, n - k + 1).values
-    mask = flat > cut
-    short = k - int(mask.sum())
-    if short > 0:
-        tied = (flat == cut).nonzero().squeeze(1)[:short]
-        mask[tied] = True
-    return mask.reshape(values.shape)
+    high, need = kth_bin(high_counts(values), k)
+    cut, ties = cut_of(low_bits_in(values, high), high, need)
+    return cut_mask(values, cut, ties)
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -63,6 +108,18 @@ def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torc
     ranks.scatter_(1, order, torch.arange(width, dtype=rows.dtype, device=rows.device).expand_as(rows))
     probs = ranks.mul_(2 * epsilon / (width - 1)).add_(density - epsilon)
     return probs.reshape(delta.shape)
+
+
+def elect_signs(total: torch.Tensor) -> torch.Tensor:
+    """TIES's sign election: +1 where the summed task vectors are >= 0, else -1 (arithmetic on
+    the sign rather than `torch.where`, which is several times slower on the CPU)."""
+    signs = torch.sign(total)
+    return signs.add_(signs == 0)
+
+
+def agreement(delta: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """Where a task vector's entry is non-zero and has the elected sign."""
+    return (delta * signs) > 0
 
 
 def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import Method, Param, register
-from ._sparsify import top_k_mask
+from ._sparsify import agreement, elect_signs, top_k_mask
 
 
 def sce(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
@@ -27,8 +27,7 @@ def sce(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str
         variance = sum((d - mean).square_() for d in deltas) / len(tensors)  # var(dim=0) strides slowly
         k = int(int(torch.count_nonzero(variance)) * topk)
         deltas *= top_k_mask(variance, k)
-    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)
-    agree = (torch.sign(deltas) == elected).to(deltas.dtype)
+    agree = agreement(deltas, elect_signs(deltas.sum(dim=0))).to(deltas.dtype)
     energy = deltas.square().reshape(len(tensors), -1).mean(dim=1)
     total = float(energy.sum())
     weights = energy / total if abs(total) >= 1e-6 else torch.full_like(energy, 1 / len(tensors))

@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import torch
 
-from . import Method, Param, register
-from ._sparsify import derive_seed, l1_rescale, magnitude_mask, random_mask
+from . import Blockwise, Method, Param, Pass, register
+from ._sparsify import (agreement, cut_mask, cut_of, derive_seed, elect_signs, high_counts, kth_bin, l1_rescale,
+                        low_bits_in, magnitude_mask, random_mask)
 
 # (delta, density, rescale, seed, **per-model extras such as gamma or epsilon) -> pruned delta
 Sparsifier = Callable[..., torch.Tensor]
@@ -40,34 +41,31 @@ def combine(
     base: torch.Tensor,
     tensors: list[torch.Tensor],
     params: dict[str, Any],
-    sparsify: Sparsifier | None,
+    prune: Callable[[int, torch.Tensor], torch.Tensor] | None,
     elect_sign: bool,
 ) -> torch.Tensor:
-    """The shared body of the family; `sparsify` and `elect_sign` pick the member."""
+    """The shared body of the family: `prune(i, delta)` sparsifies model i's task vector and
+    `elect_sign` adds TIES's sign election."""
     weights = params["weight"]
-    densities = params.get("density") or [1.0] * len(tensors)
-    seed = params.get("seed", 0)
     deltas = []
-    for i, (x, w, density) in enumerate(zip(tensors, weights, densities)):
+    for i, (x, w) in enumerate(zip(tensors, weights)):
         d = x - base
-        if sparsify is not None:
-            extra = {k: params[k][i] for k in SPARSIFIER_PARAMS if k in params}
-            d = sparsify(d, density, params["rescale"], derive_seed(seed, i), **extra)
+        if prune is not None:
+            d = prune(i, d)
         deltas.append(d.mul_(w))
     if not deltas:
         return base.clone()
     if elect_sign:
-        elected = torch.zeros_like(base)
-        for d in deltas:
-            elected.add_(d)
-        elected = torch.where(elected >= 0, 1.0, -1.0)
-        mixed = torch.zeros_like(base)
-        divisor = torch.zeros_like(base)
+        total = deltas[0].clone()
+        for d in deltas[1:]:
+            total.add_(d)
+        signs = elect_signs(total)
+        mixed, divisor = total.zero_(), torch.zeros_like(base)
         for d, w in zip(deltas, weights):
-            agree = torch.sign(d) == elected
-            mixed.add_(torch.where(agree, d, 0.0))
-            divisor.add_(agree.to(base.dtype), alpha=w)
-        divisor[divisor == 0] = 1
+            agree = agreement(d, signs)
+            mixed.add_(d.mul_(agree))
+            divisor.add_(agree, alpha=w)
+        divisor.add_(divisor == 0)
     else:
         mixed = deltas[0]
         for d in deltas[1:]:
@@ -81,11 +79,89 @@ def combine(
     return mixed.add_(base)
 
 
+def _whole_tensor_prune(params: dict[str, Any], sparsify: Sparsifier) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """Model i's sparsifier with its own density, extras and seed."""
+    densities = params.get("density") or [1.0] * len(params["weight"])
+    seed = params.get("seed", 0)
+
+    def prune(i: int, d: torch.Tensor) -> torch.Tensor:
+        extra = {k: params[k][i] for k in SPARSIFIER_PARAMS if k in params}
+        return sparsify(d, densities[i], params["rescale"], derive_seed(seed, i), **extra)
+
+    return prune
+
+
+# TIES block by block: each task vector's magnitude cut is a radix select whose two counting
+# passes run over the blocks (top 16 bits of |delta|, then the low 16 bits inside the cut's bin);
+# the second pass also counts ties at the cut per block, so each block keeps its share of them
+# in index order, exactly as the whole-tensor selection does.
+
+def _keep_counts(params: dict[str, Any], numel: int) -> list[int | None]:
+    """How many entries of each task vector survive (None: density 1 keeps all)."""
+    return [None if d >= 1 else max(1, int(d * numel)) for d in params["density"]]
+
+
+def _high_pass(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+               stats: dict[str, Any]) -> torch.Tensor:
+    assert base is not None
+    return torch.stack([high_counts((x - base).abs_()) for x in tensors]).cpu()
+
+
+def _high_finish(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    counts = torch.stack(shares).sum(0)
+    keep = _keep_counts(params, int(counts[0].sum()))
+    return {"bins": [None if k is None else kth_bin(c, k) for c, k in zip(counts, keep)]}
+
+
+def _low_pass(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+              stats: dict[str, Any]) -> list[torch.Tensor | None]:
+    assert base is not None
+    return [None if b is None else low_bits_in((x - base).abs_(), b[0]).cpu() for x, b in zip(tensors, stats["bins"])]
+
+
+def _low_finish(shares: list[list[torch.Tensor | None]], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Each model's cut, and how many of the ties at it each block keeps (the first ones)."""
+    cuts: list[int | None] = []
+    quotas: list[list[int]] = []
+    for i, b in enumerate(stats["bins"]):
+        if b is None:
+            cuts.append(None)
+            quotas.append([])
+            continue
+        lows = [share[i] for share in shares]
+        cut, ties = cut_of(torch.cat(lows), b[0], b[1])
+        per_block = []
+        for block_lows in lows:
+            here = int((block_lows == (cut & 0xFFFF)).sum())
+            per_block.append(min(here, ties))
+            ties -= per_block[-1]
+        cuts.append(cut)
+        quotas.append(per_block)
+    return {"cuts": cuts, "quotas": quotas}
+
+
+def _ties_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                stats: dict[str, Any], block: int) -> torch.Tensor:
+    assert base is not None
+
+    def prune(i: int, d: torch.Tensor) -> torch.Tensor:
+        cut = stats["cuts"][i]
+        return d if cut is None else d.mul_(cut_mask(d.abs(), cut, stats["quotas"][i][block]))
+
+    return combine(base, tensors, params, prune, True)
+
+
+TIES_BLOCKWISE = Blockwise(_ties_block, (Pass(_high_pass, _high_finish), Pass(_low_pass, _low_finish)),
+                           applies=lambda params: not params["rescale"])
+
+
 def register_family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
                     normalize: bool, rescale: bool, elementwise: bool = False, seeded: bool = False,
-                    extra: tuple[Param, ...] = (), check: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+                    extra: tuple[Param, ...] = (), check: Callable[[dict[str, Any]], str | None] | None = None,
+                    blockwise: Blockwise | None = None) -> None:
     """Register one member: `sparsify` prunes each task vector, `elect` adds TIES sign election;
-    `extra` are the sparsifier's own per-model parameters, `check` its cross-parameter rule."""
+    `extra` are the sparsifier's own per-model parameters, `check` its cross-parameter rule,
+    `blockwise` its block-by-block form."""
     params = [
         Param("weight", per_model=True, doc="scale of this model's task vector"),
         Param("normalize", bool, default=normalize, doc="divide by the sum of the weights that contribute"),
@@ -100,12 +176,12 @@ def register_family(name: str, title: str, summary: str, paper: str, sparsify: S
 
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], p: dict[str, Any]) -> torch.Tensor:
         assert base is not None
-        return combine(base, tensors, p, sparsify, elect)
+        return combine(base, tensors, p, None if sparsify is None else _whole_tensor_prune(p, sparsify), elect)
 
     kernel.__name__ = name
     register(Method(name=name, kernel=kernel, title=title, summary=summary, paper=paper, base="required",
                     params=tuple(params), models=(1, None), elementwise=elementwise,
-                    seeded=seeded, check=check))
+                    seeded=seeded, check=check, blockwise=blockwise))
 
 
 register_family("task_arithmetic", "Task arithmetic",
@@ -118,7 +194,7 @@ register_family("ties", "TIES",
                 "vectors, and averages only the entries that agree with it, which reduces interference between "
                 "fine-tunes.",
                 "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
-                _magnitude, True, normalize=True, rescale=False)
+                _magnitude, True, normalize=True, rescale=False, blockwise=TIES_BLOCKWISE)
 register_family("dare_linear", "DARE (linear)",
                 "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
                 "by 1 / density, then adds the weighted vectors to the base.",

@@ -111,7 +111,7 @@ class AdapterSource(Source):
         source = self.adapter if path in self._own_tokenizer_files() else self.model
         return source.read_file(path)
 
-    def read_range(self, path: str, offset: int, length: int) -> bytearray:
+    def read_range(self, path: str, offset: int, length: int) -> bytearray | memoryview:
         return self.model.read_range(path, offset, length)
 
     def config(self) -> dict:

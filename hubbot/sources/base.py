@@ -53,7 +53,7 @@ class Source(ABC):
         """A whole (small) file such as config.json or tokenizer.json."""
 
     @abstractmethod
-    def read_range(self, path: str, offset: int, length: int) -> bytearray:
+    def read_range(self, path: str, offset: int, length: int) -> bytearray | memoryview:
         """`length` bytes of a file from `offset`."""
 
     @abstractmethod

@@ -40,9 +40,9 @@ class LocalSource(Source):
             self._fds[path] = os.open(self.root / path, os.O_RDONLY)
         return self._fds[path]
 
-    def read_range(self, path: str, offset: int, length: int) -> bytearray:
-        buf = bytearray(length)
-        view = memoryview(buf)
+    def read_range(self, path: str, offset: int, length: int) -> memoryview:
+        # an uninitialised buffer: zero-filling it first would write every byte twice
+        view = memoryview(torch.empty(length, dtype=torch.uint8).numpy())
         done = 0
         while done < length:
             try:
@@ -52,7 +52,7 @@ class LocalSource(Source):
             if n <= 0:
                 raise SourceError(f"{self.label}: {path} ended early at byte {offset + done}; the file is truncated")
             done += n
-        return buf
+        return view
 
     def _load_tensor_infos(self) -> dict[str, TensorInfo]:
         files = self.files()
