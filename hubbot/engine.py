@@ -4,9 +4,9 @@ Memory holds only the tensors in flight (the current one and the next ones being
 on a thread), whatever the model size. Elementwise methods go further and merge a large
 tensor block of rows by block, reading only those rows; methods with a blockwise form (SLERP,
 TIES) first read the blocks once per statistics pass, then merge them block by block. Blocks
-are a few MB, so they stay in the CPU caches and the allocator reuses their memory. The output is written into
-`<out>.partial` and renamed into place when complete, so a failed merge leaves no output
-that looks finished.
+are a few MB, so they stay in the CPU caches and the allocator reuses their memory. The
+output is written into `<out>.partial` and renamed into place when complete, so a failed
+merge leaves no output that looks finished.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 from .errors import Cancelled, MergeError
 from .io import DTYPES, TORCH_NAMES
+from .methods import Block
 from .plan import CHUNK_BYTES, Plan, TensorTask
 from .sources.computed import ComputedSource
 from .writer import DEFAULT_SHARD_BYTES, ShardWriter
@@ -216,19 +217,21 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 queue.append(pool.submit(fetch, units[k + PREFETCH]))
             bytes_read += nbytes
             task = unit.task
+            stats.setdefault(task.name, {})
             if not unit.merges:
                 step = method.blockwise.passes[unit.phase]
                 base, tensors = _prepare(task, raw, dev, in_dtype)
-                shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params,
-                                                                    stats.setdefault(task.name, {})))
+                shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, stats[task.name]))
                 if unit.block == unit.blocks - 1:
                     stats[task.name].update(step.finish(shares.pop(task.name), stats[task.name], task.params))
                 continue
+            blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:
                 result = raw[-1]
-            elif unit.passes:
-                result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: method.blockwise.kernel(
-                    b, xs, p, stats[task.name], unit.block))
+            elif blockwise is not None:
+                block = Block(unit.block, unit.rows[0] * (task.nbytes // DTYPES[task.dtype].itemsize // task.shape[0]))
+                result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: blockwise.kernel(
+                    b, xs, p, stats[task.name], block))
             else:
                 result = _compute(task, raw, dev, in_dtype, method.kernel)
             row_offset = 0

@@ -105,9 +105,9 @@ class Plan:
         f32_bytes = task.nbytes // DTYPES[task.dtype].itemsize * 4
         if task.copy or task.vocab or len(task.shape) < 2:
             return None, 0
-        if self.method.elementwise and f32_bytes > chunk_bytes:
-            return _rows(task, chunk_bytes), 0
         blockwise = self.method.blockwise_for(task.params)
+        if self.method.elementwise or (blockwise is not None and not blockwise.passes):
+            return (_rows(task, chunk_bytes), 0) if f32_bytes > chunk_bytes else (None, 0)
         if blockwise is not None and f32_bytes > WHOLE_BYTES:
             return _rows(task, chunk_bytes), len(blockwise.passes)
         return None, 0

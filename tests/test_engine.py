@@ -137,21 +137,22 @@ def test_elementwise_blocks_match_whole_tensors(families, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["llama_f32", "llama"])
-@pytest.mark.parametrize("method", ["ties", "slerp"])
+@pytest.mark.parametrize("method", ["ties", "slerp", "dare_ties", "della"])
 def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, family, method):
     """SLERP and TIES gather their statistics block by block (norms, magnitude cuts with their
-    ties) and then merge each block: the result is the whole-tensor merge's."""
+    ties) and then merge each block; DARE and DELLA draw by element position. The result is the
+    whole-tensor merge's."""
     base, ft1, ft2 = families(family)
-    if method == "ties":
+    if method != "slerp":
         body = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.6, density: 0.3}}\n"
                 f"  - model: {ft2}\n    parameters: {{weight: 0.5, density: [0.9, 0.5]}}\n")
     else:
         body = f"base_model: {base}\nmodels: [{{model: {base}}}, {{model: {ft1}}}]\nparameters: {{t: [0.2, 0.9]}}\n"
-    text = f"merge_method: {method}\n{body}"
+    text = f"merge_method: {method}\n{body}random_seed: 7\n" + ("parameters: {epsilon: 0.05}\n" if method == "della" else "")
     whole = load_state(merge(text, tmp_path / "whole").folder)
     monkeypatch.setattr(plan_module, "WHOLE_BYTES", 0)
     blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
-    if method == "ties":  # the same cuts and the same ties kept: identical
+    if method != "slerp":  # the same cuts, ties and draws: identical
         assert all(torch.equal(blocks[k], whole[k]) for k in whole)
     else:  # the dot product is summed block by block: coefficients agree to float32 rounding
         assert_close(blocks, whole, atol=1e-7, ulps=0 if family.endswith("f32") else 1)

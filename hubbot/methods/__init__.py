@@ -22,7 +22,7 @@ import itertools
 import pkgutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple
 
 if TYPE_CHECKING:
     import torch
@@ -30,8 +30,16 @@ if TYPE_CHECKING:
     from ..recipe import Params, Recipe, Scalar, Value
 
 Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]], "torch.Tensor"]
-# (base block, blocks, params, statistics, block index) -> merged block
-BlockKernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any], int],
+class Block(NamedTuple):
+    """Where a block lies in its tensor: its position among the blocks, and the flat index of
+    its first element (random methods key their draws on element positions)."""
+
+    index: int
+    start: int
+
+
+# (base block, blocks, params, statistics, block) -> merged block
+BlockKernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any], Block],
                        "torch.Tensor"]
 REQUIRED = object()
 
@@ -52,7 +60,9 @@ class Pass:
 @dataclass(frozen=True)
 class Blockwise:
     """A method merged block by block: `passes` gather whole-tensor statistics first, then
-    `kernel` merges each block. `applies(params)` says whether these parameters allow it."""
+    `kernel` merges each block. `applies(params)` says whether these parameters allow it. With
+    no passes the kernel needs only the block and where it lies (random draws keyed on element
+    positions), so the engine splits as for elementwise methods."""
 
     kernel: BlockKernel
     passes: tuple[Pass, ...] = ()
@@ -63,7 +73,7 @@ class Blockwise:
         stats: dict[str, Any] = {}
         for p in self.passes:
             stats.update(p.finish([p.gather(base, tensors, params, stats)], stats, params))
-        return self.kernel(base, tensors, params, stats, 0)
+        return self.kernel(base, tensors, params, stats, Block(0, 0))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Only DELLA, whose keep probabilities follow each entry's rank within its row, so
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -122,14 +123,33 @@ def agreement(delta: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     return (delta * signs) > 0
 
 
-def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device) -> torch.Tensor:
-    """Keep each entry with probability `density` (a scalar or one per entry), drawn on the CPU
-    so every device draws the same mask."""
-    gen = torch.Generator().manual_seed(seed)
-    draws = torch.rand(shape, generator=gen)
-    if isinstance(density, torch.Tensor):
-        return draws.to(device) < density
-    return (draws < density).to(device)
+_GOLDEN, _MIX1, _MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 values (torch shifts arithmetically)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def uniform(seed: int, start: int, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) float32 draws for the elements start, start + 1, ... of a stream keyed by
+    `seed`: SplitMix64's output function of each element's position (Steele et al. 2014). A
+    draw depends only on the seed and the position, so a tensor merged block by block draws
+    what it draws whole, and every device draws the same (integer arithmetic, 24 bits each)."""
+    n = math.prod(shape)
+    x = torch.arange(start + 1, start + n + 1, dtype=torch.int64, device=device)
+    x.mul_(_GOLDEN).add_(seed)
+    x.bitwise_xor_(_shift_right(x, 30)).mul_(_MIX1)
+    x.bitwise_xor_(_shift_right(x, 27)).mul_(_MIX2)
+    x.bitwise_xor_(_shift_right(x, 31))
+    return _shift_right(x, 40).to(torch.float32).mul_(2.0 ** -24).reshape(shape)
+
+
+def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device,
+                start: int = 0) -> torch.Tensor:
+    """Keep each entry with probability `density` (a scalar or one per entry); `start` is the
+    flat position of the first entry in its tensor."""
+    return uniform(seed, start, shape, device) < density
 
 
 def l1_rescale(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

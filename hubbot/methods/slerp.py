@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import Blockwise, Method, Param, Pass, register
+from . import Block, Blockwise, Method, Param, Pass, register
 
 PARALLEL = 0.9995  # above this |cos|, the arc is a line and lerp is exact enough
 EPS = 1e-8
@@ -40,7 +40,7 @@ def _coefficients(shares: list[torch.Tensor], stats: dict[str, Any], params: dic
 
 
 def _interpolate(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-                 stats: dict[str, Any], block: int) -> torch.Tensor:
+                 stats: dict[str, Any], block: Block) -> torch.Tensor:
     assert base is not None
     return base.mul(stats["ca"]).add_(tensors[0], alpha=stats["cb"])
 
