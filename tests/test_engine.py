@@ -137,11 +137,11 @@ def test_elementwise_blocks_match_whole_tensors(families, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["llama_f32", "llama"])
-@pytest.mark.parametrize("method", ["ties", "slerp", "dare_ties", "della"])
+@pytest.mark.parametrize("method", ["ties", "slerp", "dare_ties", "della", "breadcrumbs_ties"])
 def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, family, method):
-    """SLERP and TIES gather their statistics block by block (norms, magnitude cuts with their
-    ties) and then merge each block; DARE and DELLA draw by element position. The result is the
-    whole-tensor merge's."""
+    """SLERP, TIES and Breadcrumbs gather their statistics block by block (norms, magnitude cuts
+    with their ties) and then merge each block; DARE and DELLA draw by element position. The
+    result is the whole-tensor merge's."""
     base, ft1, ft2 = families(family)
     if method != "slerp":
         body = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.6, density: 0.3}}\n"

@@ -85,15 +85,21 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     return top_k_mask(delta.abs(), max(1, int(density * delta.numel())))
 
 
-def band_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Model Breadcrumbs: drop the largest int(gamma * n) magnitudes as outliers, then the
-    smallest, keeping int(density * n) entries. When outliers and kept entries together exceed
+def band_of(n: int, density: float, gamma: float) -> tuple[int, int]:
+    """Model Breadcrumbs' band of magnitude ranks, as (outer, inner): keep the top `outer` minus
+    the top `inner`. The largest int(gamma * n) magnitudes are outliers, then the smallest are
+    dropped, keeping int(density * n) entries; when outliers and kept entries together exceed
     n, fewer outliers are dropped so the kept count holds."""
-    n = delta.numel()
     keep = int(density * n)
     below = max(0, n - keep - int(gamma * n))  # entries dropped at the small end
+    return n - below, n - below - keep
+
+
+def band_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs' mask of a whole task vector (see `band_of`)."""
+    outer, inner = band_of(delta.numel(), density, gamma)
     mags = delta.abs()
-    return top_k_mask(mags, n - below) & ~top_k_mask(mags, n - below - keep)
+    return top_k_mask(mags, outer) & ~top_k_mask(mags, inner)
 
 
 def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:

@@ -93,64 +93,91 @@ def _pruner(params: dict[str, Any], sparsify: Sparsifier, start: int = 0) -> Cal
     return prune
 
 
-# TIES block by block: each task vector's magnitude cut is a radix select whose two counting
-# passes run over the blocks (top 16 bits of |delta|, then the low 16 bits inside the cut's bin);
-# the second pass also counts ties at the cut per block, so each block keeps its share of them
-# in index order, exactly as the whole-tensor selection does.
-
-def _keep_counts(params: dict[str, Any], numel: int) -> list[int | None]:
-    """How many entries of each task vector survive (None: density 1 keeps all)."""
-    return [None if d >= 1 else max(1, int(d * numel)) for d in params["density"]]
+# (params, model index, entries in the tensor) -> the band of magnitude ranks model i keeps:
+# the top `outer` minus the top `inner` (None: it keeps everything)
+Band = Callable[[dict[str, Any], int, int], "tuple[int, int] | None"]
 
 
-def _high_pass(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-               stats: dict[str, Any]) -> torch.Tensor:
-    assert base is not None
-    return torch.stack([high_counts((x - base).abs_()) for x in tensors]).cpu()
+def _first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
+    """A top-k cut after the first pass: True (k keeps all), False (none), or (bin, need)."""
+    n = int(counts.sum())
+    return True if k >= n else False if k <= 0 else kth_bin(counts, k)
 
 
-def _high_finish(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    counts = torch.stack(shares).sum(0)
-    keep = _keep_counts(params, int(counts[0].sum()))
-    return {"bins": [None if k is None else kth_bin(c, k) for c, k in zip(counts, keep)]}
+def selection(band: Band, elect: bool) -> Blockwise:
+    """Magnitude selections block by block (TIES, Model Breadcrumbs). Each top-k cut is a radix
+    select whose two counting passes run over the blocks (the top 16 bits of |delta|, then the
+    low 16 bits inside the cut's bin); the second pass also counts the ties at the cut per block,
+    so each block keeps its share of them in index order, exactly as `top_k_mask` does whole."""
+    def high(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+             stats: dict[str, Any]) -> torch.Tensor:
+        assert base is not None
+        return torch.stack([high_counts((x - base).abs_()) for x in tensors]).cpu()
+
+    def high_done(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        counts = torch.stack(shares).sum(0)
+        n = int(counts[0].sum())
+        bands = [band(params, i, n) for i in range(len(counts))]
+        return {"cuts": [None if b is None else [_first_cut(c, k) for k in b] for c, b in zip(counts, bands)]}
+
+    def low(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+            stats: dict[str, Any]) -> list:
+        assert base is not None
+        out: list = []
+        for x, cuts in zip(tensors, stats["cuts"]):
+            mags = None if cuts is None else (x - base).abs_()
+            out.append(None if cuts is None else
+                       [low_bits_in(mags, c[0]).cpu() if isinstance(c, tuple) else None for c in cuts])
+        return out
+
+    def low_done(shares: list[list], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Each cut's bit pattern, and how many of the ties at it each block keeps (the first ones)."""
+        cuts: list = []
+        for i, model_cuts in enumerate(stats["cuts"]):
+            done: list | None = None if model_cuts is None else []
+            for j, c in enumerate(model_cuts or ()):
+                if not isinstance(c, tuple):
+                    done.append(c)
+                    continue
+                lows = [share[i][j] for share in shares]
+                cut, ties = cut_of(torch.cat(lows), *c)
+                quotas = []
+                for block_lows in lows:
+                    quotas.append(min(int((block_lows == (cut & 0xFFFF)).sum()), ties))
+                    ties -= quotas[-1]
+                done.append((cut, quotas))
+            cuts.append(done)
+        return {"cuts": cuts}
+
+    def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+               stats: dict[str, Any], block: Block) -> torch.Tensor:
+        assert base is not None
+
+        def top(mags: torch.Tensor, c: bool | tuple) -> torch.Tensor:
+            if isinstance(c, bool):
+                return torch.full_like(mags, c, dtype=torch.bool)
+            return cut_mask(mags, c[0], c[1][block.index])
+
+        def prune(i: int, d: torch.Tensor) -> torch.Tensor:
+            cuts = stats["cuts"][i]
+            if cuts is None:
+                return d
+            mags = d.abs()
+            outer, inner = cuts
+            mask = top(mags, outer)
+            if inner is not False:
+                mask &= ~top(mags, inner)
+            return d.mul_(mask)
+
+        return combine(base, tensors, params, prune, elect)
+
+    return Blockwise(kernel, (Pass(high, high_done), Pass(low, low_done)), applies=lambda params: not params["rescale"])
 
 
-def _low_pass(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-              stats: dict[str, Any]) -> list[torch.Tensor | None]:
-    assert base is not None
-    return [None if b is None else low_bits_in((x - base).abs_(), b[0]).cpu() for x, b in zip(tensors, stats["bins"])]
-
-
-def _low_finish(shares: list[list[torch.Tensor | None]], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Each model's cut, and how many of the ties at it each block keeps (the first ones)."""
-    cuts: list[int | None] = []
-    quotas: list[list[int]] = []
-    for i, b in enumerate(stats["bins"]):
-        if b is None:
-            cuts.append(None)
-            quotas.append([])
-            continue
-        lows = [share[i] for share in shares]
-        cut, ties = cut_of(torch.cat(lows), b[0], b[1])
-        per_block = []
-        for block_lows in lows:
-            here = int((block_lows == (cut & 0xFFFF)).sum())
-            per_block.append(min(here, ties))
-            ties -= per_block[-1]
-        cuts.append(cut)
-        quotas.append(per_block)
-    return {"cuts": cuts, "quotas": quotas}
-
-
-def _ties_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-                stats: dict[str, Any], block: Block) -> torch.Tensor:
-    assert base is not None
-
-    def prune(i: int, d: torch.Tensor) -> torch.Tensor:
-        cut = stats["cuts"][i]
-        return d if cut is None else d.mul_(cut_mask(d.abs(), cut, stats["quotas"][i][block.index]))
-
-    return combine(base, tensors, params, prune, True)
+def _top_density(params: dict[str, Any], i: int, n: int) -> tuple[int, int] | None:
+    """TIES: the max(1, int(density * n)) largest magnitudes."""
+    density = params["density"][i]
+    return None if density >= 1 else (max(1, int(density * n)), 0)
 
 
 def _by_position(sparsify: Sparsifier, elect: bool) -> Blockwise:
@@ -162,10 +189,6 @@ def _by_position(sparsify: Sparsifier, elect: bool) -> Blockwise:
         return combine(base, tensors, params, _pruner(params, sparsify, block.start), elect)
 
     return Blockwise(kernel)
-
-
-TIES_BLOCKWISE = Blockwise(_ties_block, (Pass(_high_pass, _high_finish), Pass(_low_pass, _low_finish)),
-                           applies=lambda params: not params["rescale"])
 
 
 def register_family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
@@ -209,7 +232,7 @@ register_family("ties", "TIES",
                 "vectors, and averages only the entries that agree with it, which reduces interference between "
                 "fine-tunes.",
                 "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
-                _magnitude, True, normalize=True, rescale=False, blockwise=TIES_BLOCKWISE)
+                _magnitude, True, normalize=True, rescale=False, blockwise=selection(_top_density, True))
 register_family("dare_linear", "DARE (linear)",
                 "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
                 "by 1 / density, then adds the weighted vectors to the base.",
