@@ -229,7 +229,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             if task.copy:
                 result = raw[-1]
             elif blockwise is not None:
-                block = Block(unit.block, unit.rows[0] * (task.nbytes // DTYPES[task.dtype].itemsize // task.shape[0]))
+                block = Block(unit.block, unit.rows[0])
                 result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: blockwise.kernel(
                     b, xs, p, stats[task.name], block))
             else:

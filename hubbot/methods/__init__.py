@@ -31,11 +31,11 @@ if TYPE_CHECKING:
 
 Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]], "torch.Tensor"]
 class Block(NamedTuple):
-    """Where a block lies in its tensor: its position among the blocks, and the flat index of
-    its first element (random methods key their draws on element positions)."""
+    """Where a block lies in its tensor: its position among the blocks, and the index of its
+    first row (random methods key their draws on rows)."""
 
     index: int
-    start: int
+    row: int
 
 
 # (base block, blocks, params, statistics, block) -> merged block

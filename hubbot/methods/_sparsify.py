@@ -129,33 +129,35 @@ def agreement(delta: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     return (delta * signs) > 0
 
 
-_GOLDEN, _MIX1, _MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+GROUP_ENTRIES = 1 << 20  # entries drawn from one generator: whole rows, about this many
 
 
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 values (torch shifts arithmetically)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
+def uniform(seed: int, row: int, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) draws for rows row, row + 1, ... (along the leading axis) of a tensor
+    whose rows have the shape `shape[1:]`.
 
-
-def uniform(seed: int, start: int, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) float32 draws for the elements start, start + 1, ... of a stream keyed by
-    `seed`: SplitMix64's output function of each element's position (Steele et al. 2014). A
-    draw depends only on the seed and the position, so a tensor merged block by block draws
-    what it draws whole, and every device draws the same (integer arithmetic, 24 bits each)."""
-    n = math.prod(shape)
-    x = torch.arange(start + 1, start + n + 1, dtype=torch.int64, device=device)
-    x.mul_(_GOLDEN).add_(seed)
-    x.bitwise_xor_(_shift_right(x, 30)).mul_(_MIX1)
-    x.bitwise_xor_(_shift_right(x, 27)).mul_(_MIX2)
-    x.bitwise_xor_(_shift_right(x, 31))
-    return _shift_right(x, 40).to(torch.float32).mul_(2.0 ** -24).reshape(shape)
+    Rows are drawn in groups of a fixed size, each group from its own generator seeded by
+    `seed` and the group's number, so a block of rows draws what the whole tensor draws there,
+    however the tensor is split. The draws are made on the CPU, so every device gets the same."""
+    rows, width = (shape[0], math.prod(shape[1:])) if len(shape) else (1, 1)
+    group = max(1, GROUP_ENTRIES // max(1, width))
+    parts = []
+    for g in range(row // group, -(-(row + rows) // group)):
+        gen = torch.Generator().manual_seed(derive_seed(seed, g))
+        draws = torch.rand((group, width), generator=gen)
+        lo, hi = max(row, g * group) - g * group, min(row + rows, (g + 1) * group) - g * group
+        parts.append(draws[lo:hi])
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out.reshape(shape).to(device)
 
 
 def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device,
-                start: int = 0) -> torch.Tensor:
-    """Keep each entry with probability `density` (a scalar or one per entry); `start` is the
-    flat position of the first entry in its tensor."""
-    return uniform(seed, start, shape, device) < density
+                row: int = 0) -> torch.Tensor:
+    """Keep each entry with probability `density` (a scalar or one per entry); `row` is the
+    index of the first row in its tensor."""
+    if isinstance(density, torch.Tensor):
+        return uniform(seed, row, shape, device) < density
+    return uniform(seed, row, shape, torch.device("cpu")).lt_(density).to(device)
 
 
 def l1_rescale(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -20,7 +20,7 @@ GAMMA = Param("gamma", per_model=True, default=0.01, low=0.0, high=1.0,
               doc="fraction of largest-magnitude entries dropped as outliers")
 
 
-def _band(delta: torch.Tensor, density: float, rescale: bool, seed: int, start: int, gamma: float) -> torch.Tensor:
+def _band(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int, gamma: float) -> torch.Tensor:
     if density >= 1:
         return delta
     pruned = delta * band_mask(delta, density, gamma)

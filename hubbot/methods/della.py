@@ -23,12 +23,12 @@ EPSILON = Param("epsilon", per_model=True, default=0.15, low=0.0, high=1.0,
                 doc="half-width of the keep-probability range around density")
 
 
-def _magprune(delta: torch.Tensor, density: float, rescale: bool, seed: int, start: int,
+def _magprune(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int,
               epsilon: float) -> torch.Tensor:
     if density >= 1:
         return delta
     probs = rank_keep_probs(delta, density, epsilon)
-    kept = delta * random_mask(delta.shape, probs, seed, delta.device, start)
+    kept = delta * random_mask(delta.shape, probs, seed, delta.device, row)
     return kept.div_(probs) if rescale else kept
 
 
@@ -47,9 +47,9 @@ register_family("della", "DELLA",
                 "(keep probability rises with magnitude rank), rescales the survivors, elects a sign per "
                 "parameter and averages the agreeing entries onto the base.",
                 PAPER, _magprune, True, normalize=True, rescale=True, seeded=True, extra=(EPSILON,), check=check,
-                by_position=True)
+                by_rows=True)
 register_family("della_linear", "DELLA (linear)",
                 "Drops task-vector entries at random with keep probabilities that rise with magnitude rank, "
                 "rescales the survivors and adds the weighted vectors to the base.",
                 PAPER, _magprune, False, normalize=False, rescale=True, seeded=True, extra=(EPSILON,), check=check,
-                by_position=True)
+                by_rows=True)

@@ -17,24 +17,24 @@ from . import Block, Blockwise, Method, Param, Pass, register
 from ._sparsify import (agreement, cut_mask, cut_of, derive_seed, elect_signs, high_counts, kth_bin, l1_rescale,
                         low_bits_in, magnitude_mask, random_mask)
 
-# (delta, density, rescale, seed, start, **per-model extras such as gamma or epsilon) -> pruned delta;
-# `start` is the flat position of delta's first entry in its tensor (for draws keyed on positions)
+# (delta, density, rescale, seed, row, **per-model extras such as gamma or epsilon) -> pruned delta;
+# `row` is the index of delta's first row in its tensor (random draws are keyed on rows)
 Sparsifier = Callable[..., torch.Tensor]
 SPARSIFIER_PARAMS = ("gamma", "epsilon")
 
 
-def _magnitude(delta: torch.Tensor, density: float, rescale: bool, seed: int, start: int) -> torch.Tensor:
+def _magnitude(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int) -> torch.Tensor:
     if density >= 1:
         return delta
     pruned = delta * magnitude_mask(delta, density)
     return l1_rescale(pruned, delta) if rescale else pruned
 
 
-def _random(delta: torch.Tensor, density: float, rescale: bool, seed: int, start: int) -> torch.Tensor:
+def _random(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int) -> torch.Tensor:
     """DARE: drop each entry with probability 1 - density; survivors scaled by 1 / density."""
     if density >= 1:
         return delta
-    pruned = delta * random_mask(delta.shape, density, seed, delta.device, start)
+    pruned = delta * random_mask(delta.shape, density, seed, delta.device, row)
     return pruned.div_(density) if rescale else pruned
 
 
@@ -80,15 +80,15 @@ def combine(
     return mixed.add_(base)
 
 
-def _pruner(params: dict[str, Any], sparsify: Sparsifier, start: int = 0) -> Callable[[int, torch.Tensor], torch.Tensor]:
+def _pruner(params: dict[str, Any], sparsify: Sparsifier, row: int = 0) -> Callable[[int, torch.Tensor], torch.Tensor]:
     """Model i's sparsifier with its own density, extras and seed, for a tensor (or a block of
-    rows from flat position `start`)."""
+    rows from row `row`)."""
     densities = params.get("density") or [1.0] * len(params["weight"])
     seed = params.get("seed", 0)
 
     def prune(i: int, d: torch.Tensor) -> torch.Tensor:
         extra = {k: params[k][i] for k in SPARSIFIER_PARAMS if k in params}
-        return sparsify(d, densities[i], params["rescale"], derive_seed(seed, i), start, **extra)
+        return sparsify(d, densities[i], params["rescale"], derive_seed(seed, i), row, **extra)
 
     return prune
 
@@ -180,13 +180,13 @@ def _top_density(params: dict[str, Any], i: int, n: int) -> tuple[int, int] | No
     return None if density >= 1 else (max(1, int(density * n)), 0)
 
 
-def _by_position(sparsify: Sparsifier, elect: bool) -> Blockwise:
+def _by_rows(sparsify: Sparsifier, elect: bool) -> Blockwise:
     """The blockwise form of a member whose sparsifier looks at one row at a time and draws by
-    element position (DARE, DELLA): each block is pruned and merged on its own."""
+    row (DARE, DELLA): each block is pruned and merged on its own."""
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                stats: dict[str, Any], block: Block) -> torch.Tensor:
         assert base is not None
-        return combine(base, tensors, params, _pruner(params, sparsify, block.start), elect)
+        return combine(base, tensors, params, _pruner(params, sparsify, block.row), elect)
 
     return Blockwise(kernel)
 
@@ -194,11 +194,11 @@ def _by_position(sparsify: Sparsifier, elect: bool) -> Blockwise:
 def register_family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
                     normalize: bool, rescale: bool, elementwise: bool = False, seeded: bool = False,
                     extra: tuple[Param, ...] = (), check: Callable[[dict[str, Any]], str | None] | None = None,
-                    blockwise: Blockwise | None = None, by_position: bool = False) -> None:
+                    blockwise: Blockwise | None = None, by_rows: bool = False) -> None:
     """Register one member: `sparsify` prunes each task vector, `elect` adds TIES sign election;
     `extra` are the sparsifier's own per-model parameters, `check` its cross-parameter rule,
-    `blockwise` its block-by-block form; `by_position` says the sparsifier prunes row by row
-    with draws keyed on positions, which gives that form."""
+    `blockwise` its block-by-block form; `by_rows` says the sparsifier prunes row by row
+    with draws keyed on rows, which gives that form."""
     params = [
         Param("weight", per_model=True, doc="scale of this model's task vector"),
         Param("normalize", bool, default=normalize, doc="divide by the sum of the weights that contribute"),
@@ -219,7 +219,7 @@ def register_family(name: str, title: str, summary: str, paper: str, sparsify: S
     register(Method(name=name, kernel=kernel, title=title, summary=summary, paper=paper, base="required",
                     params=tuple(params), models=(1, None), elementwise=elementwise,
                     seeded=seeded, check=check,
-                    blockwise=_by_position(sparsify, elect) if by_position and sparsify else blockwise))
+                    blockwise=_by_rows(sparsify, elect) if by_rows and sparsify else blockwise))
 
 
 register_family("task_arithmetic", "Task arithmetic",
@@ -237,9 +237,9 @@ register_family("dare_linear", "DARE (linear)",
                 "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
                 "by 1 / density, then adds the weighted vectors to the base.",
                 "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
-                _random, False, normalize=False, rescale=True, seeded=True, by_position=True)
+                _random, False, normalize=False, rescale=True, seeded=True, by_rows=True)
 register_family("dare_ties", "DARE (TIES)",
                 "Drops task-vector entries at random and rescales the survivors (DARE), then keeps only entries "
                 "that agree with the elected sign (TIES) before adding them to the base.",
                 "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
-                _random, True, normalize=False, rescale=True, seeded=True, by_position=True)
+                _random, True, normalize=False, rescale=True, seeded=True, by_rows=True)
