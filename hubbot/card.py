@@ -84,7 +84,7 @@ def parameters_svg(curves: dict[str, list[float]], width: int = 640, height: int
     y = lambda v: pad + (height - 2 * pad) * (1 - (v - lo) / ((hi - lo) or 1))  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + legend}" '
              f'font-family="sans-serif" font-size="12">',
-             f'<rect width="100%" height="100%" fill="white"/>',
+             '<rect width="100%" height="100%" fill="white"/>',
              f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
              f'<text x="{pad - 6}" y="{y(hi) + 4:.1f}" text-anchor="end">{hi:g}</text>',

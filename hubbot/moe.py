@@ -208,7 +208,6 @@ class _MoePlanner:
 
     def _tasks(self, out_arch: str, layers: int, index: dict[int, int], routers: ComputedSource) -> list[TensorTask]:
         r = self.recipe
-        base_i = index[id(self.base)]
         prefix = self._prefix(self.base)
         model_dtype = self._model_dtype()
         tasks: list[TensorTask] = []

@@ -117,3 +117,13 @@ def load_state(folder: Path) -> dict[str, torch.Tensor]:
     for f in sorted(Path(folder).glob("*.safetensors")):
         state.update(load_file(f))
     return state
+
+
+def models_yaml(folders: list[Path], params: list[dict]) -> str:
+    """A recipe's `models:` list: each folder with its parameters (a flow mapping) when it has any."""
+    lines = ["models:"]
+    for f, p in zip(folders, params):
+        lines.append(f"  - model: {f}")
+        if p:
+            lines.append(f"    parameters: {p}")
+    return "\n".join(lines)

@@ -140,7 +140,7 @@ def test_retries_then_hard_failure_leaves_no_repo(hub, hub_models, tmp_path):
 def test_errors_name_the_model_and_the_fix(hub, hub_models, tmp_path):
     _, names = hub_models
     with pytest.raises(PlanError, match="alice/nope was not found on the Hub"):
-        plan_for(f"merge_method: linear\nmodels: [{{model: alice/nope, parameters: {{weight: 1}}}}]\n", tmp_path)
+        plan_for("merge_method: linear\nmodels: [{model: alice/nope, parameters: {weight: 1}}]\n", tmp_path)
     with pytest.raises(PlanError, match="revision does not exist"):
         plan_for(f"merge_method: linear\nmodels: [{{model: {names[0]}@v9, parameters: {{weight: 1}}}}]\n", tmp_path)
     with pytest.raises(PlanError, match="refused the token"):

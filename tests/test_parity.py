@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from hubbot import engine
 from hubbot.plan import build
 from hubbot.recipe import parse
-from tests.models import load_state
+from tests.models import load_state, models_yaml
 from tests.oracle import mergekit_merge, ulp_distance
 
 
@@ -41,15 +40,6 @@ def assert_close(ours: dict, theirs: dict, *, ulps: int = 0, atol: float = 0.0) 
             assert not bad.any(), f"{name}: {int(bad.sum())} entries beyond {ulps} ulp, max diff {diff.max():.3g}"
         else:
             assert diff.max() <= atol, f"{name}: max abs diff {diff.max():.3g}"
-
-
-def models_yaml(folders: list[Path], params: list[dict]) -> str:
-    lines = ["models:"]
-    for f, p in zip(folders, params):
-        lines.append(f"  - model: {f}")
-        if p:
-            lines.append(f"    parameters: {p}")
-    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("family", ["llama_f32", "llama", "qwen2_sharded", "gpt2", "llama_tied"])
