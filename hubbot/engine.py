@@ -221,9 +221,12 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             if not unit.merges:
                 step = method.blockwise.passes[unit.phase]
                 base, tensors = _prepare(task, raw, dev, in_dtype)
-                shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, stats[task.name]))
-                if unit.block == unit.blocks - 1:
-                    stats[task.name].update(step.finish(shares.pop(task.name), stats[task.name], task.params))
+                try:
+                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, stats[task.name]))
+                    if unit.block == unit.blocks - 1:
+                        stats[task.name].update(step.finish(shares.pop(task.name), stats[task.name], task.params))
+                except ValueError as exc:  # a method's own refusal, as in _compute
+                    raise MergeError(f"tensor '{task.name}': {exc}") from None
                 continue
             blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:

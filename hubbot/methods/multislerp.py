@@ -9,46 +9,74 @@ the orthogonal projections onto the tangent plane at the mean.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from . import Block, Blockwise, Method, Param, Pass, register
 
 
-def multislerp(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
-    if len(tensors) == 1:
-        return tensors[0]
-    eps = params["eps"]
-    shape = tensors[0].shape
+def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The points on the sphere before normalising: the tensors, or their task vectors."""
     flat = torch.stack([x.reshape(-1) for x in tensors])
-    if base is not None:
-        flat -= base.reshape(1, -1)
-    weights = torch.tensor(params["weight"], dtype=flat.dtype, device=flat.device)
+    return flat - base.reshape(1, -1) if base is not None else flat
+
+
+def _gram(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+          stats: dict[str, Any]) -> torch.Tensor:
+    """This block's inner products between the points."""
+    flat = _points(base, tensors)
+    return (flat @ flat.T).double().cpu()
+
+
+def _coefficients(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The result as a combination of the points, from their inner products alone.
+
+    Every quantity lies in the span of the points, so with G the Gram matrix: norms n, unit
+    directions u = x / (n + eps), their weighted mean m and its direction, the tangent offsets
+    of the u at it, their weighted sum (the step), and the exponential map along the step, each
+    scaled by the weighted mean of the norms."""
+    gram = torch.stack(shares).sum(0)
+    k = gram.shape[0]
+    if k == 1:
+        return {"coef": None}
+    eps = params["eps"]
+    w = torch.tensor(params["weight"], dtype=torch.float64)
     if params["normalize_weights"]:
-        weights = weights / weights.sum()
-    norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-    units = flat / (norms + eps)
-    mean = (units * weights[:, None]).sum(0)
-    mean_norm = torch.linalg.vector_norm(mean)
+        w = w / w.sum()
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    to_unit = 1 / (norms + eps)                   # u_i = to_unit_i * x_i
+    mean = w * to_unit                            # m = sum_j mean_j x_j
+    mean_norm = math.sqrt(max(0.0, float(mean @ gram @ mean)))
     if mean_norm < eps:
-        if len(tensors) != 2:
+        if k != 2:
             raise ValueError("multislerp: the weighted directions cancel out (opposite tensors with balancing "
                              "weights); change the weights")
-        out = flat[0] * weights[0] + flat[1] * weights[1]
-    else:
-        mean = mean / mean_norm
-        tangents = units - (units @ mean)[:, None] * mean
-        step = (tangents * weights[:, None]).sum(0)
-        length = torch.linalg.vector_norm(step) + eps
-        out = (mean * torch.cos(length) + step * (torch.sin(length) / length)) * (norms[:, 0] * weights).sum()
-    out = out.reshape(shape)
+        return {"coef": w}
+    mean = mean / mean_norm                       # the mean direction
+    dots = to_unit * (gram @ mean)                # u_i . mean direction
+    step = w * to_unit - float(w @ dots) * mean   # sum_i w_i (u_i - dots_i mean direction)
+    length = math.sqrt(max(0.0, float(step @ gram @ step))) + eps
+    scale = float(norms @ w)
+    return {"coef": (mean * math.cos(length) + step * (math.sin(length) / length)) * scale}
+
+
+def _combine(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+             stats: dict[str, Any], block: Block) -> torch.Tensor:
+    coef = stats["coef"]
+    if coef is None:
+        return tensors[0]
+    out = torch.zeros_like(tensors[0])
+    for x, c in zip(tensors, coef.tolist()):
+        out.add_(x if base is None else x - base, alpha=c)
     return out.add_(base) if base is not None else out
 
 
 register(Method(
     name="multislerp",
-    kernel=multislerp,
+    kernel=None,
+    blockwise=Blockwise(_combine, (Pass(_gram, _coefficients),)),
     title="Multi-SLERP",
     summary="Spherical interpolation of any number of models: a weighted mean taken on the hypersphere "
             "rather than in a straight line, optionally of task vectors from a base model.",

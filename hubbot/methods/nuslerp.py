@@ -8,11 +8,12 @@ parallel vectors fall back to linear interpolation.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from . import Block, Blockwise, Method, Param, Pass, register
 
 NORM_EPS = 1e-7
 PARALLEL_EPS = 1e-8
@@ -29,26 +30,59 @@ def slerp_vectors(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(parallel, (1 - t) * a + t * b, arc)
 
 
-def nuslerp(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
+def _ratio(params: dict[str, Any]) -> float:
     w1, w2 = params["weight"]
-    t = 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
+    return 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
+
+
+def _deltas(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = tensors
-    if base is not None:
-        a, b = a - base, b - base
-    shape = a.shape
+    return (a - base, b - base) if base is not None else (a, b)
+
+
+def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                    stats: dict[str, Any]) -> torch.Tensor:
+    a, b = (x.reshape(-1) for x in _deltas(base, tensors))
+    return torch.stack([torch.dot(a, a), torch.dot(a, b), torch.dot(b, b)]).double().cpu()
+
+
+def _arc(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The flattened tensors' SLERP coefficients from their inner products (as `slerp_vectors`)."""
+    aa, ab, bb = (float(v) for v in torch.stack(shares).sum(0))
+    t = _ratio(params)
+    cos = max(-1.0, min(1.0, ab / (max(math.sqrt(aa), NORM_EPS) * max(math.sqrt(bb), NORM_EPS))))
+    if 1 - cos * cos <= PARALLEL_EPS**2:
+        return {"ca": 1 - t, "cb": t}
+    theta = math.acos(cos)
+    return {"ca": math.sin((1 - t) * theta) / math.sin(theta), "cb": math.sin(t * theta) / math.sin(theta)}
+
+
+def _flat_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                stats: dict[str, Any], block: Block) -> torch.Tensor:
+    a, b = _deltas(base, tensors)
+    out = a.mul_(stats["ca"]).add_(b, alpha=stats["cb"]) if base is not None else a * stats["ca"] + b * stats["cb"]
+    return out.add_(base) if base is not None else out
+
+
+FLAT = Blockwise(_flat_block, (Pass(_inner_products, _arc),), applies=lambda params: params["nuslerp_flatten"])
+
+
+def nuslerp(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
     if params["nuslerp_flatten"]:
-        out = slerp_vectors(t, a.reshape(-1), b.reshape(-1))
-    elif params["nuslerp_row_wise"]:
+        return FLAT.whole(base, tensors, params)
+    t = _ratio(params)
+    a, b = _deltas(base, tensors)
+    if params["nuslerp_row_wise"]:
         out = slerp_vectors(t, a.transpose(0, -1), b.transpose(0, -1)).transpose(0, -1)
     else:
         out = slerp_vectors(t, a, b)
-    out = out.reshape(shape)
     return out.add_(base) if base is not None else out
 
 
 register(Method(
     name="nuslerp",
     kernel=nuslerp,
+    blockwise=FLAT,
     title="NuSLERP",
     summary="Spherical interpolation between two models at the ratio of their weights, either of whole "
             "tensors or vector by vector; with a base model it interpolates their task vectors instead, "
