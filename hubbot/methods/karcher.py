@@ -6,6 +6,9 @@ Riemannian gradient steps: map every direction into the tangent space at the cur
 (log map), average, and step along the average (exp map) until the step is below `tol` or
 `max_iter` steps are taken. The result is that direction scaled by the mean norm. A base
 model, when the recipe names one, is one more point of the mean (as in the format's reference).
+
+Every iterate lies in the span of the inputs, so the iteration runs on their inner products (one
+pass over the blocks) and the merge is then a linear combination of the inputs, block by block.
 """
 
 from __future__ import annotations
@@ -15,47 +18,77 @@ from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from . import Block, Blockwise, Method, Param, Pass, register
 
 
-def karcher(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
-    if base is not None:
-        tensors = [base, *tensors]
-    if len(tensors) == 1:
-        return tensors[0]
+def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [base, *tensors] if base is not None else list(tensors)
+
+
+def _gram(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+          stats: dict[str, Any]) -> torch.Tensor:
+    """This block's inner products between the points."""
+    flat = torch.stack([x.reshape(-1) for x in _points(base, tensors)])
+    return (flat @ flat.T).double().cpu()
+
+
+def _mean(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The Karcher mean as a combination of the points, iterated on their inner products alone:
+    every iterate lies in the span of the unit directions, so a vector is its coefficients c
+    and v . w = c_v G c_w."""
+    gram = torch.stack(shares).sum(0)
+    k = gram.shape[0]
+    if k == 1:
+        return {"coef": None}
     tol, max_iter = float(params["tol"]), int(params["max_iter"])
-    norms = [float(torch.linalg.vector_norm(x)) for x in tensors]
-    units = [x.reshape(-1) / n for x, n in zip(tensors, norms) if n > tol]
-    if not units:
-        return torch.zeros_like(tensors[0])
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    valid = norms > tol
+    if not bool(valid.any()):
+        return {"coef": torch.zeros(k, dtype=torch.float64)}
+    units = torch.diag(torch.where(valid, 1 / norms, torch.zeros_like(norms)))[valid]  # rows: u_i = x_i / n_i
+
+    def norm(c: torch.Tensor) -> float:
+        return math.sqrt(max(0.0, float(c @ gram @ c)))
+
     weight = 1.0 / len(units)
-    mean = torch.zeros_like(units[0])
-    for u in units:
-        mean.add_(u, alpha=weight)
-    length = float(torch.linalg.vector_norm(mean))
-    mean = units[0].clone() if length < tol else mean.div_(length)
+    mean = units.sum(0) * weight
+    length = norm(mean)
+    mean = units[0].clone() if length < tol else mean / length
     for _ in range(max_iter):
-        step = torch.zeros_like(mean)  # the mean of the log maps at `mean`
+        step = torch.zeros(k, dtype=torch.float64)  # the mean of the log maps at `mean`
         for u in units:
-            cos = min(1.0, max(-1.0, float(torch.dot(mean, u))))
+            cos = min(1.0, max(-1.0, float(mean @ gram @ u)))
             theta = math.acos(cos)
             if theta < tol:
                 continue
             scale = weight * theta / math.sin(theta)
-            step.add_(u, alpha=scale).add_(mean, alpha=-scale * cos)
-        length = float(torch.linalg.vector_norm(step))
+            step += scale * (u - cos * mean)
+        length = norm(step)
         if length < tol:
             break
-        mean.mul_(math.cos(length)).add_(step, alpha=math.sin(length) / length)  # exp map
-        norm = float(torch.linalg.vector_norm(mean))
-        if norm > tol:
-            mean.div_(norm)
-    return mean.mul_(sum(norms) / len(tensors)).reshape(tensors[0].shape)
+        mean = mean * math.cos(length) + step * (math.sin(length) / length)  # exp map
+        size = norm(mean)
+        if size > tol:
+            mean = mean / size
+    return {"coef": mean * float(norms.sum() / k)}
+
+
+def _combine(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+             stats: dict[str, Any], block: Block) -> torch.Tensor:
+    points = _points(base, tensors)
+    coef = stats["coef"]
+    if coef is None:
+        return points[0]
+    out = torch.zeros_like(points[0])
+    for x, c in zip(points, coef.tolist()):
+        out.add_(x, alpha=c)
+    return out
 
 
 register(Method(
     name="karcher",
-    kernel=karcher,
+    kernel=None,
+    blockwise=Blockwise(_combine, (Pass(_gram, _mean),)),
     title="Karcher mean",
     summary="Averages any number of models on the hypersphere: the direction that minimises the summed "
             "geodesic distances to every model's direction (their Riemannian centre of mass), scaled by "
