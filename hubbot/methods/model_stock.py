@@ -4,7 +4,8 @@ Fine-tunes of one pre-trained model lie on a thin shell around their centre; fro
 between their task vectors alone, the paper derives how far to move from the base towards the
 fine-tunes' average: t = N cos(theta) / (1 + (N - 1) cos(theta)), output = t * average +
 (1 - t) * base, with cos(theta) the mean pairwise cosine of the N task vectors (per tensor, or
-per row with `filter_wise`).
+per row with `filter_wise`). Per tensor, the cosines come from the task vectors' inner products
+(one pass over the blocks) and the merge then moves each block.
 """
 
 from __future__ import annotations
@@ -13,19 +14,57 @@ from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from . import Block, Blockwise, Method, Param, Pass, register
 
 NORM_FLOOR = 1e-6
 
 
+def _ratio(cos: torch.Tensor, n: int) -> torch.Tensor:
+    """The paper's t from the mean pairwise cosine of n task vectors (0, keeping the base, where
+    there is no finite estimate)."""
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6
+    return torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
+
+
+def _gram(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+          stats: dict[str, Any]) -> torch.Tensor:
+    """This block's inner products between the task vectors."""
+    assert base is not None
+    deltas = torch.stack([(x - base).reshape(-1) for x in tensors])
+    return (deltas @ deltas.T).double().cpu()
+
+
+def _tensor_ratio(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    gram = torch.stack(shares).sum(0)
+    n = gram.shape[0]
+    norms = gram.diagonal().clamp(min=0).sqrt()
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    cos = torch.stack([(gram[i, j] / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1) for i, j in pairs])
+    return {"t": float(_ratio(cos.mean(), n))}
+
+
+def _move(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+          stats: dict[str, Any], block: Block) -> torch.Tensor:
+    """t of the way from the base to the fine-tunes' average."""
+    assert base is not None
+    t = stats["t"]
+    out = base * (1 - t)
+    for x in tensors:
+        out.add_(x, alpha=t / len(tensors))
+    return out
+
+
+PER_TENSOR = Blockwise(_move, (Pass(_gram, _tensor_ratio),), applies=lambda params: not params["filter_wise"])
+
+
 def model_stock(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
     assert base is not None
-    shape = base.shape
-    if params["filter_wise"]:
-        w0 = base.reshape(1, -1) if base.dim() < 2 else base
-        ws = [x.reshape(w0.shape) for x in tensors]
-    else:
-        w0, ws = base.reshape(-1), [x.reshape(-1) for x in tensors]
+    if not params["filter_wise"]:
+        return PER_TENSOR.whole(base, tensors, params)
+    shape = base.shape  # one ratio per row (a vector is one row)
+    w0 = base.reshape(1, -1) if base.dim() < 2 else base
+    ws = [x.reshape(w0.shape) for x in tensors]
     deltas = [w - w0 for w in ws]
     norms = [torch.linalg.vector_norm(d, dim=-1) for d in deltas]
     cosines = []
@@ -33,11 +72,8 @@ def model_stock(base: torch.Tensor | None, tensors: list[torch.Tensor], params: 
         for j in range(i + 1, len(deltas)):
             dot = (deltas[i] * deltas[j]).sum(dim=-1)
             cosines.append((dot / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1))
-    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(ws)
-    denominator = 1 + (n - 1) * cos
-    singular = denominator.abs() < 1e-6  # no finite estimate: keep the base
-    t = torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
+    t = _ratio(torch.stack(cosines).mean(dim=0).unsqueeze(-1), n)
     average = sum(ws) / n
     return (t * average + (1 - t) * w0).reshape(shape)
 
@@ -45,6 +81,7 @@ def model_stock(base: torch.Tensor | None, tensors: list[torch.Tensor], params: 
 register(Method(
     name="model_stock",
     kernel=model_stock,
+    blockwise=PER_TENSOR,
     title="Model Stock",
     summary="Moves from the base model towards the average of two or more fine-tunes by a ratio derived "
             "from the angle between their task vectors, approximating the centre of the fine-tuned "
