@@ -19,36 +19,35 @@ from typing import Any
 import torch
 
 from . import Block, Blockwise, Method, Param, Pass, register
+from ._span import combination, gram, total
 
 
 def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [base, *tensors] if base is not None else list(tensors)
 
 
-def _gram(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
           stats: dict[str, Any]) -> torch.Tensor:
-    """This block's inner products between the points."""
-    flat = torch.stack([x.reshape(-1) for x in _points(base, tensors)])
-    return (flat @ flat.T).double().cpu()
+    return gram(_points(base, tensors))
 
 
 def _mean(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The Karcher mean as a combination of the points, iterated on their inner products alone:
     every iterate lies in the span of the unit directions, so a vector is its coefficients c
     and v . w = c_v G c_w."""
-    gram = torch.stack(shares).sum(0)
-    k = gram.shape[0]
+    g = total(shares)
+    k = g.shape[0]
     if k == 1:
         return {"coef": None}
     tol, max_iter = float(params["tol"]), int(params["max_iter"])
-    norms = gram.diagonal().clamp(min=0).sqrt()
+    norms = g.diagonal().clamp(min=0).sqrt()
     valid = norms > tol
     if not bool(valid.any()):
         return {"coef": torch.zeros(k, dtype=torch.float64)}
     units = torch.diag(torch.where(valid, 1 / norms, torch.zeros_like(norms)))[valid]  # rows: u_i = x_i / n_i
 
     def norm(c: torch.Tensor) -> float:
-        return math.sqrt(max(0.0, float(c @ gram @ c)))
+        return math.sqrt(max(0.0, float(c @ g @ c)))
 
     weight = 1.0 / len(units)
     mean = units.sum(0) * weight
@@ -57,7 +56,7 @@ def _mean(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, A
     for _ in range(max_iter):
         step = torch.zeros(k, dtype=torch.float64)  # the mean of the log maps at `mean`
         for u in units:
-            cos = min(1.0, max(-1.0, float(mean @ gram @ u)))
+            cos = min(1.0, max(-1.0, float(mean @ g @ u)))
             theta = math.acos(cos)
             if theta < tol:
                 continue
@@ -76,19 +75,13 @@ def _mean(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, A
 def _combine(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
              stats: dict[str, Any], block: Block) -> torch.Tensor:
     points = _points(base, tensors)
-    coef = stats["coef"]
-    if coef is None:
-        return points[0]
-    out = torch.zeros_like(points[0])
-    for x, c in zip(points, coef.tolist()):
-        out.add_(x, alpha=c)
-    return out
+    return points[0] if stats["coef"] is None else combination(points, stats["coef"])
 
 
 register(Method(
     name="karcher",
     kernel=None,
-    blockwise=Blockwise(_combine, (Pass(_gram, _mean),)),
+    blockwise=Blockwise(_combine, (Pass(_inner_products, _mean),)),
     title="Karcher mean",
     summary="Averages any number of models on the hypersphere: the direction that minimises the summed "
             "geodesic distances to every model's direction (their Riemannian centre of mass), scaled by "

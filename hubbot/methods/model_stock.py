@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import Block, Blockwise, Method, Param, Pass, register
+from ._span import gram, total
 
 NORM_FLOOR = 1e-6
 
@@ -27,20 +28,19 @@ def _ratio(cos: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(singular, 0.0, n * cos / torch.where(singular, 1.0, denominator))
 
 
-def _gram(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-          stats: dict[str, Any]) -> torch.Tensor:
-    """This block's inner products between the task vectors."""
+def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                    stats: dict[str, Any]) -> torch.Tensor:
+    """Between the task vectors."""
     assert base is not None
-    deltas = torch.stack([(x - base).reshape(-1) for x in tensors])
-    return (deltas @ deltas.T).double().cpu()
+    return gram([x - base for x in tensors])
 
 
 def _tensor_ratio(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    gram = torch.stack(shares).sum(0)
-    n = gram.shape[0]
-    norms = gram.diagonal().clamp(min=0).sqrt()
+    g = total(shares)
+    n = g.shape[0]
+    norms = g.diagonal().clamp(min=0).sqrt()
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    cos = torch.stack([(gram[i, j] / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1) for i, j in pairs])
+    cos = torch.stack([(g[i, j] / (norms[i] * norms[j]).clamp(min=NORM_FLOOR)).clamp(-1, 1) for i, j in pairs])
     return {"t": float(_ratio(cos.mean(), n))}
 
 
@@ -55,7 +55,7 @@ def _move(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[s
     return out
 
 
-PER_TENSOR = Blockwise(_move, (Pass(_gram, _tensor_ratio),), applies=lambda params: not params["filter_wise"])
+PER_TENSOR = Blockwise(_move, (Pass(_inner_products, _tensor_ratio),), applies=lambda params: not params["filter_wise"])
 
 
 def model_stock(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:

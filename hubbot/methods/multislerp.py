@@ -15,19 +15,17 @@ from typing import Any
 import torch
 
 from . import Block, Blockwise, Method, Param, Pass, register
+from ._span import combination, gram, total
 
 
-def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> torch.Tensor:
+def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """The points on the sphere before normalising: the tensors, or their task vectors."""
-    flat = torch.stack([x.reshape(-1) for x in tensors])
-    return flat - base.reshape(1, -1) if base is not None else flat
+    return [x - base for x in tensors] if base is not None else list(tensors)
 
 
-def _gram(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-          stats: dict[str, Any]) -> torch.Tensor:
-    """This block's inner products between the points."""
-    flat = _points(base, tensors)
-    return (flat @ flat.T).double().cpu()
+def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                    stats: dict[str, Any]) -> torch.Tensor:
+    return gram(_points(base, tensors))
 
 
 def _coefficients(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -37,46 +35,43 @@ def _coefficients(shares: list[torch.Tensor], stats: dict[str, Any], params: dic
     directions u = x / (n + eps), their weighted mean m and its direction, the tangent offsets
     of the u at it, their weighted sum (the step), and the exponential map along the step, each
     scaled by the weighted mean of the norms."""
-    gram = torch.stack(shares).sum(0)
-    k = gram.shape[0]
+    g = total(shares)
+    k = g.shape[0]
     if k == 1:
         return {"coef": None}
     eps = params["eps"]
     w = torch.tensor(params["weight"], dtype=torch.float64)
     if params["normalize_weights"]:
         w = w / w.sum()
-    norms = gram.diagonal().clamp(min=0).sqrt()
+    norms = g.diagonal().clamp(min=0).sqrt()
     to_unit = 1 / (norms + eps)                   # u_i = to_unit_i * x_i
     mean = w * to_unit                            # m = sum_j mean_j x_j
-    mean_norm = math.sqrt(max(0.0, float(mean @ gram @ mean)))
+    mean_norm = math.sqrt(max(0.0, float(mean @ g @ mean)))
     if mean_norm < eps:
         if k != 2:
             raise ValueError("multislerp: the weighted directions cancel out (opposite tensors with balancing "
                              "weights); change the weights")
         return {"coef": w}
     mean = mean / mean_norm                       # the mean direction
-    dots = to_unit * (gram @ mean)                # u_i . mean direction
+    dots = to_unit * (g @ mean)                # u_i . mean direction
     step = w * to_unit - float(w @ dots) * mean   # sum_i w_i (u_i - dots_i mean direction)
-    length = math.sqrt(max(0.0, float(step @ gram @ step))) + eps
+    length = math.sqrt(max(0.0, float(step @ g @ step))) + eps
     scale = float(norms @ w)
     return {"coef": (mean * math.cos(length) + step * (math.sin(length) / length)) * scale}
 
 
 def _combine(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
              stats: dict[str, Any], block: Block) -> torch.Tensor:
-    coef = stats["coef"]
-    if coef is None:
+    if stats["coef"] is None:
         return tensors[0]
-    out = torch.zeros_like(tensors[0])
-    for x, c in zip(tensors, coef.tolist()):
-        out.add_(x if base is None else x - base, alpha=c)
+    out = combination(_points(base, tensors), stats["coef"])
     return out.add_(base) if base is not None else out
 
 
 register(Method(
     name="multislerp",
     kernel=None,
-    blockwise=Blockwise(_combine, (Pass(_gram, _coefficients),)),
+    blockwise=Blockwise(_combine, (Pass(_inner_products, _coefficients),)),
     title="Multi-SLERP",
     summary="Spherical interpolation of any number of models: a weighted mean taken on the hypersphere "
             "rather than in a straight line, optionally of task vectors from a base model.",
