@@ -218,11 +218,13 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             bytes_read += nbytes
             task = unit.task
             stats.setdefault(task.name, {})
+            block = Block(unit.block, unit.rows[0] if unit.rows else 0)
             if not unit.merges:
                 step = method.blockwise.passes[unit.phase]
                 base, tensors = _prepare(task, raw, dev, in_dtype)
                 try:
-                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, stats[task.name]))
+                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, stats[task.name],
+                                                                        block))
                     if unit.block == unit.blocks - 1:
                         stats[task.name].update(step.finish(shares.pop(task.name), stats[task.name], task.params))
                 except ValueError as exc:  # a method's own refusal, as in _compute
@@ -232,7 +234,6 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             if task.copy:
                 result = raw[-1]
             elif blockwise is not None:
-                block = Block(unit.block, unit.rows[0])
                 result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: blockwise.kernel(
                     b, xs, p, stats[task.name], block))
             else:

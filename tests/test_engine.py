@@ -138,18 +138,19 @@ def test_elementwise_blocks_match_whole_tensors(families, tmp_path):
 
 @pytest.mark.parametrize("family", ["llama_f32", "llama"])
 @pytest.mark.parametrize("method", ["ties", "slerp", "dare_ties", "della", "breadcrumbs_ties", "multislerp", "nuslerp",
-                                    "karcher", "model_stock"])
+                                    "karcher", "model_stock", "sce"])
 def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, family, method):
-    """SLERP, NuSLERP, Multi-SLERP, Karcher, Model Stock, TIES and Breadcrumbs gather their statistics block by block (inner
+    """SLERP, NuSLERP, Multi-SLERP, Karcher, Model Stock, SCE, TIES and Breadcrumbs gather their statistics block by block (inner
     products, magnitude cuts with their ties) and then merge each block; DARE and DELLA draw by
     rows. The result is the whole-tensor merge's."""
     base, ft1, ft2 = families(family)
     if method == "nuslerp":
         body = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.3}}\n"
                 f"  - model: {ft2}\n    parameters: {{weight: 0.7}}\n")
-    elif method in ("karcher", "model_stock"):
-        body = (f"base_model: {base}\n" if method == "model_stock" else "") + \
-            f"models: [{{model: {base}}}, {{model: {ft1}}}, {{model: {ft2}}}]\n"
+    elif method in ("karcher", "model_stock", "sce"):
+        body = (f"base_model: {base}\n" if method != "karcher" else "") + \
+            f"models: [{{model: {base}}}, {{model: {ft1}}}, {{model: {ft2}}}]\n" + \
+            ("parameters: {select_topk: 0.4}\n" if method == "sce" else "")
     elif method == "multislerp":
         body = (f"models:\n  - model: {base}\n    parameters: {{weight: 0.5}}\n  - model: {ft1}\n    parameters: "
                 f"{{weight: [0.2, 0.8]}}\n  - model: {ft2}\n    parameters: {{weight: 0.3}}\n")
@@ -162,7 +163,7 @@ def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, 
     whole = load_state(merge(text, tmp_path / "whole").folder)
     monkeypatch.setattr(plan_module, "WHOLE_BYTES", 0)
     blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
-    if method not in ("slerp", "multislerp", "nuslerp", "karcher", "model_stock"):  # the same cuts, ties, draws
+    if method not in ("slerp", "multislerp", "nuslerp", "karcher", "model_stock", "sce"):  # same cuts, ties, draws
         assert all(torch.equal(blocks[k], whole[k]) for k in whole)
     else:  # inner products are summed block by block: coefficients agree to float32 rounding
         assert_close(blocks, whole, atol=1e-7, ulps=0 if family.endswith("f32") else 1)

@@ -48,13 +48,13 @@ REQUIRED = object()
 class Pass:
     """One read over a tensor's blocks, in order, gathering statistics for a blockwise kernel.
 
-    `gather(base, blocks, params, stats)` returns this block's share (a tensor);
+    `gather(base, blocks, params, stats, block)` returns this block's share;
     `finish(shares, stats, params)` turns every block's share, in block order, into the
     statistics this pass adds (a dict merged into `stats` for later passes and the kernel).
     """
 
-    gather: Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any]], "torch.Tensor"]
-    finish: Callable[[list["torch.Tensor"], dict[str, Any], dict[str, Any]], dict[str, Any]]
+    gather: Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any], "Block"], Any]
+    finish: Callable[[list[Any], dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Blockwise:
         """The whole-tensor kernel: every pass over a single block."""
         stats: dict[str, Any] = {}
         for p in self.passes:
-            stats.update(p.finish([p.gather(base, tensors, params, stats)], stats, params))
+            stats.update(p.finish([p.gather(base, tensors, params, stats, Block(0, 0))], stats, params))
         return self.kernel(base, tensors, params, stats, Block(0, 0))
 
 

@@ -51,6 +51,16 @@ def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
     return (high << 16) | low, ties
 
 
+def block_quotas(lows: list[torch.Tensor], cut: int, ties: int) -> list[int]:
+    """How many of the `ties` values equal to the cut each block keeps, the first ones in index
+    order, from each block's `low_bits_in` of the cut's bin."""
+    quotas = []
+    for block_lows in lows:
+        quotas.append(min(int((block_lows == (cut & 0xFFFF)).sum()), ties))
+        ties -= quotas[-1]
+    return quotas
+
+
 def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
     """True above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
     it, in index order."""

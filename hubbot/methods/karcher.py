@@ -27,7 +27,7 @@ def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> list[torc
 
 
 def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-          stats: dict[str, Any]) -> torch.Tensor:
+          stats: dict[str, Any], block: Block) -> torch.Tensor:
     return gram(_points(base, tensors))
 
 

@@ -29,7 +29,7 @@ def _ratio(cos: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-                    stats: dict[str, Any]) -> torch.Tensor:
+                    stats: dict[str, Any], block: Block) -> torch.Tensor:
     """Between the task vectors."""
     assert base is not None
     return gram([x - base for x in tensors])

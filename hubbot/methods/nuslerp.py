@@ -41,7 +41,7 @@ def _deltas(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> tuple[tor
 
 
 def _inner_products(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-                    stats: dict[str, Any]) -> torch.Tensor:
+                    stats: dict[str, Any], block: Block) -> torch.Tensor:
     a, b = (x.reshape(-1) for x in _deltas(base, tensors))
     return torch.stack([torch.dot(a, a), torch.dot(a, b), torch.dot(b, b)]).double().cpu()
 

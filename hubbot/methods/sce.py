@@ -12,33 +12,100 @@ from typing import Any
 
 import torch
 
-from . import Method, Param, register
-from ._sparsify import agreement, elect_signs, top_k_mask
+from . import Block, Blockwise, Method, Param, Pass, register
+from ._sparsify import (agreement, block_quotas, cut_mask, cut_of, elect_signs, high_counts, kth_bin, low_bits_in)
 
 
-def sce(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
+def _deltas(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> torch.Tensor:
     assert base is not None
-    if not tensors:
-        return base.clone()
-    deltas = torch.stack([x - base for x in tensors])
-    topk = params["select_topk"]
-    if topk < 1:
-        mean = deltas.mean(dim=0)
-        variance = sum((d - mean).square_() for d in deltas) / len(tensors)  # var(dim=0) strides slowly
-        k = int(int(torch.count_nonzero(variance)) * topk)
-        deltas *= top_k_mask(variance, k)
+    return torch.stack([x - base for x in tensors])
+
+
+def _variance(deltas: torch.Tensor) -> torch.Tensor:
+    """Across models, per position (a sum over models: var(dim=0) strides slowly)."""
+    mean = deltas.mean(dim=0)
+    return sum((d - mean).square_() for d in deltas) / len(deltas)
+
+
+def _merge(base: torch.Tensor, deltas: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """Calculate and Erase: weights from the models' energies, only entries of the elected sign."""
     agree = agreement(deltas, elect_signs(deltas.sum(dim=0))).to(deltas.dtype)
-    energy = deltas.square().reshape(len(tensors), -1).mean(dim=1)
     total = float(energy.sum())
-    weights = energy / total if abs(total) >= 1e-6 else torch.full_like(energy, 1 / len(tensors))
-    weights = agree * weights.reshape(-1, *[1] * base.dim())
+    weights = energy / total if abs(total) >= 1e-6 else torch.full_like(energy, 1 / len(deltas))
+    weights = agree * weights.to(deltas).reshape(-1, *[1] * base.dim())
     merged = (deltas * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1e-6)
     return merged.add_(base)
 
 
+# Block by block (and whole: the same passes over one block): the variance cut is a radix select
+# like TIES's (its counting passes over the blocks, with each block's share of the ties at the
+# cut), then one pass sums each model's energy over the selected entries, then each block merges.
+
+def _count_variance(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                    stats: dict[str, Any], block: Block) -> torch.Tensor | None:
+    if params["select_topk"] >= 1:  # nothing to select
+        return None
+    variance = _variance(_deltas(base, tensors))
+    return torch.cat([high_counts(variance), torch.count_nonzero(variance).reshape(1)]).cpu()
+
+
+def _variance_bin(shares: list, stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    if params["select_topk"] >= 1:
+        return {"bin": True}
+    total = torch.stack(shares).sum(0)
+    counts, nonzero = total[:-1], int(total[-1])
+    n, k = int(counts.sum()), int(nonzero * params["select_topk"])
+    return {"bin": True if k >= n else False if k <= 0 else kth_bin(counts, k)}
+
+
+def _variance_lows(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                   stats: dict[str, Any], block: Block) -> torch.Tensor | None:
+    b = stats["bin"]
+    return low_bits_in(_variance(_deltas(base, tensors)), b[0]).cpu() if isinstance(b, tuple) else None
+
+
+def _variance_cut(shares: list, stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    b = stats["bin"]
+    if not isinstance(b, tuple):
+        return {"cut": b}
+    cut, ties = cut_of(torch.cat(shares), *b)
+    return {"cut": (cut, block_quotas(shares, cut, ties))}
+
+
+def _selected(base: torch.Tensor | None, tensors: list[torch.Tensor], stats: dict[str, Any],
+              block: int) -> torch.Tensor:
+    deltas = _deltas(base, tensors)
+    c = stats["cut"]
+    if c is False:
+        return deltas.zero_()
+    if c is not True:
+        deltas *= cut_mask(_variance(deltas), c[0], c[1][block])
+    return deltas
+
+
+def _energy(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+            stats: dict[str, Any], block: Block) -> torch.Tensor:
+    deltas = _selected(base, tensors, stats, block.index)
+    return torch.cat([deltas.square().reshape(len(tensors), -1).sum(dim=1),
+                      torch.tensor([deltas[0].numel()], dtype=deltas.dtype, device=deltas.device)]).double().cpu()
+
+
+def _energies(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    total = torch.stack(shares).sum(0)
+    return {"energy": total[:-1] / total[-1]}
+
+
+def _sce_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+               stats: dict[str, Any], block: Block) -> torch.Tensor:
+    assert base is not None
+    return _merge(base, _selected(base, tensors, stats, block.index), stats["energy"])
+
+
 register(Method(
     name="sce",
-    kernel=sce,
+    kernel=None,
+    blockwise=Blockwise(_sce_block, (Pass(_count_variance, _variance_bin), Pass(_variance_lows, _variance_cut),
+                                     Pass(_energy, _energies))),
     title="SCE (select, calculate, erase)",
     summary="Keeps the positions where the fine-tunes' task vectors differ most, weights each model by the "
             "energy of its task vector, erases entries that disagree with the majority sign, and adds the "

@@ -14,7 +14,7 @@ EPS = 1e-8
 
 
 def _gather(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-            stats: dict[str, Any]) -> torch.Tensor:
+            stats: dict[str, Any], block: Block) -> torch.Tensor:
     """This block's dot product and squared norms: (a.b, |a|^2, |b|^2)."""
     assert base is not None
     a, b = base.reshape(-1), tensors[0].reshape(-1)

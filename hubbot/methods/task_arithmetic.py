@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from . import Block, Blockwise, Method, Param, Pass, register
-from ._sparsify import (agreement, cut_mask, cut_of, derive_seed, elect_signs, high_counts, kth_bin, l1_rescale,
+from ._sparsify import (agreement, block_quotas, cut_mask, cut_of, derive_seed, elect_signs, high_counts, kth_bin, l1_rescale,
                         low_bits_in, magnitude_mask, random_mask)
 
 # (delta, density, rescale, seed, row, **per-model extras such as gamma or epsilon) -> pruned delta;
@@ -110,7 +110,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
     low 16 bits inside the cut's bin); the second pass also counts the ties at the cut per block,
     so each block keeps its share of them in index order, exactly as `top_k_mask` does whole."""
     def high(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-             stats: dict[str, Any]) -> torch.Tensor:
+             stats: dict[str, Any], block: Block) -> torch.Tensor:
         assert base is not None
         return torch.stack([high_counts((x - base).abs_()) for x in tensors]).cpu()
 
@@ -121,7 +121,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
         return {"cuts": [None if b is None else [_first_cut(c, k) for k in b] for c, b in zip(counts, bands)]}
 
     def low(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-            stats: dict[str, Any]) -> list:
+            stats: dict[str, Any], block: Block) -> list:
         assert base is not None
         out: list = []
         for x, cuts in zip(tensors, stats["cuts"]):
@@ -141,11 +141,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
                     continue
                 lows = [share[i][j] for share in shares]
                 cut, ties = cut_of(torch.cat(lows), *c)
-                quotas = []
-                for block_lows in lows:
-                    quotas.append(min(int((block_lows == (cut & 0xFFFF)).sum()), ties))
-                    ties -= quotas[-1]
-                done.append((cut, quotas))
+                done.append((cut, block_quotas(lows, cut, ties)))
             cuts.append(done)
         return {"cuts": cuts}
 
