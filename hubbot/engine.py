@@ -3,10 +3,10 @@
 Memory holds only the tensors in flight (the current one and the next ones being prefetched
 on a thread), whatever the model size. Elementwise methods go further and merge a large
 tensor block of rows by block, reading only those rows; methods with a blockwise form (SLERP,
-TIES) first read the blocks once per statistics pass, then merge them block by block. Blocks
-are a few MB, so they stay in the CPU caches and the allocator reuses their memory. The
-output is written into `<out>.partial` and renamed into place when complete, so a failed
-merge leaves no output that looks finished.
+TIES and most of the catalogue) first read the blocks once per statistics pass, then merge
+them block by block. Blocks are a few MB, so they stay in the CPU caches and the allocator
+reuses their memory. The output is written into `<out>.partial` and renamed into place when
+complete, so a failed merge leaves no output that looks finished.
 """
 
 from __future__ import annotations

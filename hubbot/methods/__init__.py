@@ -7,8 +7,9 @@ package is imported on first use, so adding a method is adding one file.
 Kernels receive float32 tensors on the merge device; per-model parameters arrive as lists
 aligned with `tensors`, shared ones as scalars, and seeded methods get `params["seed"]`.
 
-A method whose only need for the whole tensor is a few statistics (norms and a dot product for
-SLERP, the magnitude cut of each task vector for TIES) declares a `Blockwise` form instead: passes
+A method whose only need for the whole tensor is a few statistics (inner products for the SLERP
+family, Karcher and Model Stock; magnitude cuts for TIES and Breadcrumbs) declares a `Blockwise`
+form instead: passes
 that gather those statistics block by block, and a kernel that merges each block with them. The
 engine then holds only a block of rows of a large tensor at a time; the whole-tensor kernel is
 the same passes over one block, so there is one definition of the method.
