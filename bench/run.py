@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def once(tool: str, flush: bool) -> Run:
             shutil.rmtree(outs[tool], ignore_errors=True)
-            _drop_caches() if flush else os.sync()  # no earlier run's write-back in this one's time
+            if flush:
+                _drop_caches()
+            else:
+                os.sync()  # no earlier run's write-back in this one's time
             return measure(tool, method, argvs[tool], work / f"{method}-{tool}.log")
 
         first = {tool: once(tool, True) for tool in ("mergekit", "hubbot")} if cold else None

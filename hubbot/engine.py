@@ -15,7 +15,9 @@ import ctypes
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -217,25 +219,22 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 queue.append(pool.submit(fetch, units[k + PREFETCH]))
             bytes_read += nbytes
             task = unit.task
-            stats.setdefault(task.name, {})
             block = Block(unit.block, unit.rows[0] if unit.rows else 0)
             if not unit.merges:
                 step = method.blockwise.passes[unit.phase]
+                task_stats = stats.setdefault(task.name, {})
                 base, tensors = _prepare(task, raw, dev, in_dtype)
-                try:
-                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, stats[task.name],
-                                                                        block))
+                with _refusals(task, dev):
+                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, task_stats, block))
                     if unit.block == unit.blocks - 1:
-                        stats[task.name].update(step.finish(shares.pop(task.name), stats[task.name], task.params))
-                except ValueError as exc:  # a method's own refusal, as in _compute
-                    raise MergeError(f"tensor '{task.name}': {exc}") from None
+                        task_stats.update(step.finish(shares.pop(task.name), task_stats, task.params))
                 continue
             blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:
                 result = raw[-1]
             elif blockwise is not None:
-                result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: blockwise.kernel(
-                    b, xs, p, stats[task.name], block))
+                task_stats = stats.get(task.name, {})
+                result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: blockwise.kernel(b, xs, p, task_stats, block))
             else:
                 result = _compute(task, raw, dev, in_dtype, method.kernel)
             row_offset = 0
@@ -275,17 +274,24 @@ def _prepare(task: TensorTask, raw: list[torch.Tensor], dev: torch.device,
     return base, tensors
 
 
-def _compute(task: TensorTask, raw: list[torch.Tensor], dev: torch.device, in_dtype: torch.dtype | None,
-             kernel: Callable) -> torch.Tensor:
-    """Merge in float32, check the result is finite, cast it to the output dtype."""
-    base, tensors = _prepare(task, raw, dev, in_dtype)
+@contextmanager
+def _refusals(task: TensorTask, dev: torch.device) -> Iterator[None]:
+    """Errors from a method's passes or kernel, as errors that name the tensor and what to do."""
     try:
-        out = kernel(base, tensors, task.params)
+        yield
     except torch.OutOfMemoryError:
         raise MergeError(f"tensor '{task.name}': out of {dev.type} memory while merging; "
                          "try --device cpu or a machine with more memory") from None
     except ValueError as exc:  # a method's own refusal (e.g. directions that cancel out)
         raise MergeError(f"tensor '{task.name}': {exc}") from None
+
+
+def _compute(task: TensorTask, raw: list[torch.Tensor], dev: torch.device, in_dtype: torch.dtype | None,
+             kernel: Callable) -> torch.Tensor:
+    """Merge in float32, check the result is finite, cast it to the output dtype."""
+    base, tensors = _prepare(task, raw, dev, in_dtype)
+    with _refusals(task, dev):
+        out = kernel(base, tensors, task.params)
     # a sum is finite exactly when every entry is (unless it overflows): one cheap reduction,
     # and the entry-by-entry check only to confirm
     if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):

@@ -136,36 +136,41 @@ def test_elementwise_blocks_match_whole_tensors(families, tmp_path):
     assert all(torch.equal(whole[k], blocks[k]) for k in whole)
 
 
+def _blockwise_recipe(method: str, base: Path, ft1: Path, ft2: Path) -> str:
+    sparse = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.6, density: 0.3}}\n"
+              f"  - model: {ft2}\n    parameters: {{weight: 0.5, density: [0.9, 0.5]}}\n")
+    three = f"models: [{{model: {base}}}, {{model: {ft1}}}, {{model: {ft2}}}]\n"
+    body = {
+        "slerp": f"base_model: {base}\nmodels: [{{model: {base}}}, {{model: {ft1}}}]\nparameters: {{t: [0.2, 0.9]}}\n",
+        "nuslerp": (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.3}}\n"
+                    f"  - model: {ft2}\n    parameters: {{weight: 0.7}}\n"),
+        "multislerp": (f"models:\n  - model: {base}\n    parameters: {{weight: 0.5}}\n  - model: {ft1}\n    parameters: "
+                       f"{{weight: [0.2, 0.8]}}\n  - model: {ft2}\n    parameters: {{weight: 0.3}}\n"),
+        "karcher": three,
+        "model_stock": f"base_model: {base}\n{three}",
+        "sce": f"base_model: {base}\n{three}parameters: {{select_topk: 0.4}}\n",
+        "della": f"{sparse}parameters: {{epsilon: 0.05}}\n",
+    }.get(method, sparse)  # ties, breadcrumbs_ties, dare_ties
+    return f"merge_method: {method}\n{body}random_seed: 7\n"
+
+
+# cuts, ties at the cuts and random draws do not depend on the blocks: identical outputs
+EXACT = ("ties", "breadcrumbs_ties", "dare_ties", "della")
+
+
 @pytest.mark.parametrize("family", ["llama_f32", "llama"])
-@pytest.mark.parametrize("method", ["ties", "slerp", "dare_ties", "della", "breadcrumbs_ties", "multislerp", "nuslerp",
-                                    "karcher", "model_stock", "sce"])
+@pytest.mark.parametrize("method", [*EXACT, "slerp", "nuslerp", "multislerp", "karcher", "model_stock", "sce"])
 def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, family, method):
-    """SLERP, NuSLERP, Multi-SLERP, Karcher, Model Stock, SCE, TIES and Breadcrumbs gather their statistics block by block (inner
-    products, magnitude cuts with their ties) and then merge each block; DARE and DELLA draw by
-    rows. The result is the whole-tensor merge's."""
-    base, ft1, ft2 = families(family)
-    if method == "nuslerp":
-        body = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.3}}\n"
-                f"  - model: {ft2}\n    parameters: {{weight: 0.7}}\n")
-    elif method in ("karcher", "model_stock", "sce"):
-        body = (f"base_model: {base}\n" if method != "karcher" else "") + \
-            f"models: [{{model: {base}}}, {{model: {ft1}}}, {{model: {ft2}}}]\n" + \
-            ("parameters: {select_topk: 0.4}\n" if method == "sce" else "")
-    elif method == "multislerp":
-        body = (f"models:\n  - model: {base}\n    parameters: {{weight: 0.5}}\n  - model: {ft1}\n    parameters: "
-                f"{{weight: [0.2, 0.8]}}\n  - model: {ft2}\n    parameters: {{weight: 0.3}}\n")
-    elif method != "slerp":
-        body = (f"base_model: {base}\nmodels:\n  - model: {ft1}\n    parameters: {{weight: 0.6, density: 0.3}}\n"
-                f"  - model: {ft2}\n    parameters: {{weight: 0.5, density: [0.9, 0.5]}}\n")
-    else:
-        body = f"base_model: {base}\nmodels: [{{model: {base}}}, {{model: {ft1}}}]\nparameters: {{t: [0.2, 0.9]}}\n"
-    text = f"merge_method: {method}\n{body}random_seed: 7\n" + ("parameters: {epsilon: 0.05}\n" if method == "della" else "")
+    """Methods with a blockwise form gather their statistics block by block (inner products,
+    cuts with their ties, energies) and then merge each block, or draw by rows (DARE, DELLA):
+    the result is the whole-tensor merge's."""
+    text = _blockwise_recipe(method, *families(family))
     whole = load_state(merge(text, tmp_path / "whole").folder)
     monkeypatch.setattr(plan_module, "WHOLE_BYTES", 0)
     blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
-    if method not in ("slerp", "multislerp", "nuslerp", "karcher", "model_stock", "sce"):  # same cuts, ties, draws
+    if method in EXACT:
         assert all(torch.equal(blocks[k], whole[k]) for k in whole)
-    else:  # inner products are summed block by block: coefficients agree to float32 rounding
+    else:  # inner products and energies are summed block by block: agree to float32 rounding
         assert_close(blocks, whole, atol=1e-7, ulps=0 if family.endswith("f32") else 1)
 
 

@@ -8,11 +8,10 @@ Kernels receive float32 tensors on the merge device; per-model parameters arrive
 aligned with `tensors`, shared ones as scalars, and seeded methods get `params["seed"]`.
 
 A method whose only need for the whole tensor is a few statistics (inner products for the SLERP
-family, Karcher and Model Stock; magnitude cuts for TIES and Breadcrumbs) declares a `Blockwise`
-form instead: passes
-that gather those statistics block by block, and a kernel that merges each block with them. The
-engine then holds only a block of rows of a large tensor at a time; the whole-tensor kernel is
-the same passes over one block, so there is one definition of the method.
+family, Karcher and Model Stock; the cuts of TIES, Breadcrumbs and SCE) declares a `Blockwise`
+form instead: passes that gather those statistics block by block, and a kernel that merges each
+block with them. The engine then holds only a block of rows of a large tensor at a time; the
+whole-tensor kernel is the same passes over one block, so there is one definition of the method.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
     from ..recipe import Params, Recipe, Scalar, Value
 
 Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]], "torch.Tensor"]
+
+
 class Block(NamedTuple):
     """Where a block lies in its tensor: its position among the blocks, and the index of its
     first row (random methods key their draws on rows)."""
@@ -62,8 +63,8 @@ class Pass:
 class Blockwise:
     """A method merged block by block: `passes` gather whole-tensor statistics first, then
     `kernel` merges each block. `applies(params)` says whether these parameters allow it. With
-    no passes the kernel needs only the block and where it lies (random draws keyed on element
-    positions), so the engine splits as for elementwise methods."""
+    no passes the kernel needs only the block and where it lies (random draws keyed on rows), so
+    the engine splits as for elementwise methods."""
 
     kernel: BlockKernel
     passes: tuple[Pass, ...] = ()

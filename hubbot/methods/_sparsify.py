@@ -51,16 +51,6 @@ def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
     return (high << 16) | low, ties
 
 
-def block_quotas(lows: list[torch.Tensor], cut: int, ties: int) -> list[int]:
-    """How many of the `ties` values equal to the cut each block keeps, the first ones in index
-    order, from each block's `low_bits_in` of the cut's bin."""
-    quotas = []
-    for block_lows in lows:
-        quotas.append(min(int((block_lows == (cut & 0xFFFF)).sum()), ties))
-        ties -= quotas[-1]
-    return quotas
-
-
 def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
     """True above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
     it, in index order."""
@@ -72,22 +62,49 @@ def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
     return mask
 
 
+# A top-k cut found block by block: `first_cut` after the counting pass over every block's
+# `high_counts`, `final_cut` after the pass over every block's `low_bits_in` of the cut's bin,
+# then `block_mask` for each block. k >= n keeps everything (True), k <= 0 nothing (False).
+
+
+def first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
+    """True, False, or the bin holding the k-th largest value and how many of the k lie in it."""
+    n = int(counts.sum())
+    return True if k >= n else False if k <= 0 else kth_bin(counts, k)
+
+
+def final_cut(lows: list[torch.Tensor], first: bool | tuple[int, int]) -> bool | tuple[int, list[int]]:
+    """True, False, or the k-th largest value's bit pattern and how many of the values equal to
+    it each block keeps (the first ones in index order), from each block's low bits."""
+    if isinstance(first, bool):
+        return first
+    cut, ties = cut_of(torch.cat(lows), *first)
+    quotas = []
+    for block_lows in lows:
+        quotas.append(min(int((block_lows == (cut & 0xFFFF)).sum()), ties))
+        ties -= quotas[-1]
+    return cut, quotas
+
+
+def block_mask(values: torch.Tensor, cut: bool | tuple[int, list[int]], block: int) -> torch.Tensor:
+    """The k largest entries' mask over one block's values."""
+    if isinstance(cut, bool):
+        return torch.full_like(values, cut, dtype=torch.bool)
+    return cut_mask(values, cut[0], cut[1][block])
+
+
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """True for exactly k entries of the non-negative `values` with the largest value (k clamped
-    to [0, n]), found by a two-pass radix select on the float bits (no sort, no k-th value copy).
+    to [0, n]): the block-by-block radix select over a single block (no sort, no copy for a
+    k-th value).
 
     Entries tied with the cut are kept in index order, so the kept count is exact, the result
     does not depend on a sort's tie order, and top_k_mask(v, j) lies inside top_k_mask(v, k)
     for j <= k.
     """
-    n = values.numel()
-    if k >= n:
-        return torch.ones_like(values, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(values, dtype=torch.bool)
-    high, need = kth_bin(high_counts(values), k)
-    cut, ties = cut_of(low_bits_in(values, high), high, need)
-    return cut_mask(values, cut, ties)
+    first = first_cut(high_counts(values), k)
+    lows = [low_bits_in(values, first[0])] if isinstance(first, tuple) else []
+    return block_mask(values, final_cut(lows, first), 0)
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import Block, Blockwise, Method, Param, Pass, register
-from ._sparsify import (agreement, block_quotas, cut_mask, cut_of, elect_signs, high_counts, kth_bin, low_bits_in)
+from ._sparsify import agreement, block_mask, elect_signs, final_cut, first_cut, high_counts, low_bits_in
 
 
 def _deltas(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -54,8 +54,7 @@ def _variance_bin(shares: list, stats: dict[str, Any], params: dict[str, Any]) -
         return {"bin": True}
     total = torch.stack(shares).sum(0)
     counts, nonzero = total[:-1], int(total[-1])
-    n, k = int(counts.sum()), int(nonzero * params["select_topk"])
-    return {"bin": True if k >= n else False if k <= 0 else kth_bin(counts, k)}
+    return {"bin": first_cut(counts, int(nonzero * params["select_topk"]))}
 
 
 def _variance_lows(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
@@ -65,29 +64,22 @@ def _variance_lows(base: torch.Tensor | None, tensors: list[torch.Tensor], param
 
 
 def _variance_cut(shares: list, stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    b = stats["bin"]
-    if not isinstance(b, tuple):
-        return {"cut": b}
-    cut, ties = cut_of(torch.cat(shares), *b)
-    return {"cut": (cut, block_quotas(shares, cut, ties))}
+    return {"cut": final_cut(shares, stats["bin"])}
 
 
 def _selected(base: torch.Tensor | None, tensors: list[torch.Tensor], stats: dict[str, Any],
               block: int) -> torch.Tensor:
     deltas = _deltas(base, tensors)
-    c = stats["cut"]
-    if c is False:
-        return deltas.zero_()
-    if c is not True:
-        deltas *= cut_mask(_variance(deltas), c[0], c[1][block])
+    if stats["cut"] is not True:
+        deltas *= block_mask(_variance(deltas), stats["cut"], block)
     return deltas
 
 
 def _energy(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
             stats: dict[str, Any], block: Block) -> torch.Tensor:
     deltas = _selected(base, tensors, stats, block.index)
-    return torch.cat([deltas.square().reshape(len(tensors), -1).sum(dim=1),
-                      torch.tensor([deltas[0].numel()], dtype=deltas.dtype, device=deltas.device)]).double().cpu()
+    sums = deltas.square().reshape(len(tensors), -1).sum(dim=1).double().cpu()
+    return torch.cat([sums, torch.tensor([float(deltas[0].numel())], dtype=torch.float64)])
 
 
 def _energies(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from . import Block, Blockwise, Method, Param, Pass, register
-from ._sparsify import (agreement, block_quotas, cut_mask, cut_of, derive_seed, elect_signs, high_counts, kth_bin, l1_rescale,
+from ._sparsify import (agreement, block_mask, derive_seed, elect_signs, final_cut, first_cut, high_counts, l1_rescale,
                         low_bits_in, magnitude_mask, random_mask)
 
 # (delta, density, rescale, seed, row, **per-model extras such as gamma or epsilon) -> pruned delta;
@@ -98,17 +98,10 @@ def _pruner(params: dict[str, Any], sparsify: Sparsifier, row: int = 0) -> Calla
 Band = Callable[[dict[str, Any], int, int], "tuple[int, int] | None"]
 
 
-def _first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
-    """A top-k cut after the first pass: True (k keeps all), False (none), or (bin, need)."""
-    n = int(counts.sum())
-    return True if k >= n else False if k <= 0 else kth_bin(counts, k)
-
-
 def selection(band: Band, elect: bool) -> Blockwise:
-    """Magnitude selections block by block (TIES, Model Breadcrumbs). Each top-k cut is a radix
-    select whose two counting passes run over the blocks (the top 16 bits of |delta|, then the
-    low 16 bits inside the cut's bin); the second pass also counts the ties at the cut per block,
-    so each block keeps its share of them in index order, exactly as `top_k_mask` does whole."""
+    """Magnitude selections block by block (TIES, Model Breadcrumbs): each top-k cut of |delta|
+    is found by the block-by-block radix select of `_sparsify` (two counting passes), then each
+    block keeps its entries inside the band, exactly as the whole-tensor `top_k_mask` does."""
     def high(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
              stats: dict[str, Any], block: Block) -> torch.Tensor:
         assert base is not None
@@ -118,41 +111,28 @@ def selection(band: Band, elect: bool) -> Blockwise:
         counts = torch.stack(shares).sum(0)
         n = int(counts[0].sum())
         bands = [band(params, i, n) for i in range(len(counts))]
-        return {"cuts": [None if b is None else [_first_cut(c, k) for k in b] for c, b in zip(counts, bands)]}
+        return {"cuts": [None if b is None else [first_cut(c, k) for k in b] for c, b in zip(counts, bands)]}
 
     def low(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
             stats: dict[str, Any], block: Block) -> list:
         assert base is not None
         out: list = []
         for x, cuts in zip(tensors, stats["cuts"]):
-            mags = None if cuts is None else (x - base).abs_()
-            out.append(None if cuts is None else
-                       [low_bits_in(mags, c[0]).cpu() if isinstance(c, tuple) else None for c in cuts])
+            if cuts is None:
+                out.append(None)
+                continue
+            mags = (x - base).abs_()
+            out.append([low_bits_in(mags, c[0]).cpu() if isinstance(c, tuple) else None for c in cuts])
         return out
 
     def low_done(shares: list[list], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        """Each cut's bit pattern, and how many of the ties at it each block keeps (the first ones)."""
-        cuts: list = []
-        for i, model_cuts in enumerate(stats["cuts"]):
-            done: list | None = None if model_cuts is None else []
-            for j, c in enumerate(model_cuts or ()):
-                if not isinstance(c, tuple):
-                    done.append(c)
-                    continue
-                lows = [share[i][j] for share in shares]
-                cut, ties = cut_of(torch.cat(lows), *c)
-                done.append((cut, block_quotas(lows, cut, ties)))
-            cuts.append(done)
-        return {"cuts": cuts}
+        return {"cuts": [None if cuts is None else [final_cut([share[i][j] for share in shares], c)
+                                                    for j, c in enumerate(cuts)]
+                         for i, cuts in enumerate(stats["cuts"])]}
 
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                stats: dict[str, Any], block: Block) -> torch.Tensor:
         assert base is not None
-
-        def top(mags: torch.Tensor, c: bool | tuple) -> torch.Tensor:
-            if isinstance(c, bool):
-                return torch.full_like(mags, c, dtype=torch.bool)
-            return cut_mask(mags, c[0], c[1][block.index])
 
         def prune(i: int, d: torch.Tensor) -> torch.Tensor:
             cuts = stats["cuts"][i]
@@ -160,9 +140,9 @@ def selection(band: Band, elect: bool) -> Blockwise:
                 return d
             mags = d.abs()
             outer, inner = cuts
-            mask = top(mags, outer)
+            mask = block_mask(mags, outer, block.index)
             if inner is not False:
-                mask &= ~top(mags, inner)
+                mask &= ~block_mask(mags, inner, block.index)
             return d.mul_(mask)
 
         return combine(base, tensors, params, prune, elect)
