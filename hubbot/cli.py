@@ -42,8 +42,9 @@ def _recipe_text(path: str, what: str = "recipe") -> str:
 def _plan_any(path: str, kinds: tuple[str, ...] | None = None):
     """The plan of whatever the file holds (a merge or MoE recipe, or a soup or search request,
     planned from its starting recipe); `kinds` refuses the others."""
-    from .kinds import parse_any, plan_any
-    from .recipe import KIND_HINTS, kind_of
+    from .merge.run import plan_any
+    from .recipe.kinds import parse_any
+    from .recipe.text import KIND_HINTS, kind_of
 
     text = _recipe_text(path)
     kind = kind_of(text)
@@ -67,7 +68,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
-    from . import engine
+    from .merge import engine
 
     if args.push:
         from .hub import HubOptions, check_push_target
@@ -94,7 +95,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    from .card import RunFacts, write_card
+    from .merge.card import RunFacts, write_card
 
     write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
@@ -112,7 +113,7 @@ def _push(args: argparse.Namespace, plan, progress) -> int:
     import tempfile
 
     from .hub import HubOptions
-    from .publish import merge_and_push
+    from .merge.publish import merge_and_push
 
     opts = HubOptions.from_env()
     with tempfile.TemporaryDirectory(prefix="hubbot-", dir=args.work_dir) as work:
@@ -136,14 +137,15 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluator(args: argparse.Namespace):
-    from .evaluate import EvalSpec
+    from .recipe.request import EvalSpec
+    from .search.evaluate import evaluator_for
 
     spec = EvalSpec(args.eval, text_field=args.text_field, max_documents=args.max_documents, max_length=args.max_length)
-    return spec.evaluator(device=args.device)
+    return evaluator_for(spec, device=args.device)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import card_eval_results, smoke_test, write_card_results
+    from .search.evaluate import card_eval_results, smoke_test, write_card_results
 
     evaluator = _evaluator(args)
     result = evaluator.evaluate(args.model)
@@ -162,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_soup(args: argparse.Namespace) -> int:
-    from .soup import greedy_soup
+    from .search.soup import greedy_soup
 
     result = greedy_soup(args.candidates, _evaluator(args), Path(args.out), work_dir=args.work_dir,
                          device=args.device, report=print)
@@ -171,7 +173,7 @@ def cmd_soup(args: argparse.Namespace) -> int:
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:
-    from . import evolve
+    from .search import evolve
 
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".search")
@@ -183,9 +185,9 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_lora(args: argparse.Namespace) -> int:
-    from .engine import pick_device
-    from .lora_extract import extract
-    from .recipe import ModelRef
+    from .merge.engine import pick_device
+    from .merge.lora_extract import extract
+    from .recipe.refs import ModelRef
     from .sources import open_source
 
     base, model = open_source(ModelRef.parse(args.base)), open_source(ModelRef.parse(args.model))
@@ -199,7 +201,7 @@ def cmd_extract_lora(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, **overrides):
     """Settings from the environment, with the command's flags (those given) on top."""
-    from .settings import Settings
+    from .jobs.settings import Settings
 
     if getattr(args, "data", None):
         overrides["data_dir"] = args.data
@@ -209,7 +211,7 @@ def _settings(args: argparse.Namespace, **overrides):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .app.server import serve
 
     serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, ui=False if args.no_ui else None))
     return 0

@@ -11,8 +11,8 @@ try:
 except ModuleNotFoundError:  # in a checkout, this file lives in space/ under the project root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hubbot.server import serve  # noqa: E402
-from hubbot.settings import Settings  # noqa: E402
+from hubbot.app.server import serve  # noqa: E402
+from hubbot.jobs.settings import Settings  # noqa: E402
 
 if __name__ == "__main__":
     serve(Settings.from_env())

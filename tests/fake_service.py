@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from hubbot.errors import JobNotFound, RecipeError
-from hubbot.recipe import parse
+from hubbot.recipe.merge import parse
 
 
 @dataclass

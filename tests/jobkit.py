@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from hubbot.settings import Settings
+from hubbot.jobs.settings import Settings
 
 T = TypeVar("T")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubbot import engine
-from hubbot import plan as plan_module
 from hubbot.errors import MergeError, PlanError
-from hubbot.plan import build
-from hubbot.recipe import parse
+from hubbot.merge import engine
+from hubbot.merge import plan as plan_module
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
 from tests.models import load_state
 from tests.test_parity import assert_close
 

@@ -8,8 +8,15 @@ import shutil
 
 import pytest
 
-from hubbot.evaluate import (EvalError, Evaluator, TextSet, card_eval_results, load_texts, smoke_test,
-                             write_card_results)
+from hubbot.search.evaluate import (
+    EvalError,
+    Evaluator,
+    TextSet,
+    card_eval_results,
+    load_texts,
+    smoke_test,
+    write_card_results,
+)
 
 
 def test_text_sets_from_each_file_format(tmp_path):

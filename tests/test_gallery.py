@@ -9,12 +9,22 @@ from pathlib import Path
 import pytest
 
 from hubbot import methods
+from hubbot.app.gallery import (
+    Gallery,
+    default_folder,
+    import_recipe,
+    parse_entry,
+    read_metadata,
+    recipe_from_card,
+    share,
+    strip_metadata,
+    with_metadata,
+)
 from hubbot.errors import HubbotError, RecipeError, SourceError
-from hubbot.gallery import (Gallery, default_folder, import_recipe, parse_entry, read_metadata, recipe_from_card,
-                            share, strip_metadata, with_metadata)
 from hubbot.hub import HubOptions
-from hubbot.plan import build
-from hubbot.recipe import ModelRef, parse
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
+from hubbot.recipe.refs import ModelRef
 from hubbot.sources import open_source
 from tests.hub_fixtures import ALICE_TOKEN, BOB_TOKEN
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from hubbot import engine
 from hubbot.errors import PlanError
 from hubbot.hub import HubError, HubOptions
-from hubbot.plan import build
-from hubbot.publish import merge_and_push
-from hubbot.recipe import parse
+from hubbot.merge import engine
+from hubbot.merge.plan import build
+from hubbot.merge.publish import merge_and_push
+from hubbot.recipe.merge import parse
 from hubbot.sources import open_source
 from tests.hub_fixtures import ALICE_TOKEN, BOB_TOKEN
 from tests.models import load_state

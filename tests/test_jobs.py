@@ -16,9 +16,9 @@ from hubbot.errors import Forbidden, HubbotError, JobNotFound, LimitError, Recip
 from hubbot.jobs import store as store_mod
 from hubbot.jobs import worker
 from hubbot.jobs.service import LOST_TOKEN, Service
+from hubbot.jobs.settings import Limits, Settings
 from hubbot.jobs.store import FINAL, new_id, now
 from hubbot.jobs.supervisor import Supervisor
-from hubbot.settings import Limits, Settings
 from tests.jobkit import change_weights, copy_family, linear, make_settings, ties, wait_for
 from tests.models import load_state
 

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from hubbot.app.server import create_app
 from hubbot.jobs import worker
 from hubbot.jobs.service import Job, Service
 from hubbot.jobs.store import new_id
 from hubbot.jobs.webhooks import post_reports
-from hubbot.server import create_app
 from tests.hub_fixtures import ALICE_TOKEN
 from tests.jobkit import change_weights, copy_family, linear, make_settings, wait_for
 

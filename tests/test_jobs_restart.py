@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hubbot import engine
 from hubbot.jobs.service import Service
+from hubbot.jobs.settings import Settings
 from hubbot.jobs.worker import TEST_DELAY_ENV
-from hubbot.plan import build
-from hubbot.recipe import parse
-from hubbot.settings import Settings
+from hubbot.merge import engine
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
 from tests.jobkit import linear, same_files, ties, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

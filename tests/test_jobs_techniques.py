@@ -11,8 +11,8 @@ import pytest
 
 from hubbot.errors import RecipeError
 from hubbot.jobs.service import Service
-from hubbot.kinds import parse_any
-from hubbot.search_request import parse_request
+from hubbot.recipe.kinds import parse_any
+from hubbot.recipe.request import parse_request
 from tests.jobkit import make_settings
 from tests.test_jobs import run_all
 
@@ -84,7 +84,7 @@ def test_moe_soup_and_search_run_as_jobs(families, trained, tmp_path):
 
 
 def test_the_space_shows_a_search_while_it_runs():
-    from hubbot import views
+    from hubbot.app import views
     from tests.test_recipe_form import _job
 
     progress = {"evaluations_done": 3, "evaluations_total": 12, "metric": "perplexity", "best_score": 2.0159,

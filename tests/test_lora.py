@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hubbot import engine
 from hubbot.errors import PlanError, SourceError
-from hubbot.plan import build
-from hubbot.recipe import ModelRef, parse
+from hubbot.merge import engine
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
+from hubbot.recipe.refs import ModelRef
 from hubbot.sources import open_source
 from tests.models import load_state
 
@@ -116,7 +117,7 @@ def linear_only_finetune(base: Path, donor: Path, out: Path) -> Path:
 
 
 def extract(base: Path, model: Path, rank: int, out: Path) -> Path:
-    from hubbot.lora_extract import extract as run
+    from hubbot.merge.lora_extract import extract as run
 
     return run(open_source(ModelRef.parse(str(base))), open_source(ModelRef.parse(str(model))), rank, out).folder
 
@@ -185,8 +186,8 @@ def test_extract_lora_reports_what_lora_cannot_carry(families, tmp_path):
 def test_adapter_from_the_hub_is_applied_and_pinned(hub, alice_api, families, tmp_path):
     """`org/model+org/lora` on the Hub: both are read by range, the result equals the local
     merge, and the card's recipe pins both commits."""
-    from hubbot.card import resolved_recipe
     from hubbot.hub import HubOptions
+    from hubbot.merge.card import resolved_recipe
     from tests.hub_fixtures import ALICE_TOKEN
 
     base, ft1, _ = families("llama_f32")

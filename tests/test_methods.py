@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubbot import engine
 from hubbot.errors import RecipeError
-from hubbot.plan import build
-from hubbot.recipe import parse
+from hubbot.merge import engine
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
 from tests.models import load_state
 from tests.oracle import mergekit_merge, ulp_distance
 from tests.test_parity import assert_close

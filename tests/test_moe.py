@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubbot import moe
 from hubbot.cli import main
 from hubbot.errors import RecipeError
-from hubbot.moe_recipe import parse_moe
-from hubbot.recipe import kind_of, parse
+from hubbot.merge import moe
+from hubbot.recipe.merge import parse
+from hubbot.recipe.moe import parse_moe
+from hubbot.recipe.text import kind_of
 from tests.trained import sentences
 
 

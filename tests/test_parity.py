@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hubbot import engine
-from hubbot.plan import build
-from hubbot.recipe import parse
+from hubbot.merge import engine
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
 from tests.models import load_state, models_yaml
 from tests.oracle import mergekit_merge, ulp_distance
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hubbot.errors import RecipeError
-from hubbot.recipe import FilterRule, ModelRef, evaluate, parse
+from hubbot.recipe.merge import parse
+from hubbot.recipe.refs import ModelRef
+from hubbot.recipe.values import FilterRule, evaluate
 
 
 def problems(text: str, **kw) -> list[str]:

@@ -8,9 +8,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 
-from hubbot import recipe_form, views
+from hubbot.app import views
 from hubbot.errors import RecipeError
-from hubbot.recipe import FilterRule, parse
+from hubbot.recipe import form as recipe_form
+from hubbot.recipe.merge import parse
+from hubbot.recipe.values import FilterRule
 from tests.fake_service import Job, Validation
 
 

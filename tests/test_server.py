@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from hubbot.app.server import create_app
 from hubbot.jobs import worker
 from hubbot.jobs.service import Service
+from hubbot.jobs.settings import Limits
 from hubbot.jobs.store import new_id
 from hubbot.jobs.webhooks import post_reports
-from hubbot.server import create_app
-from hubbot.settings import Limits
 from tests.jobkit import change_weights, copy_family, linear, make_settings
 
 SECRET = "s3cret-webhook"
@@ -187,7 +187,7 @@ def test_api_in_service_mode_needs_a_signed_in_caller(families, tmp_path):
 
 
 def test_serve_mounts_the_ui_and_runs_the_scheduler(tmp_path, monkeypatch):
-    """With hubbot.ui present, / is the Gradio app, the API still answers and the app's lifespan
+    """With hubbot.app.ui present, / is the Gradio app, the API still answers and the app's lifespan
     starts and stops the scheduler (a stand-in UI module keeps this independent of the real one)."""
     import sys
     import types
@@ -199,7 +199,7 @@ def test_serve_mounts_the_ui_and_runs_the_scheduler(tmp_path, monkeypatch):
             gr.Markdown(f"hubbot in {settings.mode} mode")
         return demo
 
-    monkeypatch.setitem(sys.modules, "hubbot.ui", types.SimpleNamespace(build_ui=build_ui, launch_options=dict))
+    monkeypatch.setitem(sys.modules, "hubbot.app.ui", types.SimpleNamespace(build_ui=build_ui, launch_options=dict))
     settings = make_settings(tmp_path)
     service = Service(settings, hub=FakeHub())
     with TestClient(create_app(settings, service=service)) as client:

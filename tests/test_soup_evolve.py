@@ -12,15 +12,16 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from hubbot import evolve
 from hubbot.cli import main
 from hubbot.errors import Cancelled, RecipeError
-from hubbot.evaluate import Evaluator, load_texts
-from hubbot.history import FILE_NAME, SearchHistory, SearchProgress
-from hubbot.plan import build
-from hubbot.publish import merge_and_push
-from hubbot.recipe import parse
-from hubbot.soup import greedy_soup, soup_recipe
+from hubbot.merge.plan import build
+from hubbot.merge.publish import merge_and_push
+from hubbot.recipe.merge import parse
+from hubbot.recipe.request import soup_recipe
+from hubbot.search import evolve
+from hubbot.search.evaluate import Evaluator, load_texts
+from hubbot.search.history import FILE_NAME, SearchHistory, SearchProgress
+from hubbot.search.soup import greedy_soup
 from tests.hub_fixtures import ALICE_TOKEN
 from tests.models import load_state
 

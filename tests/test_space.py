@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def test_deploy_ships_app_package_and_recipes():
     deploy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(deploy)
     files = deploy.space_files()
-    assert {"README.md", "app.py", "requirements.txt", "hubbot/ui.py", "hubbot/server.py"} <= set(files)
+    assert {"README.md", "app.py", "requirements.txt", "hubbot/app/ui.py", "hubbot/app/server.py"} <= set(files)
     assert any(p.startswith("recipes/") for p in files)
     assert not any(p.startswith(("tests/", "space/")) or "__pycache__" in p for p in files)
     assert all(local.is_file() for local in files.values())

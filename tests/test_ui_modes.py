@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("gradio_client")
 
-from hubbot.settings import Settings  # noqa: E402
-from hubbot.ui import build_ui, launch_options  # noqa: E402
+from hubbot.app.ui import build_ui, launch_options  # noqa: E402
+from hubbot.jobs.settings import Settings  # noqa: E402
 from tests.app_server import free_port  # noqa: E402
 from tests.fake_service import FakeService  # noqa: E402
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import HubbotError, RecipeError, SourceError
-from .recipe import parse
+from ..errors import HubbotError, RecipeError, SourceError
+from ..recipe.merge import parse
 
 FIELDS = ("title", "description", "tags", "models", "source")
 REQUIRED_FIELDS = ("title", "description", "tags", "models")
@@ -102,7 +102,7 @@ def parse_entry(text: str, slug: str) -> Entry:
 
 def default_folder() -> Path:
     """`recipes/` next to the hubbot package: the project root in a checkout, the Space root on a Space."""
-    return Path(__file__).resolve().parent.parent / "recipes"
+    return Path(__file__).resolve().parents[2] / "recipes"
 
 
 class Gallery:
@@ -206,8 +206,14 @@ def import_recipe(model_id: str, *, token: str | None = None, endpoint: str | No
     """The recipe of an existing merge on the Hub, from its `mergekit_config.yml` or from the
     YAML block in its card, headed by a `# source:` line naming where it came from."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     model_id = model_id.strip().removeprefix("https://huggingface.co/").strip("/")
     repo, _, revision = model_id.partition("@")

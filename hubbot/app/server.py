@@ -14,12 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from . import __version__
-from .errors import Forbidden, HubbotError, JobNotFound, LimitError, PlanError, RecipeError, RequestError, SourceError
-from .jobs.scheduler import Runtime
-from .jobs.service import Service
-from .jobs.webhooks import parse_payload, plan_delivery
-from .settings import Settings
+from .. import __version__
+from ..errors import Forbidden, HubbotError, JobNotFound, LimitError, PlanError, RecipeError, RequestError, SourceError
+from ..jobs.scheduler import Runtime
+from ..jobs.service import Service
+from ..jobs.settings import Settings
+from ..jobs.webhooks import parse_payload, plan_delivery
 
 log = logging.getLogger("hubbot")
 
@@ -145,7 +145,7 @@ def _with_ui(app: FastAPI, service: Service, settings: Settings) -> FastAPI:
     try:
         from .ui import build_ui, launch_options
     except ModuleNotFoundError as exc:
-        if exc.name != "hubbot.ui":
+        if exc.name != "hubbot.app.ui":
             raise
         log.warning("hubbot.ui is not available; serving the API and webhooks only")
         return app

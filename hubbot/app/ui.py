@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Any, Callable
 import gradio as gr
 from gradio.utils import get_space
 
-from . import methods, recipe_form, views
-from .errors import HubbotError, JobNotFound
+from .. import methods
+from ..errors import HubbotError, JobNotFound
+from ..recipe import form as recipe_form
+from . import views
 from .gallery import Gallery, import_recipe, share
 
 if TYPE_CHECKING:
-    from .jobs.service import Job, Service
-    from .settings import Settings
+    from ..jobs.service import Job, Service
+    from ..jobs.settings import Settings
 
-log = logging.getLogger("hubbot.ui")
+log = logging.getLogger("hubbot.app.ui")
 
 POLL_SECONDS = 1.0
 ALL_TAGS = "All tags"

@@ -8,13 +8,13 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from .recipe import ModelRef
+from ..recipe.refs import ModelRef
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..jobs.service import Job, Validation
     from .gallery import Entry
-    from .jobs.service import Job, Validation
 
 ACTIVE_STATES = ("queued", "validating", "running", "publishing")
 STATE_LABELS = {

@@ -4,7 +4,7 @@ replies (the bot) and whoami (API callers). One small class so tests can stand i
 from __future__ import annotations
 
 from ..hub import HubOptions
-from ..settings import Settings
+from .settings import Settings
 
 
 class HubClient:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from ..errors import RecipeError
 from ..hub import HubOptions
-from ..kinds import Parsed, parse_any, plan_any
-from ..plan import Opener, Plan
-from ..settings import Settings
+from ..merge.plan import Opener, Plan
+from ..merge.run import plan_any
+from ..recipe.kinds import Parsed, parse_any
 from ..sources import LocalSource, Source, open_source
+from .settings import Settings
 
 READ_BYTES_PER_S = {"local": 1.0e9, "hub": 1.0e8}  # rough rates for the time estimate
 MERGE_BYTES_PER_S = 3.0e8

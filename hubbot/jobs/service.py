@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from ..errors import Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError
-from ..recipe import ModelRef
-from ..settings import Settings
+from ..recipe.refs import ModelRef
 from .hubapi import HubClient
 from .planning import dedup_key, estimate_seconds, folder_fingerprint, parse_recipe, plan_recipe, source_revisions
+from .settings import Settings
 from .store import FINAL, QUEUED, Store, new_id, now
 
 log = logging.getLogger("hubbot.jobs")

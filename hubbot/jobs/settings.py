@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from .errors import HubbotError
-from .recipe import MAX_RECIPE_BYTES
-from .writer import DEFAULT_SHARD_BYTES
+from ..errors import HubbotError
+from ..merge.writer import DEFAULT_SHARD_BYTES
+from ..recipe.text import MAX_RECIPE_BYTES
 
 Mode = Literal["local", "service"]
 

@@ -12,13 +12,31 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import (JSON, Boolean, Column, DateTime, Integer, MetaData, String, Table, Text, and_, create_engine,
-                        delete, event, func, insert, or_, select, update)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.types import TypeDecorator
 
 from ..errors import LimitError
-from ..settings import Limits
+from .settings import Limits
 
 QUEUED = "queued"
 ACTIVE = ("validating", "running", "publishing")

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable
 
-from ..settings import Settings
 from .service import LOST_TOKEN
+from .settings import Settings
 from .store import Store, new_id
 
 log = logging.getLogger("hubbot.jobs")

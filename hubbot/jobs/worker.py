@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, HubbotError
-from ..history import FILE_NAME as HISTORY_FILE
-from ..history import SearchProgress
 from ..hub import RETRY_STATUSES, transport_errors
-from ..search_request import SearchRequest
-from ..settings import Settings
+from ..recipe.request import SearchRequest
+from ..search.history import FILE_NAME as HISTORY_FILE
+from ..search.history import SearchProgress
+from ..search.requests import run_request
 from ..sources import caching_opener
 from .planning import hub_options, parse_recipe, plan_recipe, run_key, source_revisions
+from .settings import Settings
 from .store import Store
 
 TEST_DELAY_ENV = "HUBBOT_TEST_TENSOR_DELAY"  # seconds to sleep per tensor: lets tests stop a merge midway
@@ -125,7 +126,7 @@ def _search(settings: Settings, store: Store, job_id: str, claim: str, request: 
             cancel.set()
 
     hub = hub_options(settings, token)
-    text, history = request.run(work_dir=work / "search", opener=caching_opener(allow_local=settings.local, hub=hub),
+    text, history = run_request(request, work_dir=work / "search", opener=caching_opener(allow_local=settings.local, hub=hub),
                                 device=row["options"].get("device"), token=hub.token, endpoint=hub.endpoint,
                                 report=report, cancel=cancel)
     say(f"winner ({history.metric} {history.best.score:.4g}):\n{text}")
@@ -138,8 +139,8 @@ def _search(settings: Settings, store: Store, job_id: str, claim: str, request: 
 
 def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: threading.Event,
                  say: Callable[[str], None], annotate: Callable[[Path], None] | None = None) -> dict:
-    from .. import engine
-    from ..card import RunFacts, write_card
+    from ..merge import engine
+    from ..merge.card import RunFacts, write_card
 
     if out.is_dir() and any(out.iterdir()):  # the engine renames <out>.partial into place only when complete
         say("the merge had completed before the interruption; keeping its output")
@@ -164,7 +165,7 @@ def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: th
 def _publish(settings: Settings, plan, work: Path, row, token: str | None, report: "_Reporter",
              cancel: threading.Event, say: Callable[[str], None],
              annotate: Callable[[Path], None] | None = None) -> dict:
-    from ..publish import merge_and_push
+    from ..merge.publish import merge_and_push
 
     opts = row["options"]
     say(f"merging and publishing to {row['target']}" + (" as a pull request" if opts["pr"] else ""))

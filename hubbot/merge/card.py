@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from . import __version__
-from .moe_recipe import MoeRecipe
+from .. import __version__
+from ..recipe.merge import Recipe
+from ..recipe.moe import MoeRecipe
 from .plan import Plan
-from .recipe import Recipe
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d")
 

@@ -24,11 +24,11 @@ from typing import Callable
 
 import torch
 
-from .errors import Cancelled, MergeError
-from .io import DTYPES, TORCH_NAMES
-from .methods import Block
+from ..errors import Cancelled, MergeError
+from ..methods import Block
+from ..model.format import DTYPES, TORCH_NAMES
+from ..sources.computed import ComputedSource
 from .plan import CHUNK_BYTES, Plan, TensorTask
-from .sources.computed import ComputedSource
 from .writer import DEFAULT_SHARD_BYTES, ShardWriter
 
 PREFETCH = 2

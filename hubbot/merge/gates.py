@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from . import arch
-from .errors import Cancelled, SourceError
-from .sources import Source
-from .sources.base import TOKENIZER_FILES
+from ..errors import Cancelled, SourceError
+from ..model import arch
+from ..sources import Source
+from ..sources.base import TOKENIZER_FILES
 
 PromptSet = tuple[tuple[str, ...], tuple[str, ...]]  # (positive, negative)
 

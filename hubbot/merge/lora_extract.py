@@ -17,10 +17,10 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
-from . import arch
-from .errors import MergeError, SourceError
-from .sources import Source
-from .sources.adapter import CONFIG_FILE, PREFIX, WEIGHTS_FILE
+from ..errors import MergeError, SourceError
+from ..model import arch
+from ..sources import Source
+from ..sources.adapter import CONFIG_FILE, PREFIX, WEIGHTS_FILE
 
 CONV1D_MODEL_TYPES = ("gpt2",)  # layers stored (in, out): PEFT's fan_in_fan_out
 EXACT_SVD_SHARE = 0.25  # ranks above this share of the smaller side use the exact SVD

@@ -27,14 +27,15 @@ from typing import Any, Callable
 
 import torch
 
-from . import arch, engine
-from .io import FLOAT_CODES
-from .methods import Method
-from .moe_recipe import Expert, MoeRecipe, parse_moe
+from ..methods import Method
+from ..model import arch
+from ..model.format import FLOAT_CODES
+from ..recipe.moe import Expert, MoeRecipe, parse_moe
+from ..sources import Source, open_source
+from ..sources.computed import ComputedSource
+from . import engine
 from .plan import DTYPE_CODES, Input, Opener, Plan, TensorTask, open_sources
-from .sources import Source, open_source
-from .sources.computed import ComputedSource
-from .tokenizer_out import OutputTokenizer
+from .tokenizer import OutputTokenizer
 from .writer import DEFAULT_SHARD_BYTES
 
 SOURCE_TYPES = {"mixtral": ("llama", "mistral"), "qwen2_moe": ("qwen2", "llama", "mistral")}

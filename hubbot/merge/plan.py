@@ -13,16 +13,21 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import arch, chat_templates, methods, vocab
-from .errors import PlanError, SourceError
-from .io import DTYPES, FLOAT_CODES, TensorInfo
-from .methods import REQUIRED, Method
-from .recipe import ModelRef, Params, Recipe, evaluate
-from .sources import Source, open_source
-from .tokenizer_out import OutputTokenizer, model_chat_template
+from .. import methods
+from ..errors import PlanError, SourceError
+from ..methods import REQUIRED, Method
+from ..model import arch
+from ..model.format import DTYPES, FLOAT_CODES, TensorInfo
+from ..recipe import chat_templates
+from ..recipe.merge import Recipe
+from ..recipe.refs import ModelRef
+from ..recipe.values import Params, evaluate
+from ..sources import Source, open_source
+from . import vocab
+from .tokenizer import OutputTokenizer, model_chat_template
 
 if TYPE_CHECKING:
-    from .moe_recipe import MoeRecipe
+    from ..recipe.moe import MoeRecipe
 
 DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 CODE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}

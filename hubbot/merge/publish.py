@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..errors import MergeError
+from ..hub import HubError, HubOptions, check_push_target, describe, with_retries
 from .card import RunFacts, build_card
 from .engine import Progress, RunResult, run
-from .errors import MergeError
-from .hub import HubError, HubOptions, check_push_target, describe, with_retries
 from .plan import Plan
 
 log = logging.getLogger(__name__)

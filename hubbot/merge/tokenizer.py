@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .sources import Source
-from .sources.base import TOKENIZER_FILES
+from ..sources import Source
+from ..sources.base import TOKENIZER_FILES
+
 TEMPLATE_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
 ADDED_KEYS = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")

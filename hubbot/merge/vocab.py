@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import SourceError
-from .recipe import ModelRef, TokenizerSpec, TokenRule
-from .sources import Source
+from ..errors import SourceError
+from ..recipe.merge import TokenizerSpec, TokenRule
+from ..recipe.refs import ModelRef
+from ..sources import Source
 
 TOKENIZER_JSON = "tokenizer.json"
 MAX_LISTED = 5

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from .errors import MergeError
-from .io import build_header, to_bytes
+from ..errors import MergeError
+from ..model.format import build_header, to_bytes
 from .plan import TensorTask
 
 INDEX_NAME = "model.safetensors.index.json"

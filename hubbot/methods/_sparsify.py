@@ -13,7 +13,6 @@ import zlib
 
 import torch
 
-
 HIGH_BINS = 1 << 15  # the top 16 bits of a non-negative float32 (its sign bit is clear)
 LOW_BINS = 1 << 16
 

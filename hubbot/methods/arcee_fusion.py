@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from . import Method, register
+from .method import Method
 
 PROB_EPS = 1e-8
 
@@ -35,7 +35,7 @@ def arcee_fusion(base: torch.Tensor | None, tensors: list[torch.Tensor], params:
     return torch.where(take, other, base)
 
 
-register(Method(
+ARCEE_FUSION = Method(
     name="arcee_fusion",
     kernel=arcee_fusion,
     title="Arcee Fusion",
@@ -45,4 +45,6 @@ register(Method(
     paper="Arcee AI 2025, Arcee Fusion (as implemented in mergekit's arcee_fusion)",
     base="required",
     models=(2, 2),
-))
+)
+
+METHODS = (ARCEE_FUSION,)

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from . import Param
 from ._sparsify import band_mask, band_of, l1_rescale
-from .task_arithmetic import register_family, selection
+from .method import Param
+from .task_arithmetic import family, selection
 
 PAPER = "Davari & Belilovsky 2023, Model Breadcrumbs, arXiv:2312.06795"
 GAMMA = Param("gamma", per_model=True, default=0.01, low=0.0, high=1.0,
@@ -32,14 +32,16 @@ def _band_ranks(params: dict[str, Any], i: int, n: int) -> tuple[int, int] | Non
     return None if density >= 1 else band_of(n, density, params["gamma"][i])
 
 
-register_family("breadcrumbs", "Model Breadcrumbs",
-                "Drops the largest (outlier) and the smallest entries of each task vector, keeping a band of "
-                "mid-sized changes, and adds the weighted bands to the base; removing outliers as well as noise "
-                "makes many fine-tunes combine with less interference.",
-                PAPER, _band, False, normalize=False, rescale=False, extra=(GAMMA,),
-                blockwise=selection(_band_ranks, False))
-register_family("breadcrumbs_ties", "Model Breadcrumbs (TIES)",
-                "Keeps a band of mid-sized entries of each task vector (Model Breadcrumbs), then elects a sign "
-                "per parameter and averages only the entries that agree with it (TIES).",
-                PAPER, _band, True, normalize=False, rescale=False, extra=(GAMMA,),
-                blockwise=selection(_band_ranks, True))
+BREADCRUMBS = family("breadcrumbs", "Model Breadcrumbs",
+                     "Drops the largest (outlier) and the smallest entries of each task vector, keeping a band of "
+                     "mid-sized changes, and adds the weighted bands to the base; removing outliers as well as noise "
+                     "makes many fine-tunes combine with less interference.",
+                     PAPER, _band, False, normalize=False, rescale=False, extra=(GAMMA,),
+                     blockwise=selection(_band_ranks, False))
+BREADCRUMBS_TIES = family("breadcrumbs_ties", "Model Breadcrumbs (TIES)",
+                          "Keeps a band of mid-sized entries of each task vector (Model Breadcrumbs), then elects a sign "
+                          "per parameter and averages only the entries that agree with it (TIES).",
+                          PAPER, _band, True, normalize=False, rescale=False, extra=(GAMMA,),
+                          blockwise=selection(_band_ranks, True))
+
+METHODS = (BREADCRUMBS, BREADCRUMBS_TIES)

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from . import Param
 from ._sparsify import random_mask, rank_keep_probs
-from .task_arithmetic import register_family
+from .method import Param
+from .task_arithmetic import family
 
 PAPER = "Deep et al. 2024, DELLA-Merging, arXiv:2406.11617"
 EPSILON = Param("epsilon", per_model=True, default=0.15, low=0.0, high=1.0,
@@ -42,14 +42,16 @@ def check(params: dict[str, Any]) -> str | None:
             f"{min(density, 1 - density):g} or a density further from 0 and 1")
 
 
-register_family("della", "DELLA",
-                "Drops task-vector entries at random, keeping large changes more often than small ones "
-                "(keep probability rises with magnitude rank), rescales the survivors, elects a sign per "
-                "parameter and averages the agreeing entries onto the base.",
-                PAPER, _magprune, True, normalize=True, rescale=True, seeded=True, extra=(EPSILON,), check=check,
-                by_rows=True)
-register_family("della_linear", "DELLA (linear)",
-                "Drops task-vector entries at random with keep probabilities that rise with magnitude rank, "
-                "rescales the survivors and adds the weighted vectors to the base.",
-                PAPER, _magprune, False, normalize=False, rescale=True, seeded=True, extra=(EPSILON,), check=check,
-                by_rows=True)
+DELLA = family("della", "DELLA",
+               "Drops task-vector entries at random, keeping large changes more often than small ones "
+               "(keep probability rises with magnitude rank), rescales the survivors, elects a sign per "
+               "parameter and averages the agreeing entries onto the base.",
+               PAPER, _magprune, True, normalize=True, rescale=True, seeded=True, extra=(EPSILON,), check=check,
+               by_rows=True)
+DELLA_LINEAR = family("della_linear", "DELLA (linear)",
+                      "Drops task-vector entries at random with keep probabilities that rise with magnitude rank, "
+                      "rescales the survivors and adds the weighted vectors to the base.",
+                      PAPER, _magprune, False, normalize=False, rescale=True, seeded=True, extra=(EPSILON,),
+                      check=check, by_rows=True)
+
+METHODS = (DELLA, DELLA_LINEAR)

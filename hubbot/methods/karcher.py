@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
 from ._span import combination, gram, total
+from .method import Block, Blockwise, Method, Param, Pass
 
 
 def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -78,7 +78,7 @@ def _combine(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dic
     return points[0] if stats["coef"] is None else combination(points, stats["coef"])
 
 
-register(Method(
+KARCHER = Method(
     name="karcher",
     kernel=None,
     blockwise=Blockwise(_combine, (Pass(_inner_products, _mean),)),
@@ -93,4 +93,6 @@ register(Method(
         Param("tol", default=1e-5, low=0.0, low_open=True, doc="stop when a step is shorter than this"),
     ),
     models=(1, None),
-))
+)
+
+METHODS = (KARCHER,)

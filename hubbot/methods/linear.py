@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from .method import Method, Param
 
 
 def linear(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
@@ -21,7 +21,7 @@ def linear(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[
     return out
 
 
-register(Method(
+LINEAR = Method(
     name="linear",
     kernel=linear,
     title="Linear (model soup)",
@@ -33,4 +33,6 @@ register(Method(
         Param("normalize", bool, default=True, doc="divide by the sum of the weights"),
     ),
     elementwise=True,
-))
+)
+
+METHODS = (LINEAR,)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
 from ._span import gram, total
+from .method import Block, Blockwise, Method, Param, Pass
 
 NORM_FLOOR = 1e-6
 
@@ -78,7 +78,7 @@ def model_stock(base: torch.Tensor | None, tensors: list[torch.Tensor], params: 
     return (t * average + (1 - t) * w0).reshape(shape)
 
 
-register(Method(
+MODEL_STOCK = Method(
     name="model_stock",
     kernel=model_stock,
     blockwise=PER_TENSOR,
@@ -90,4 +90,6 @@ register(Method(
     base="required",
     params=(Param("filter_wise", bool, default=False, doc="one ratio per row instead of per tensor"),),
     models=(3, None),
-))
+)
+
+METHODS = (MODEL_STOCK,)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
 from ._span import combination, gram, total
+from .method import Block, Blockwise, Method, Param, Pass
 
 
 def _points(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -68,7 +68,7 @@ def _combine(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dic
     return out.add_(base) if base is not None else out
 
 
-register(Method(
+MULTISLERP = Method(
     name="multislerp",
     kernel=None,
     blockwise=Blockwise(_combine, (Pass(_inner_products, _coefficients),)),
@@ -83,4 +83,6 @@ register(Method(
         Param("eps", default=1e-8, low=0.0, doc="guards divisions by tiny norms"),
     ),
     models=(1, None),
-))
+)
+
+METHODS = (MULTISLERP,)

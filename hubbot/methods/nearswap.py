@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from .method import Method, Param
 
 
 def nearswap(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
@@ -21,7 +21,7 @@ def nearswap(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dic
     return base + share * (other - base)
 
 
-register(Method(
+NEARSWAP = Method(
     name="nearswap",
     kernel=nearswap,
     title="NearSwap",
@@ -32,4 +32,6 @@ register(Method(
     params=(Param("t", low=0.0, doc="distance below which the other model's value is taken whole"),),
     models=(2, 2),
     elementwise=True,
-))
+)
+
+METHODS = (NEARSWAP,)

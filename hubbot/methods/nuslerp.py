@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
+from .method import Block, Blockwise, Method, Param, Pass
 
 NORM_EPS = 1e-7
 PARALLEL_EPS = 1e-8
@@ -79,7 +79,7 @@ def nuslerp(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict
     return out.add_(base) if base is not None else out
 
 
-register(Method(
+NUSLERP = Method(
     name="nuslerp",
     kernel=nuslerp,
     blockwise=FLAT,
@@ -96,4 +96,6 @@ register(Method(
               doc="without flatten: interpolate the vectors along the first axis instead of the last"),
     ),
     models=(2, 2),
-))
+)
+
+METHODS = (NUSLERP,)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from . import Method, Param, register
+from .method import Method, Param
 
 
 def passthrough(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any]) -> torch.Tensor:
@@ -14,7 +14,7 @@ def passthrough(base: torch.Tensor | None, tensors: list[torch.Tensor], params: 
     return tensors[0] if scale is None else tensors[0] * scale
 
 
-register(Method(
+PASSTHROUGH = Method(
     name="passthrough",
     kernel=passthrough,
     title="Passthrough (frankenmerge)",
@@ -23,4 +23,6 @@ register(Method(
     params=(Param("scale", per_model=True, default=None, doc="multiply the tensor by this factor"),),
     models=(1, 1),
     elementwise=True,
-))
+)
+
+METHODS = (PASSTHROUGH,)

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
 from ._sparsify import agreement, block_mask, elect_signs, final_cut, first_cut, high_counts, low_bits_in
+from .method import Block, Blockwise, Method, Param, Pass
 
 
 def _deltas(base: torch.Tensor | None, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -93,7 +93,7 @@ def _sce_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: d
     return _merge(base, _selected(base, tensors, stats, block.index), stats["energy"])
 
 
-register(Method(
+SCE = Method(
     name="sce",
     kernel=None,
     blockwise=Blockwise(_sce_block, (Pass(_count_variance, _variance_bin), Pass(_variance_lows, _variance_cut),
@@ -110,4 +110,6 @@ register(Method(
         Param("int8_mask", bool, default=False, doc="accepted for compatibility; masks are always compact"),
     ),
     models=(2, None),
-))
+)
+
+METHODS = (SCE,)

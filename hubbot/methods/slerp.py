@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
+from .method import Block, Blockwise, Method, Param, Pass
 
 PARALLEL = 0.9995  # above this |cos|, the arc is a line and lerp is exact enough
 EPS = 1e-8
@@ -45,7 +45,7 @@ def _interpolate(base: torch.Tensor | None, tensors: list[torch.Tensor], params:
     return base.mul(stats["ca"]).add_(tensors[0], alpha=stats["cb"])
 
 
-register(Method(
+SLERP = Method(
     name="slerp",
     kernel=None,
     blockwise=Blockwise(_interpolate, (Pass(_gather, _coefficients),)),
@@ -57,4 +57,6 @@ register(Method(
     base="required",
     params=(Param("t", low=0.0, high=1.0, doc="0 = base model, 1 = the other model"),),
     models=(2, 2),
-))
+)
+
+METHODS = (SLERP,)

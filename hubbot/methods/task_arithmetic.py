@@ -3,7 +3,7 @@
 Each fine-tune minus the base is a task vector. The family sparsifies each vector, weights it,
 optionally keeps only entries that agree with the elected sign (TIES), and adds the combination
 to the base: out = base + lambda * sum_i(w_i m_i d_i) [/ sum_i(w_i m_i) when normalize].
-Other members (breadcrumbs, della) register themselves with `register_family` from their own
+Other members (breadcrumbs, della) are declared with `family` from their own
 modules.
 """
 
@@ -13,9 +13,20 @@ from typing import Any, Callable
 
 import torch
 
-from . import Block, Blockwise, Method, Param, Pass, register
-from ._sparsify import (agreement, block_mask, derive_seed, elect_signs, final_cut, first_cut, high_counts, l1_rescale,
-                        low_bits_in, magnitude_mask, random_mask)
+from ._sparsify import (
+    agreement,
+    block_mask,
+    derive_seed,
+    elect_signs,
+    final_cut,
+    first_cut,
+    high_counts,
+    l1_rescale,
+    low_bits_in,
+    magnitude_mask,
+    random_mask,
+)
+from .method import Block, Blockwise, Method, Param, Pass
 
 # (delta, density, rescale, seed, row, **per-model extras such as gamma or epsilon) -> pruned delta;
 # `row` is the index of delta's first row in its tensor (random draws are keyed on rows)
@@ -167,11 +178,11 @@ def _by_rows(sparsify: Sparsifier, elect: bool) -> Blockwise:
     return Blockwise(kernel)
 
 
-def register_family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
+def family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier | None, elect: bool,
                     normalize: bool, rescale: bool, elementwise: bool = False, seeded: bool = False,
                     extra: tuple[Param, ...] = (), check: Callable[[dict[str, Any]], str | None] | None = None,
-                    blockwise: Blockwise | None = None, by_rows: bool = False) -> None:
-    """Register one member: `sparsify` prunes each task vector, `elect` adds TIES sign election;
+                    blockwise: Blockwise | None = None, by_rows: bool = False) -> Method:
+    """One member of the family: `sparsify` prunes each task vector, `elect` adds TIES sign election;
     `extra` are the sparsifier's own per-model parameters, `check` its cross-parameter rule,
     `blockwise` its block-by-block form; `by_rows` says the sparsifier prunes row by row
     with draws keyed on rows, which gives that form."""
@@ -192,30 +203,32 @@ def register_family(name: str, title: str, summary: str, paper: str, sparsify: S
         return combine(base, tensors, p, None if sparsify is None else _pruner(p, sparsify), elect)
 
     kernel.__name__ = name
-    register(Method(name=name, kernel=kernel, title=title, summary=summary, paper=paper, base="required",
+    return Method(name=name, kernel=kernel, title=title, summary=summary, paper=paper, base="required",
                     params=tuple(params), models=(1, None), elementwise=elementwise,
                     seeded=seeded, check=check,
-                    blockwise=_by_rows(sparsify, elect) if by_rows and sparsify else blockwise))
+                    blockwise=_by_rows(sparsify, elect) if by_rows and sparsify else blockwise)
 
 
-register_family("task_arithmetic", "Task arithmetic",
-                "Adds the weighted task vectors (fine-tune minus base) of every model to the base model, so the "
-                "skills each fine-tune learned add up.",
-                "Ilharco et al. 2023, Editing models with task arithmetic, arXiv:2212.04089",
-                None, False, normalize=False, rescale=False, elementwise=True)
-register_family("ties", "TIES",
-                "Trims each task vector to its largest entries, elects a sign per parameter from the summed "
-                "vectors, and averages only the entries that agree with it, which reduces interference between "
-                "fine-tunes.",
-                "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
-                _magnitude, True, normalize=True, rescale=False, blockwise=selection(_top_density, True))
-register_family("dare_linear", "DARE (linear)",
-                "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
-                "by 1 / density, then adds the weighted vectors to the base.",
-                "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
-                _random, False, normalize=False, rescale=True, seeded=True, by_rows=True)
-register_family("dare_ties", "DARE (TIES)",
-                "Drops task-vector entries at random and rescales the survivors (DARE), then keeps only entries "
-                "that agree with the elected sign (TIES) before adding them to the base.",
-                "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
-                _random, True, normalize=False, rescale=True, seeded=True, by_rows=True)
+TASK_ARITHMETIC = family("task_arithmetic", "Task arithmetic",
+                         "Adds the weighted task vectors (fine-tune minus base) of every model to the base model, so the "
+                         "skills each fine-tune learned add up.",
+                         "Ilharco et al. 2023, Editing models with task arithmetic, arXiv:2212.04089",
+                         None, False, normalize=False, rescale=False, elementwise=True)
+TIES = family("ties", "TIES",
+              "Trims each task vector to its largest entries, elects a sign per parameter from the summed "
+              "vectors, and averages only the entries that agree with it, which reduces interference between "
+              "fine-tunes.",
+              "Yadav et al. 2023, TIES-Merging, arXiv:2306.01708",
+              _magnitude, True, normalize=True, rescale=False, blockwise=selection(_top_density, True))
+DARE_LINEAR = family("dare_linear", "DARE (linear)",
+                     "Drops each task-vector entry at random with probability 1 - density and rescales the survivors "
+                     "by 1 / density, then adds the weighted vectors to the base.",
+                     "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
+                     _random, False, normalize=False, rescale=True, seeded=True, by_rows=True)
+DARE_TIES = family("dare_ties", "DARE (TIES)",
+                   "Drops task-vector entries at random and rescales the survivors (DARE), then keeps only entries "
+                   "that agree with the elected sign (TIES) before adding them to the base.",
+                   "Yu et al. 2024, Language models are Super Mario (DARE), arXiv:2311.03099",
+                   _random, True, normalize=False, rescale=True, seeded=True, by_rows=True)
+
+METHODS = (TASK_ARITHMETIC, TIES, DARE_LINEAR, DARE_TIES)

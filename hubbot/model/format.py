@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SourceError
+from ..errors import SourceError
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from . import methods
-from .errors import RecipeError
+from .. import methods
+from ..errors import RecipeError
 
 DTYPES = ("bfloat16", "float16", "float32")
 SHARED_COLUMNS = ["parameter", "filter", "value"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Union
 
-from .moe_recipe import MoeRecipe, parse_moe
-from .plan import Opener, Plan, build
-from .recipe import Recipe, kind_of, parse
-from .search_request import SearchRequest, parse_request
+from .merge import Recipe, parse
+from .moe import MoeRecipe, parse_moe
+from .request import SearchRequest, parse_request
+from .text import kind_of
 
 Parsed = Union[Recipe, MoeRecipe, SearchRequest]
 
@@ -26,12 +26,3 @@ def parse_any(text: str, *, allow_local: bool = True) -> Parsed:
     return parse(text, allow_local=allow_local)
 
 
-def plan_any(parsed: Parsed, *, opener: Opener | None = None) -> Plan:
-    """Plan from headers only (no weights are read)."""
-    if isinstance(parsed, MoeRecipe):
-        from . import moe
-
-        return moe.build(parsed, opener=opener)
-    if isinstance(parsed, SearchRequest):
-        return build(parsed.start_recipe(), opener=opener)
-    return build(parsed, opener=opener)

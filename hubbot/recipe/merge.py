@@ -7,20 +7,14 @@ are reported together.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import os
-import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar
 
-import yaml
-
-from .errors import RecipeError
-
-Scalar = Union[float, int, bool, str]
-
-MAX_RECIPE_BYTES = 256 * 1024
+from ..errors import RecipeError
+from .checker import Checker
+from .refs import ModelRef
+from .text import KIND_HINTS, kind_of_data, load_yaml, text_hash
+from .values import Params, uses_gradient
 
 DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -32,100 +26,6 @@ TOP_LEVEL_FIELDS = (
     "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
     "tokenizer_source", "tokenizer", "chat_template", "random_seed", "name",
 )
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
-
-
-@dataclass(frozen=True)
-class FilterRule:
-    """One entry of a `[{filter, value}]` list: applies to tensors whose name contains `filter`."""
-
-    filter: str | None
-    value: "Value"
-
-
-Value = Union[Scalar, tuple[Scalar, ...], tuple[FilterRule, ...]]
-
-
-def evaluate(value: Value, tensor_name: str, t: float) -> Scalar | None:
-    """The scalar a parameter takes for one tensor at relative depth `t` in [0, 1].
-
-    A list of numbers is a gradient, interpolated between its neighbouring points; a list of
-    booleans or strings steps. A filter list takes its first rule whose filter is a
-    substring of the tensor name (no filter, or `*`, matches all); None if none matches.
-    """
-    if isinstance(value, tuple) and value and isinstance(value[0], FilterRule):
-        for rule in value:
-            if rule.filter in (None, "*") or rule.filter in tensor_name:
-                return evaluate(rule.value, tensor_name, t)
-        return None
-    if isinstance(value, tuple):
-        if not value:
-            return None
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        scaled = t * (len(value) - 1)
-        i0 = int(scaled)
-        if not numeric:
-            return value[i0]
-        i1 = min(len(value) - 1, i0 + 1)
-        frac = scaled - i0
-        return (1 - frac) * value[i0] + frac * value[i1]
-    return value
-
-
-def scalars_of(value: Value) -> list[Scalar]:
-    """Every scalar a value can take, for range checks before any tensor exists."""
-    if isinstance(value, tuple):
-        out: list[Scalar] = []
-        for v in value:
-            out.extend(scalars_of(v.value) if isinstance(v, FilterRule) else [v])
-        return out
-    return [value]
-
-
-def uses_gradient(value: Value) -> bool:
-    if isinstance(value, tuple):
-        return any(uses_gradient(v.value) if isinstance(v, FilterRule) else True for v in value)
-    return False
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model reference: a local folder, a Hub repo `org/name[@revision]`, optionally `+adapter`."""
-
-    path: str
-    revision: str | None = None
-    adapter: "ModelRef | None" = None
-    local: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> "ModelRef":
-        text = text.strip()
-        base, plus, adapter = text.partition("+")
-        adapter_ref = cls.parse(adapter) if plus and adapter else None
-        if _looks_local(base):
-            return cls(path=base, adapter=adapter_ref, local=True)
-        repo, at, rev = base.partition("@")
-        return cls(path=repo, revision=rev if at else None, adapter=adapter_ref, local=False)
-
-    def __str__(self) -> str:
-        text = self.path + (f"@{self.revision}" if self.revision else "")
-        return text + (f"+{self.adapter}" if self.adapter else "")
-
-    @property
-    def weights(self) -> "ModelRef":
-        """The reference without its adapter: where the base weights come from."""
-        return ModelRef(self.path, self.revision, None, self.local)
-
-
-def _looks_local(text: str) -> bool:
-    if text.startswith(("/", "./", "../", "~", ".\\")) or text in (".", ".."):
-        return True
-    if os.path.isdir(os.path.expanduser(text)):
-        return True
-    return not HUB_ID.match(text.partition("@")[0])
-
-
-Params = dict[str, Value]
 
 
 @dataclass(frozen=True)
@@ -211,132 +111,21 @@ class Recipe:
         return any(uses_gradient(v) for scope in scopes for v in scope.values())
 
 
-class _Checker:
-    """Collects problems with their field paths while walking the YAML tree."""
-
-    def __init__(self, allow_local: bool):
-        self.problems: list[str] = []
-        self.allow_local = allow_local
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}" if path else message)
-
-    def unknown_keys(self, path: str, mapping: dict, allowed: tuple[str, ...]) -> None:
-        for key in mapping:
-            if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                tip = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
-                self.add(_join(path, str(key)), f"unknown field{tip}")
-
-    def model(self, path: str, raw: Any) -> ModelRef | None:
-        if not isinstance(raw, str) or not raw.strip():
-            self.add(path, f"expected a model reference (org/name, org/name@revision or a local folder), got {raw!r}")
-            return None
-        ref = ModelRef.parse(raw)
-        for part in (ref, ref.adapter):
-            if part and part.local and not self.allow_local:
-                self.add(path, f"'{part.path}' is a local path; the service reads only Hub repos "
-                               "such as 'org/name' or 'org/name@revision'")
-        return ref
-
-    def value(self, path: str, raw: Any) -> Value | None:
-        if isinstance(raw, bool) or isinstance(raw, (int, float, str)):
-            return raw
-        if isinstance(raw, list) and raw and all(isinstance(e, dict) for e in raw):
-            rules = []
-            for i, entry in enumerate(raw):
-                self.unknown_keys(f"{path}[{i}]", entry, ("filter", "value"))
-                if "value" not in entry:
-                    self.add(f"{path}[{i}]", "a filter entry needs a 'value'")
-                    continue
-                flt = entry.get("filter")
-                if flt is not None and not isinstance(flt, str):
-                    self.add(f"{path}[{i}].filter", f"expected a substring of tensor names, got {flt!r}")
-                    continue
-                inner = self.value(f"{path}[{i}].value", entry["value"])
-                if inner is not None:
-                    rules.append(FilterRule(flt, inner))
-            return tuple(rules)
-        if isinstance(raw, list) and raw and all(
-            isinstance(e, (int, float, str, bool)) for e in raw
-        ):
-            return tuple(raw)
-        self.add(path, f"expected a number, a list of numbers (gradient) or a list of "
-                       f"{{filter, value}} entries, got {raw!r}")
-        return None
-
-    def params(self, path: str, raw: Any) -> Params:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.add(path, f"expected a mapping of parameter names to values, got {raw!r}")
-            return {}
-        out: Params = {}
-        for name, value in raw.items():
-            checked = self.value(_join(path, str(name)), value)
-            if checked is not None:
-                out[str(name)] = checked
-        return out
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def text_hash(text: str) -> str:
-    """sha256 of a YAML document's content, whitespace and comments ignored."""
-    canonical = yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def load_yaml(text: str, what: str = "recipe") -> Any:
-    """The YAML tree of a recipe-like text, size-limited, with the error's line and column."""
-    if len(text.encode()) > MAX_RECIPE_BYTES:
-        raise RecipeError(f"the {what} is {len(text.encode())} bytes; the limit is {MAX_RECIPE_BYTES} bytes")
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"the {what} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-
-
-Kind = Literal["merge", "moe", "soup", "evolve"]
-KIND_KEYS: dict[str, Kind] = {"experts": "moe", "soup": "soup", "evolve": "evolve"}
-KIND_HINTS = {
-    "moe": "this is a mixture-of-experts recipe (it lists 'experts:'); run it with 'hubbot moe'",
-    "soup": "this is a greedy soup request (it has 'soup:'); submit it as a job, or use 'hubbot soup'",
-    "evolve": "this is a merge search request (it has 'evolve:'); submit it as a job, or use 'hubbot evolve'",
-}
-
-
-def kind_of(text: str) -> Kind:
-    """What a text asks for, from its top-level keys: a merge recipe, a mixture of experts
-    (`experts:`), a greedy soup (`soup:`) or a merge search (`evolve:`)."""
-    return _kind(load_yaml(text))
-
-
-def _kind(data: Any) -> Kind:
-    if isinstance(data, dict):
-        return next((kind for key, kind in KIND_KEYS.items() if key in data), "merge")
-    return "merge"
-
-
 def parse(text: str, *, allow_local: bool = True) -> Recipe:
     """Parse and check a recipe; raise RecipeError listing every problem found.
 
     `allow_local=False` (service mode) refuses local paths so a recipe cannot read the
     server's disk.
     """
-    from .methods import check_recipe
+    from .checks import check_recipe
 
     data = load_yaml(text)
     if not isinstance(data, dict):
         raise RecipeError("the recipe must be a YAML mapping with at least 'merge_method' and 'models' or 'slices'")
-    if _kind(data) != "merge":
-        raise RecipeError(KIND_HINTS[_kind(data)])
+    if kind_of_data(data) != "merge":
+        raise RecipeError(KIND_HINTS[kind_of_data(data)])
 
-    c = _Checker(allow_local)
+    c = Checker(allow_local)
     c.unknown_keys("", data, TOP_LEVEL_FIELDS)
 
     method = data.get("merge_method")
@@ -396,7 +185,7 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     return recipe
 
 
-def _parse_models(c: _Checker, raw: Any) -> tuple[InputModel, ...]:
+def _parse_models(c: Checker, raw: Any) -> tuple[InputModel, ...]:
     if not isinstance(raw, list) or not raw:
         c.add("models", "expected a non-empty list of {model, parameters}")
         return ()
@@ -416,7 +205,7 @@ def _parse_models(c: _Checker, raw: Any) -> tuple[InputModel, ...]:
     return tuple(out)
 
 
-def _parse_slices(c: _Checker, raw: Any) -> tuple[Slice, ...]:
+def _parse_slices(c: Checker, raw: Any) -> tuple[Slice, ...]:
     if not isinstance(raw, list) or not raw:
         c.add("slices", "expected a non-empty list of {sources: [...]}")
         return ()
@@ -451,7 +240,7 @@ def _parse_slices(c: _Checker, raw: Any) -> tuple[Slice, ...]:
     return tuple(out)
 
 
-def _parse_tokenizer(c: _Checker, data: dict, refs: list[ModelRef]) -> TokenizerSpec | None:
+def _parse_tokenizer(c: Checker, data: dict, refs: list[ModelRef]) -> TokenizerSpec | None:
     """`tokenizer_source` or the `tokenizer:` form (whose source defaults to union, as in mergekit).
     Models it names must be models the recipe reads (`refs`)."""
     if "tokenizer" in data and "tokenizer_source" in data:
@@ -490,7 +279,7 @@ def _parse_tokenizer(c: _Checker, data: dict, refs: list[ModelRef]) -> Tokenizer
     return TokenizerSpec(source=source, tokens=rules, pad_to_multiple_of=pad)
 
 
-def _token_rule(c: _Checker, path: str, raw: Any) -> TokenRule | None:
+def _token_rule(c: Checker, path: str, raw: Any) -> TokenRule | None:
     """`{source: <model> | {kind: zero} | {kind: model_token, model, token | token_id}, force}`."""
     if raw is None:
         return TokenRule()
@@ -535,6 +324,6 @@ def _token_rule(c: _Checker, path: str, raw: Any) -> TokenRule | None:
     return TokenRule(model=ref, token=token, token_id=token_id, force=force) if ref else None
 
 
-def _check_member(c: _Checker, path: str, source: str, refs: list[ModelRef]) -> None:
+def _check_member(c: Checker, path: str, source: str, refs: list[ModelRef]) -> None:
     if source not in ("base", "union") and refs and ModelRef.parse(source) not in refs:
         c.add(path, f"{source!r} is not one of the recipe's models ({', '.join(str(r) for r in dict.fromkeys(refs))})")

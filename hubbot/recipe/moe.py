@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import RecipeError
-from .recipe import DTYPE_ALIASES, ModelRef, _Checker, load_yaml, text_hash
+from ..errors import RecipeError
+from .checker import Checker
+from .merge import DTYPE_ALIASES
+from .refs import ModelRef
+from .text import load_yaml, text_hash
 
 GATE_MODES = {
     "hidden": "each layer's router row is the base model's hidden state on the expert's positive prompts "
@@ -74,7 +77,7 @@ def parse_moe(text: str, *, allow_local: bool = True) -> MoeRecipe:
     data = load_yaml(text)
     if not isinstance(data, dict) or "experts" not in data:
         raise RecipeError("a mixture-of-experts recipe must be a YAML mapping with 'base_model' and 'experts'")
-    c = _Checker(allow_local)
+    c = Checker(allow_local)
     c.unknown_keys("", data, TOP_LEVEL_FIELDS)
 
     base = None
@@ -134,7 +137,7 @@ def parse_moe(text: str, *, allow_local: bool = True) -> MoeRecipe:
     )
 
 
-def _experts(c: _Checker, path: str, raw: Any, needs_prompts: bool) -> tuple[Expert, ...]:
+def _experts(c: Checker, path: str, raw: Any, needs_prompts: bool) -> tuple[Expert, ...]:
     if raw is None:
         c.add(path, "missing; list the expert models as {source_model, positive_prompts}")
         return ()
@@ -167,7 +170,7 @@ def _experts(c: _Checker, path: str, raw: Any, needs_prompts: bool) -> tuple[Exp
     return tuple(out)
 
 
-def _prompts(c: _Checker, path: str, raw: Any) -> tuple[str, ...]:
+def _prompts(c: Checker, path: str, raw: Any) -> tuple[str, ...]:
     if raw is None:
         return ()
     if isinstance(raw, str):

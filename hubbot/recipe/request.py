@@ -22,24 +22,31 @@ is the caller's (a job's) business, like any recipe's.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
-from .errors import RecipeError
-from .evaluate import EvalSpec
-from .evolve import Template, check_template, search
-from .history import SearchHistory, SearchProgress
-from .plan import Opener
-from .recipe import ModelRef, Recipe, _Checker, load_yaml, parse, text_hash
-from .soup import greedy_soup, soup_recipe
+from ..errors import RecipeError
+from .checker import Checker
+from .merge import Recipe, parse
+from .refs import ModelRef
+from .template import Template, check_template
+from .text import load_yaml, text_hash
 
 EVAL_FIELDS = ("data", "text_field", "max_documents", "max_length")
 EVOLVE_FIELDS = ("budget", "recipe", "sigma", "popsize", "seed")
 MAX_BUDGET = 10_000
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to score on, as plain values (command-line flags, a job's stored options)."""
+
+    data: str  # a local file or hf://datasets/org/name[@revision]/path
+    text_field: str = "text"
+    max_documents: int | None = None
+    max_length: int = 512
 
 
 @dataclass(frozen=True)
@@ -69,22 +76,6 @@ class SearchRequest:
     def model_refs(self) -> list[ModelRef]:
         return self.start_recipe().model_refs()
 
-    def run(self, *, work_dir: Path, opener: Opener | None = None, device: str | None = None,
-            token: str | None = None, endpoint: str | None = None,
-            report: Callable[[SearchProgress], None] | None = None,
-            cancel: threading.Event | None = None) -> tuple[str, SearchHistory]:
-        """Cook the soup or run the search; the winning recipe and its history. A search resumes
-        from its state in `work_dir`. `token` and `endpoint` serve the Hub dataset download."""
-        evaluator = self.eval.evaluator(allow_local=self.allow_local, token=token, endpoint=endpoint, device=device,
-                                        cancel=cancel)
-        common = dict(allow_local=self.allow_local, opener=opener, device=device, report=report, cancel=cancel)
-        if self.kind == "soup":
-            result = greedy_soup(list(self.candidates), evaluator, None, work_dir=work_dir, **common)
-        else:
-            result = search(self.template, evaluator, None, budget=self.budget, work_dir=work_dir, sigma=self.sigma,
-                            popsize=self.popsize, seed=self.seed, **common)
-        return result.recipe, result.history
-
 
 def parse_request(text: str, *, allow_local: bool = True) -> SearchRequest:
     """Parse and check a soup or search request; RecipeError lists every problem. The models
@@ -95,7 +86,7 @@ def parse_request(text: str, *, allow_local: bool = True) -> SearchRequest:
         raise RecipeError("a request is a YAML mapping with either 'soup:' (candidate models) or 'evolve:' "
                           "(a search), and 'eval:'")
     kind = kinds[0]
-    c = _Checker(allow_local)
+    c = Checker(allow_local)
     c.unknown_keys("", data, (kind, "eval"))
     spec = _eval_spec(c, data.get("eval"))
     fields: dict[str, Any] = {}
@@ -115,7 +106,7 @@ def parse_request(text: str, *, allow_local: bool = True) -> SearchRequest:
     return request
 
 
-def _eval_spec(c: _Checker, raw: Any) -> EvalSpec:
+def _eval_spec(c: Checker, raw: Any) -> EvalSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), str):
         c.add("eval", "expected {data: <file or hf://datasets/org/name/path>, text_field, max_documents, max_length}")
         return EvalSpec("")
@@ -130,7 +121,7 @@ def _eval_spec(c: _Checker, raw: Any) -> EvalSpec:
                     max_length=raw.get("max_length", 512))
 
 
-def _evolve(c: _Checker, raw: Any) -> dict[str, Any]:
+def _evolve(c: Checker, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         c.add("evolve", "expected {budget, recipe, sigma, popsize, seed}")
         return {}
@@ -158,3 +149,12 @@ def _evolve(c: _Checker, raw: Any) -> dict[str, Any]:
             for p in exc.problems:
                 c.add("evolve.recipe", p)
     return out
+
+
+def soup_recipe(ingredients: list[str], comment: str = "") -> str:
+    """The uniform linear recipe of `ingredients` (model references), with an optional comment header."""
+    body = yaml.safe_dump({"merge_method": "linear",
+                           "models": [{"model": m, "parameters": {"weight": 1.0}} for m in ingredients]},
+                          sort_keys=False)
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    return header + body

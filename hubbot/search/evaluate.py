@@ -23,7 +23,8 @@ from urllib.parse import unquote
 
 import torch
 
-from .errors import Cancelled, HubbotError
+from ..errors import Cancelled, HubbotError
+from ..recipe.request import EvalSpec
 
 HUB_PREFIX = "hf://datasets/"
 DEFAULT_PROMPT = "Write one sentence about the sea."
@@ -127,7 +128,7 @@ def load_model(model: str | Path, device: str | None = None):
     """A causal LM and its tokenizer from a folder or Hub id (float32 on the CPU; no remote code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .engine import pick_device
+    from ..merge.engine import pick_device
 
     dev = pick_device(device)
     dtype = torch.float32 if dev.type == "cpu" else "auto"
@@ -219,22 +220,6 @@ class Evaluator:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
-    """What to score on, as plain values (command-line flags, a job's stored options)."""
-
-    data: str  # a local file or hf://datasets/org/name[@revision]/path
-    text_field: str = "text"
-    max_documents: int | None = None
-    max_length: int = 512
-
-    def evaluator(self, *, allow_local: bool = True, token: str | None = None, endpoint: str | None = None,
-                  device: str | None = None, cancel: threading.Event | None = None) -> Evaluator:
-        texts = load_texts(self.data, text_field=self.text_field, max_documents=self.max_documents,
-                           allow_local=allow_local, token=token, endpoint=endpoint)
-        return Evaluator(texts, max_length=self.max_length, device=device, cancel=cancel)
-
-
-@dataclass(frozen=True)
 class SmokeTest:
     """A short greedy generation: does the model load, run and say something?"""
 
@@ -295,3 +280,11 @@ def write_card_results(readme: Path, model_name: str, results: list) -> None:
     card.data.eval_results = kept + list(results)
     card.data.model_name = card.data.model_name or model_name
     card.save(readme)
+
+
+def evaluator_for(spec: EvalSpec, *, allow_local: bool = True, token: str | None = None, endpoint: str | None = None,
+              device: str | None = None, cancel: threading.Event | None = None) -> Evaluator:
+    """The evaluator a request or the command line asks for: its text set loaded, its options set."""
+    texts = load_texts(spec.data, text_field=spec.text_field, max_documents=spec.max_documents,
+                       allow_local=allow_local, token=token, endpoint=endpoint)
+    return Evaluator(texts, max_length=spec.max_length, device=device, cancel=cancel)

@@ -22,7 +22,6 @@ would have.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -30,121 +29,22 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
-import yaml
-
-from . import engine
-from .errors import Cancelled, HubbotError, MergeError, PlanError, RecipeError
+from ..errors import Cancelled, HubbotError, MergeError, PlanError, RecipeError
+from ..merge import engine
+from ..merge.plan import Opener, build
+from ..recipe.merge import parse
+from ..recipe.template import Template, check_template
+from ..recipe.text import text_hash
+from ..sources import caching_opener
 from .evaluate import Scorer
 from .history import SearchHistory, SearchProgress, Trial, write_winner
-from .plan import Opener, build
-from .recipe import Recipe, load_yaml, parse, text_hash
-from .sources import caching_opener
 
 PAPER = "CMA-ES over recipe parameters, Akiba et al. 2024, arXiv:2403.13187"
 STATE_FILE = "search-state.json"
 STATE_FORMAT = "hubbot-evolve-state/1"
-MARKER_FIELDS = ("search", "points", "init")
-MAX_POINTS = 64
 FAILED_LOSS = 1e12  # what CMA-ES is told for a candidate that could not be merged or scored
-DECIMALS = 4
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One searched value: at `path` in the template, `points` numbers (a gradient when > 1)
-    in [low, high]. `where` locates it in the YAML tree."""
-
-    path: str
-    low: float
-    high: float
-    points: int
-    init: tuple[float, ...]
-    where: tuple[str | int, ...]
-
-
-class Template:
-    """A recipe template with search markers; `render(x)` gives a recipe for a point x in the
-    unit cube (one coordinate per searched number)."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.data = load_yaml(text, "recipe template")
-        if not isinstance(self.data, dict):
-            raise RecipeError("the recipe template must be a YAML mapping (a recipe with search markers)")
-        problems: list[str] = []
-        self.dims: list[Dim] = []
-        self._walk(self.data, "", (), problems)
-        if problems:
-            raise RecipeError(problems)
-        if not self.dims:
-            raise RecipeError("the template has nothing to search; mark values like weight: {search: [0, 1]}")
-
-    @property
-    def size(self) -> int:
-        return sum(d.points for d in self.dims)
-
-    def _walk(self, node: Any, path: str, where: tuple, problems: list[str]) -> None:
-        if isinstance(node, dict) and "search" in node:
-            dim = _marker(node, path, where, problems)
-            if dim:
-                self.dims.append(dim)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                self._walk(value, f"{path}.{key}" if path else str(key), (*where, key), problems)
-        elif isinstance(node, list):
-            for i, value in enumerate(node):
-                self._walk(value, f"{path}[{i}]", (*where, i), problems)
-
-    def x0(self) -> list[float]:
-        return [(v - d.low) / (d.high - d.low) for d in self.dims for v in d.init]
-
-    def values(self, x: Sequence[float]) -> dict[str, float | list[float]]:
-        """Each searched value at point x, by template path, rounded as the recipe writes it."""
-        out: dict[str, float | list[float]] = {}
-        i = 0
-        for d in self.dims:
-            nums = [round(d.low + min(1.0, max(0.0, float(v))) * (d.high - d.low), DECIMALS) for v in x[i:i + d.points]]
-            out[d.path] = nums[0] if d.points == 1 else nums
-            i += d.points
-        return out
-
-    def render(self, x: Sequence[float], comment: str = "") -> str:
-        data = copy.deepcopy(self.data)
-        for d, value in zip(self.dims, self.values(x).values()):
-            node = data
-            for key in d.where[:-1]:
-                node = node[key]
-            node[d.where[-1]] = value
-        header = "".join(f"# {line}\n" for line in comment.splitlines())
-        return header + yaml.safe_dump(data, sort_keys=False)
-
-
-def _marker(node: dict, path: str, where: tuple, problems: list[str]) -> Dim | None:
-    bad = [k for k in node if k not in MARKER_FIELDS]
-    if bad:
-        problems.append(f"{path}: unknown field '{bad[0]}' in a search marker; use {{search: [low, high], "
-                        "points: n, init: value}")
-        return None
-    rng, points = node["search"], node.get("points", 1)
-    if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng) and rng[0] < rng[1]):
-        problems.append(f"{path}.search: expected [low, high] with low < high, got {rng!r}")
-        return None
-    if isinstance(points, bool) or not isinstance(points, int) or not 1 <= points <= MAX_POINTS:
-        problems.append(f"{path}.points: expected a whole number from 1 to {MAX_POINTS}, got {points!r}")
-        return None
-    low, high = float(rng[0]), float(rng[1])
-    init = node.get("init", (low + high) / 2)
-    init = list(init) if isinstance(init, list) else [init] * points
-    if len(init) != points or not all(_is_number(v) and low <= v <= high for v in init):
-        problems.append(f"{path}.init: expected {points} number(s) within [{low:g}, {high:g}], got {node.get('init')!r}")
-        return None
-    return Dim(path, low, high, points, tuple(float(v) for v in init), where)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -286,18 +186,6 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
     if out is not None:
         folder = write_winner(text, history, out, allow_local=allow_local, opener=opener, device=device, cancel=cancel)
     return SearchResult(folder, text, best.score, history)
-
-
-def check_template(tpl: Template, allow_local: bool = True) -> Recipe:
-    """The template must give valid recipes at its start and at both ends of every range;
-    returns the recipe at the start."""
-    recipes = []
-    for label, x in (("start", tpl.x0()), ("lowest", [0.0] * tpl.size), ("highest", [1.0] * tpl.size)):
-        try:
-            recipes.append(parse(tpl.render(x), allow_local=allow_local))
-        except RecipeError as exc:
-            raise RecipeError([f"at the {label} values of the search ranges: {p}" for p in exc.problems]) from None
-    return recipes[0]
 
 
 def _evaluate(tpl: Template, x: list[float], score: Scorer, work_dir: Path, history: SearchHistory,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .plan import Opener
+from ..merge.plan import Opener
 
 FILE_NAME = "search_history.json"
 FORMAT = "hubbot-search-history/1"
@@ -148,10 +148,10 @@ def write_winner(recipe_text: str, history: SearchHistory, out: Path, *, allow_l
                  opener: Opener | None = None, device: str | None = None,
                  cancel: threading.Event | None = None) -> Path:
     """Merge a search's winning recipe into `out`, with its card and history."""
-    from . import engine
-    from .card import RunFacts, write_card
-    from .plan import build
-    from .recipe import parse
+    from ..merge import engine
+    from ..merge.card import RunFacts, write_card
+    from ..merge.plan import build
+    from ..recipe.merge import parse
 
     plan = build(parse(recipe_text, allow_local=allow_local), opener=opener)
     result = engine.run(plan, Path(out), device=device, cancel=cancel)

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from . import engine
-from .errors import Cancelled, HubbotError
+from ..errors import Cancelled, HubbotError
+from ..merge import engine
+from ..merge.plan import Opener, build
+from ..recipe.merge import parse
+from ..recipe.refs import ModelRef
+from ..recipe.request import soup_recipe
+from ..sources import caching_opener
 from .evaluate import Scorer
 from .history import SearchHistory, SearchProgress, Trial, write_winner
-from .plan import Opener, build
-from .recipe import ModelRef, parse
-from .sources import caching_opener
 
 PAPER = "greedy soup, Wortsman et al. 2022, Model soups, arXiv:2203.05482"
 
@@ -36,15 +36,6 @@ class SoupResult:
     ingredients: list[str]
     score: float
     history: SearchHistory
-
-
-def soup_recipe(ingredients: list[str], comment: str = "") -> str:
-    """The uniform linear recipe of `ingredients` (model references), with an optional comment header."""
-    body = yaml.safe_dump({"merge_method": "linear",
-                           "models": [{"model": m, "parameters": {"weight": 1.0}} for m in ingredients]},
-                          sort_keys=False)
-    header = "".join(f"# {line}\n" for line in comment.splitlines())
-    return header + body
 
 
 def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_dir: Path | None = None,

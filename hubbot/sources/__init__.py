@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import SourceError
-from ..recipe import ModelRef
+from ..recipe.refs import ModelRef
 from .base import Source
 from .local import LocalSource
 

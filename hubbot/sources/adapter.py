@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import arch
 from ..errors import SourceError
-from ..io import TensorInfo
-from ..recipe import ModelRef
+from ..model import arch
+from ..model.format import TensorInfo
+from ..recipe.refs import ModelRef
 from .base import TOKENIZER_FILES, Source
 
 CONFIG_FILE = "adapter_config.json"

@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..errors import SourceError
-from ..io import TensorInfo, decode, header_length, parse_header
-from ..recipe import ModelRef
+from ..model.format import TensorInfo, decode, header_length, parse_header
+from ..recipe.refs import ModelRef
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 
 from ..errors import SourceError
-from ..io import TensorInfo
-from ..recipe import ModelRef
+from ..model.format import TensorInfo
+from ..recipe.refs import ModelRef
 from .base import Source
 
 Compute = Callable[["threading.Event | None"], dict[str, torch.Tensor]]

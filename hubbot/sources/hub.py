@@ -18,8 +18,8 @@ import torch
 
 from ..errors import SourceError
 from ..hub import HubOptions, _Transient, describe, with_retries
-from ..io import TensorInfo, decode
-from ..recipe import ModelRef
+from ..model.format import TensorInfo, decode
+from ..recipe.refs import ModelRef
 from .base import Source
 
 COALESCE_BYTES = 16 << 20  # neighbouring uncached tensors fetched in one request, up to this

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..errors import SourceError
-from ..io import CODES, TensorInfo
-from ..recipe import ModelRef
+from ..model.format import CODES, TensorInfo
+from ..recipe.refs import ModelRef
 from .base import BIN_FILE, BIN_INDEX_FILE, Source
 
 

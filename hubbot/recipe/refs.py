@@ -1,0 +1,46 @@
+"""Model references: a local folder, a Hub repo `org/name[@revision]`, optionally `+adapter`."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model reference: a local folder, a Hub repo `org/name[@revision]`, optionally `+adapter`."""
+
+    path: str
+    revision: str | None = None
+    adapter: "ModelRef | None" = None
+    local: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelRef":
+        text = text.strip()
+        base, plus, adapter = text.partition("+")
+        adapter_ref = cls.parse(adapter) if plus and adapter else None
+        if _looks_local(base):
+            return cls(path=base, adapter=adapter_ref, local=True)
+        repo, at, rev = base.partition("@")
+        return cls(path=repo, revision=rev if at else None, adapter=adapter_ref, local=False)
+
+    def __str__(self) -> str:
+        text = self.path + (f"@{self.revision}" if self.revision else "")
+        return text + (f"+{self.adapter}" if self.adapter else "")
+
+    @property
+    def weights(self) -> "ModelRef":
+        """The reference without its adapter: where the base weights come from."""
+        return ModelRef(self.path, self.revision, None, self.local)
+
+
+def _looks_local(text: str) -> bool:
+    if text.startswith(("/", "./", "../", "~", ".\\")) or text in (".", ".."):
+        return True
+    if os.path.isdir(os.path.expanduser(text)):
+        return True
+    return not HUB_ID.match(text.partition("@")[0])
