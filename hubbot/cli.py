@@ -221,14 +221,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .jobs.store import Store
+    from .jobs.store import Store, display_url
     from .jobs.supervisor import Supervisor
 
     settings = _settings(args, worker_slots=args.workers)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"hubbot worker: {settings.worker_slots} slot(s), jobs from {settings.store_url}", flush=True)
+    print(f"hubbot worker: {settings.worker_slots} slot(s), jobs from {display_url(settings.store_url)}", flush=True)
     Supervisor(settings, Store(settings.store_url)).run_forever(stop)
     return 0
 

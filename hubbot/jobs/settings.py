@@ -31,7 +31,7 @@ class Limits:
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    store_url: str
+    store_url: str = field(repr=False)  # may hold a database password
     mode: Mode = "local"
     worker_slots: int = 1
     hub_endpoint: str = "https://huggingface.co"

@@ -4,6 +4,10 @@ Every state change is one conditional UPDATE whose WHERE clause names the state 
 running job, the claim) it expects, so concurrent threads and processes can race freely:
 exactly one of them wins and the others see rowcount 0. Submission takes a lock row first so
 its dedup lookup and limit counts hold until the new job is inserted.
+
+Several processes (a server and workers on other machines) may open an empty PostgreSQL store at
+the same moment: the schema is created under a transaction-scoped advisory lock, so exactly one
+of them creates it and the others find it made.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.types import TypeDecorator
 
 from ..errors import LimitError
@@ -159,16 +163,32 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+SCHEMA_LOCK = 0x6875_6262  # PostgreSQL advisory lock key held while the schema is created ("hubb")
+
+
+def display_url(url: str) -> str:
+    """The store URL as it may be printed or logged: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can read: show its scheme only
+        return url.split(":", 1)[0] + ":***"
+
+
 class Store:
     """All SQL the service runs. Rows come back as plain mappings; the service shapes them."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
         with self.engine.begin() as c:
+            if c.dialect.name == "postgresql":
+                c.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+            metadata.create_all(c)
             if c.execute(select(locks.c.name).where(locks.c.name == "submit")).first() is None:
                 c.execute(insert(locks).values(name="submit", n=0))
+
+    def __repr__(self) -> str:
+        return f"Store({display_url(self.url)!r})"
 
     def close(self) -> None:
         self.engine.dispose()
