@@ -136,6 +136,19 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
 
 
+def _fanout(args: argparse.Namespace, score):
+    """Candidates on a Ray cluster when `--ray` (or HUBBOT_RAY_ADDRESS) names one."""
+    import os
+
+    address = args.ray or os.environ.get("HUBBOT_RAY_ADDRESS")
+    if not address:
+        return None
+    from .hub import HubOptions
+    from .search.fanout import RayFanout
+
+    return RayFanout(address, score, hub=HubOptions.from_env())
+
+
 def _evaluator(args: argparse.Namespace):
     from .recipe.request import EvalSpec
     from .search.evaluate import evaluator_for
@@ -166,8 +179,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_soup(args: argparse.Namespace) -> int:
     from .search.soup import greedy_soup
 
-    result = greedy_soup(args.candidates, _evaluator(args), Path(args.out), work_dir=args.work_dir,
-                         device=args.device, report=print)
+    score = _evaluator(args)
+    result = greedy_soup(args.candidates, score, Path(args.out), work_dir=args.work_dir, device=args.device,
+                         report=print, fanout=_fanout(args, score))
     print(f"soup of {len(result.ingredients)}: {', '.join(result.ingredients)}; perplexity {result.score:.4f}")
     return 0
 
@@ -177,9 +191,10 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".search")
-    result = evolve.search(_recipe_text(args.template, "recipe template"), _evaluator(args), out, budget=args.budget,
+    score = _evaluator(args)
+    result = evolve.search(_recipe_text(args.template, "recipe template"), score, out, budget=args.budget,
                            work_dir=work, device=args.device, sigma=args.sigma, popsize=args.popsize,
-                           seed=args.seed, report=print)
+                           seed=args.seed, report=print, fanout=_fanout(args, score))
     print(f"best perplexity {result.score:.4f}; wrote {result.folder} (search state kept in {work})")
     return 0
 
@@ -299,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", nargs="+", required=True, metavar="MODEL", help="model folders or Hub ids")
     p.add_argument("--out", required=True, help="output folder for the soup")
     p.add_argument("--work-dir", default=None, help="where candidate soups are merged (default: a temporary folder)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help="merge and score candidates as tasks on a Ray cluster (auto: a running one, else a local one)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_soup)
 
@@ -311,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.25, help="initial step size, as a fraction of each range")
     p.add_argument("--popsize", type=int, default=None, help="candidates per generation (default: CMA-ES's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (default 0)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                   help="merge and score candidates as tasks on a Ray cluster (auto: a running one, else a local one)")
     _add_eval_args(p)
     p.set_defaults(func=cmd_evolve)
 

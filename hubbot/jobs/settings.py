@@ -57,6 +57,7 @@ class Settings:
     recipes_dir: Path | None = None  # the gallery folder; None: recipes/ next to the hubbot package
     recipes_dataset: str | None = None  # the Hub dataset that sharing a recipe opens pull requests on
     space_id: str | None = None  # owner/name of the Space this runs on, where recipes can also be proposed
+    ray_address: str | None = None  # soups' and searches' candidates fan out over this Ray cluster ("auto" or an address)
 
     @property
     def local(self) -> bool:
@@ -126,6 +127,7 @@ class Settings:
             recipes_dir=Path(env["HUBBOT_RECIPES_DIR"]).expanduser().resolve() if env.get("HUBBOT_RECIPES_DIR") else None,
             recipes_dataset=env.get("HUBBOT_RECIPES_DATASET") or None,
             space_id=env.get("SPACE_ID") or None,
+            ray_address=env.get("HUBBOT_RAY_ADDRESS") or None,
         )
         return replace(settings, **overrides) if overrides else settings
 

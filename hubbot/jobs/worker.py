@@ -127,8 +127,8 @@ def _search(settings: Settings, store: Store, job_id: str, claim: str, request: 
 
     hub = hub_options(settings, token)
     text, history = run_request(request, work_dir=work / "search", opener=caching_opener(allow_local=settings.local, hub=hub),
-                                device=row["options"].get("device"), token=hub.token, endpoint=hub.endpoint,
-                                report=report, cancel=cancel)
+                                device=row["options"].get("device"), hub=hub, report=report, cancel=cancel,
+                                ray=settings.ray_address)
     say(f"winner ({history.metric} {history.best.score:.4g}):\n{text}")
     plan = plan_recipe(settings, parse_recipe(settings, text), token)
     plan.raise_for_problems()

@@ -215,6 +215,10 @@ class Evaluator:
     def __call__(self, folder: Path) -> float:
         return self.evaluate(folder).perplexity
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What travels to another process (a Ray task): everything but the local cancel event."""
+        return {**self.__dict__, "cancel": None}
+
     def describe(self) -> dict[str, Any]:
         return {**self.texts.describe(), "max_length": self.max_length}
 

@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..errors import Cancelled, HubbotError, MergeError, PlanError, RecipeError
+from ..errors import Cancelled, HubbotError
 from ..merge import engine
 from ..merge.plan import Opener, build
-from ..recipe.merge import parse
 from ..recipe.template import Template, check_template
 from ..recipe.text import text_hash
 from ..sources import caching_opener
 from .evaluate import Scorer
+from .fanout import Fanout, Outcome, merge_and_score
 from .history import SearchHistory, SearchProgress, Trial, write_winner
 
 PAPER = "CMA-ES over recipe parameters, Akiba et al. 2024, arXiv:2403.13187"
@@ -103,11 +102,12 @@ class SearchResult:
 def search(template: str | Template, score: Scorer, out: Path | None, *, budget: int, work_dir: Path,
            allow_local: bool = True, opener: Opener | None = None, device: str | None = None, sigma: float = 0.25,
            popsize: int | None = None, seed: int = 0, report: Callable[[SearchProgress], None] | None = None,
-           cancel: threading.Event | None = None) -> SearchResult:
+           cancel: threading.Event | None = None, fanout: Fanout | None = None) -> SearchResult:
     """Search the template's marked values for `budget` evaluations, then merge the best recipe
     into `out` (None: write nothing; publish `result.recipe` with `annotate=result.history.annotate`).
     The state in `work_dir` lets an interrupted or cancelled search resume (with the same
-    template and options; the budget may grow)."""
+    template and options; the budget may grow). With a `fanout` (a Ray cluster) each generation's
+    candidates are merged and scored at once there, and recorded in the order a serial search would."""
     import numpy as np
 
     with warnings.catch_warnings():  # cma warns at import when matplotlib (for its plots) is missing
@@ -155,16 +155,19 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
             state.save(state_path)
         g = len(state.generations) - 1
         gen = state.generations[g]
-        for i, x in enumerate(gen.asked):
-            if gen.scores[i] is not None or gen.errors[i] is not None:
-                continue
-            if state.evaluations >= budget:
-                break
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"the search was cancelled after {state.evaluations} evaluations; run it again "
-                                "with the same work folder to resume")
-            gen.scores[i], gen.errors[i] = _evaluate(tpl, x, score, work_dir, history, allow_local, opener, device,
-                                                     cancel)
+        pending = [i for i in range(len(gen.asked)) if gen.scores[i] is None and gen.errors[i] is None]
+        pending = pending[:budget - state.evaluations]
+        if fanout is not None:  # the generation's candidates at once; recorded in the serial order
+            _check_cancel(cancel, state)
+            outcomes = _fan_out(tpl, [gen.asked[i] for i in pending], history, fanout)
+        for k, i in enumerate(pending):
+            x = gen.asked[i]
+            if fanout is None:
+                _check_cancel(cancel, state)
+                gen.scores[i], gen.errors[i] = _evaluate(tpl, x, score, work_dir, history, allow_local, opener,
+                                                         device, cancel)
+            else:
+                gen.scores[i], gen.errors[i] = outcomes[k]
             state.save(state_path)
             trial = Trial(len(history.trials) + 1, tpl.values(x), gen.scores[i], generation=g, error=gen.errors[i])
             history.trials.append(trial)
@@ -188,27 +191,36 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
     return SearchResult(folder, text, best.score, history)
 
 
+def _check_cancel(cancel: threading.Event | None, state: SearchState) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"the search was cancelled after {state.evaluations} evaluations; run it again "
+                        "with the same work folder to resume")
+
+
 def _evaluate(tpl: Template, x: list[float], score: Scorer, work_dir: Path, history: SearchHistory,
               allow_local: bool, opener: Opener, device: str | None,
-              cancel: threading.Event | None) -> tuple[float | None, str | None]:
-    """Merge and score one candidate: (score, None), or (None, why it failed)."""
+              cancel: threading.Event | None) -> Outcome:
+    """Merge and score one candidate here: (score, None), or (None, why it failed)."""
+    same = _known(tpl, x, history)
+    if same is not None:  # clipped to a bound, or rounded onto an earlier point: same recipe
+        return same
+    return merge_and_score(tpl.render(x), score, work_dir / "candidate", allow_local=allow_local, opener=opener,
+                           device=device, cancel=cancel)
+
+
+def _fan_out(tpl: Template, xs: list[list[float]], history: SearchHistory, fanout: Fanout) -> list[Outcome]:
+    """Outcomes of a batch of candidates, each distinct new recipe merged and scored once."""
+    known = [_known(tpl, x, history) for x in xs]
+    fresh = list(dict.fromkeys(tpl.render(x) for x, k in zip(xs, known) if k is None))
+    scored = dict(zip(fresh, fanout.map(fresh))) if fresh else {}
+    return [k if k is not None else scored[tpl.render(x)] for x, k in zip(xs, known)]
+
+
+def _known(tpl: Template, x: list[float], history: SearchHistory) -> Outcome | None:
+    """The outcome of an earlier trial with the same values (clipped to a bound, or rounded onto it)."""
     params = tpl.values(x)
     same = next((t for t in history.trials if t.params == params), None)
-    if same is not None:  # clipped to a bound, or rounded onto an earlier point: same recipe
-        return same.score, same.error
-    folder = work_dir / "candidate"
-    shutil.rmtree(folder, ignore_errors=True)
-    try:
-        plan = build(parse(tpl.render(x), allow_local=allow_local), opener=opener)
-        engine.run(plan, folder, device=device, cancel=cancel)
-        value = score(folder)
-    except Cancelled:
-        raise
-    except (RecipeError, PlanError, MergeError) as exc:
-        return None, str(exc).splitlines()[0]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return (value, None) if math.isfinite(value) else (None, f"{score.metric} is {value}")
+    return None if same is None else (same.score, same.error)
 
 
 def _history(tpl: Template, state: SearchState, score: Scorer, budget: int) -> tuple[SearchHistory, list[list[float]]]:

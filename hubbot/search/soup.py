@@ -24,6 +24,7 @@ from ..recipe.refs import ModelRef
 from ..recipe.request import soup_recipe
 from ..sources import caching_opener
 from .evaluate import Scorer
+from .fanout import Fanout
 from .history import SearchHistory, SearchProgress, Trial, write_winner
 
 PAPER = "greedy soup, Wortsman et al. 2022, Model soups, arXiv:2203.05482"
@@ -41,11 +42,12 @@ class SoupResult:
 def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_dir: Path | None = None,
                 allow_local: bool = True, opener: Opener | None = None, device: str | None = None,
                 report: Callable[[SearchProgress], None] | None = None,
-                cancel: threading.Event | None = None) -> SoupResult:
+                cancel: threading.Event | None = None, fanout: Fanout | None = None) -> SoupResult:
     """Cook a greedy soup of `candidates` (model references) into the folder `out`.
 
     `score(folder)` rates a merged model (lower is better, e.g. an Evaluator's perplexity);
-    `report` hears of every evaluation (SearchProgress); `cancel` stops between steps. With `out`
+    `report` hears of every evaluation (SearchProgress); `cancel` stops between steps. With a
+    `fanout` (a Ray cluster) the merges and scores run there, the candidates alone all at once. With `out`
     None nothing is written: publish `result.recipe` with `annotate=result.history.annotate`."""
     refs = list(dict.fromkeys(str(ModelRef.parse(c)) for c in candidates))
     if len(refs) < 2:
@@ -60,7 +62,19 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_
     history = SearchHistory(kind="greedy_soup", title="Greedy soup", paper=PAPER, metric=score.metric,
                             data=score.describe())
     with tempfile.TemporaryDirectory(prefix="hubbot-soup-", dir=work_dir) as tmp:
+        def rate_on_cluster(batch: list[list[str]]) -> list[float]:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the soup was cancelled")
+            values = []
+            for ingredients, (value, error) in zip(batch, fanout.map([soup_recipe(b) for b in batch])):
+                if error is not None:
+                    raise HubbotError(f"the soup of {', '.join(ingredients)} could not be merged and scored: {error}")
+                values.append(value)
+            return values
+
         def rate(ingredients: list[str]) -> float:
+            if fanout is not None:
+                return rate_on_cluster([ingredients])[0]
             if cancel is not None and cancel.is_set():
                 raise Cancelled("the soup was cancelled")
             folder = Path(tmp) / "candidate"
@@ -81,8 +95,9 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_
                                soup_recipe(leader.params["ingredients"]), score.metric, note=note))
 
         alone = {}
-        for ref in refs:
-            alone[ref] = rate([ref])
+        at_once = rate_on_cluster([[ref] for ref in refs]) if fanout is not None else None  # independent
+        for k, ref in enumerate(refs):
+            alone[ref] = at_once[k] if at_once is not None else rate([ref])
             record([ref], alone[ref], None, "alone")
         order = sorted(refs, key=lambda r: alone[r])
         soup, best = [order[0]], alone[order[0]]
