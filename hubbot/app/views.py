@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..recipe.refs import ModelRef
+from ..sizes import human_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,16 +35,6 @@ def md(text: Any) -> str:
 def notice(kind: str, title: str, body: str = "") -> str:
     """A status line: a coloured pill (`ok`, `error` or `warn`) with a short title, then Markdown."""
     return f'<span class="hb-pill hb-{kind}">{html.escape(title)}</span> {body}'.rstrip()
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def human_seconds(s: float | None) -> str:

@@ -148,9 +148,10 @@ def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tupl
     return str(card), extra
 
 
-def write_card(plan: Plan, folder: Path, run: RunFacts | None) -> None:
-    """Write README.md (and the files it references) into a local output folder."""
-    card, extra = build_card(plan, repo_id=None, run=run)
+def write_card(plan: Plan, folder: Path, run: RunFacts | None, *, repo_id: str | None = None) -> None:
+    """Write README.md (and the files it references) into an output folder; `repo_id` names the
+    Hub repo it is published as (None: a local folder)."""
+    card, extra = build_card(plan, repo_id=repo_id, run=run)
     (folder / "README.md").write_text(card)
     for name, data in extra.items():
         (folder / name).write_bytes(data)

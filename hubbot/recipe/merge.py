@@ -8,6 +8,7 @@ are reported together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import RecipeError
@@ -89,7 +90,7 @@ class Recipe:
     random_seed: int | None = None
     name: str | None = None
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """Stable identity of what the recipe asks for (whitespace and comments ignored)."""
         return text_hash(self.text)

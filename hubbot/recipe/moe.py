@@ -9,6 +9,7 @@ problem names its field path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import RecipeError
@@ -62,7 +63,7 @@ class MoeRecipe:
     random_seed: int | None = None
     name: str | None = None
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return text_hash(self.text)
 
