@@ -241,7 +241,7 @@ def test_transient_errors_retry_with_backoff_then_fail(families, tmp_path, monke
     def unreachable(*_a, **_k):
         raise ConnectionError("the Hub did not answer")
 
-    monkeypatch.setattr(worker, "plan_recipe", unreachable)
+    monkeypatch.setattr(worker, "plan_with", unreachable)
     assert worker.run_job(service.settings, service.store, job.id, claim(service, job.id)) == "queued"
     row = service.store.get(job.id)
     assert row["not_before"] > now() + timedelta(seconds=20), "backoff before the retry"

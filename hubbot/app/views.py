@@ -8,6 +8,7 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..jobs.states import ACTIVE, QUEUED, STATES
 from ..recipe.refs import ModelRef
 from ..sizes import human_bytes
 
@@ -17,11 +18,8 @@ if TYPE_CHECKING:
     from ..jobs.service import Job, Validation
     from .gallery import Entry
 
-ACTIVE_STATES = ("queued", "validating", "running", "publishing")
-STATE_LABELS = {
-    "queued": "Queued", "validating": "Validating", "running": "Merging", "publishing": "Publishing",
-    "done": "Done", "failed": "Failed", "cancelled": "Cancelled",
-}
+ACTIVE_STATES = (QUEUED, *ACTIVE)  # the page keeps following these
+STATE_LABELS = {state: "Merging" if state == "running" else state.capitalize() for state in STATES}
 JOB_COLUMNS = ["job", "state", "method", "target", "submitted"]
 GALLERY_COLUMNS = ["recipe", "method", "tags"]
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|])")

@@ -17,7 +17,8 @@ from .. import methods
 from ..errors import PlanError, SourceError
 from ..methods import REQUIRED, Method
 from ..model import arch
-from ..model.format import DTYPES, FLOAT_CODES, TensorInfo
+from ..model.dtypes import CODE_NAMES, DTYPE_CODES, FLOAT_CODES
+from ..model.format import DTYPES, TensorInfo
 from ..recipe import chat_templates
 from ..recipe.merge import Recipe
 from ..recipe.refs import ModelRef
@@ -30,8 +31,6 @@ from .tokenizer import OutputTokenizer, model_chat_template
 if TYPE_CHECKING:
     from ..recipe.moe import MoeRecipe
 
-DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-CODE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 MAX_LISTED = 5
 CHUNK_BYTES = 4 << 20  # float32 bytes of one block of rows: small enough to stay in the CPU caches
 WHOLE_BYTES = 64 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole

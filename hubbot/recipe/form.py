@@ -14,8 +14,9 @@ import yaml
 
 from .. import methods
 from ..errors import RecipeError
+from ..model.dtypes import RECIPE_DTYPES
 
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = RECIPE_DTYPES  # the form offers what a recipe may ask for
 SHARED_COLUMNS = ["parameter", "filter", "value"]
 _RANGE = re.compile(r"^\s*\[?\s*(\d+)\s*[-,:]\s*(\d+)\s*\]?\s*$")
 

@@ -12,16 +12,11 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import RecipeError
+from ..model.dtypes import DTYPE_ALIASES, RECIPE_DTYPES
 from .checker import Checker
 from .refs import ModelRef
 from .text import KIND_HINTS, kind_of_data, load_yaml, text_hash
 from .values import Params, uses_gradient
-
-DTYPE_ALIASES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
 
 TOP_LEVEL_FIELDS = (
     "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
@@ -148,7 +143,7 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     for key in ("dtype", "out_dtype"):
         raw = data.get(key)
         if raw is not None and DTYPE_ALIASES.get(str(raw).lower()) is None:
-            c.add(key, f"unknown dtype {raw!r}; use one of float32, float16, bfloat16")
+            c.add(key, f"unknown dtype {raw!r}; use one of {', '.join(RECIPE_DTYPES)}")
         dtypes[key] = DTYPE_ALIASES.get(str(raw).lower()) if raw is not None else None
 
     seed = data.get("random_seed")
