@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from ..errors import Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError
-from ..recipe.refs import ModelRef
+from ..recipe.refs import ModelRef, is_repo_id
 from .hubapi import HubClient
 from .planning import dedup_key, estimate_seconds, folder_fingerprint, parse_recipe, plan_recipe, source_revisions
 from .settings import Settings
@@ -28,7 +28,6 @@ from .store import FINAL, QUEUED, Store, new_id, now
 
 log = logging.getLogger("hubbot.jobs")
 
-TARGET = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 LOST_TOKEN = ("this job needed your sign-in token, which is kept only in memory and was lost when the "
               "service restarted; sign in and submit the recipe again")
@@ -110,7 +109,7 @@ class Service:
                                    "'your-name/merged-model'")
             return None
         target = target.strip()
-        if not TARGET.match(target):
+        if not is_repo_id(target, namespaced=True):
             raise RequestError(f"target {target!r} is not a Hub model repo id; write it as 'namespace/name'")
         if not self.settings.local and token is None and self.settings.hub_token is None:
             raise RequestError(f"sign in with your Hugging Face account to publish to {target}")

@@ -28,11 +28,6 @@ def model_columns(method_name: str) -> list[str]:
     return ["model", *(p.name for p in method.params if p.per_model), "layers"]
 
 
-def shared_parameters(method_name: str) -> list[str]:
-    """Parameters that apply to every model, for the shared-parameters table."""
-    return [p.name for p in methods.get(method_name).params if not p.per_model]
-
-
 def parse_cell(text: Any) -> Any:
     """A table cell as a recipe value: None when empty, a bool, a number, or a list (curve)."""
     if text is None:
