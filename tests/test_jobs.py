@@ -17,7 +17,8 @@ from hubbot.jobs import store as store_mod
 from hubbot.jobs import worker
 from hubbot.jobs.service import LOST_TOKEN, Service
 from hubbot.jobs.settings import Limits, Settings
-from hubbot.jobs.store import FINAL, new_id, now
+from hubbot.jobs.states import FINAL, STATES
+from hubbot.jobs.store import new_id, now
 from hubbot.jobs.supervisor import Supervisor
 from tests.jobkit import change_weights, copy_family, linear, make_settings, ties, wait_for
 from tests.models import load_state
@@ -373,5 +374,5 @@ def test_settings_from_env(tmp_path):
 
 
 def test_states_are_the_documented_ones():
-    assert store_mod.STATES == ("queued", "validating", "running", "publishing", "done", "failed", "cancelled")
+    assert STATES == ("queued", "validating", "running", "publishing", "done", "failed", "cancelled")
     assert FINAL == ("done", "failed", "cancelled")
