@@ -75,7 +75,6 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
         self.hub = hub or HubClient(settings)
-        self.scheduler: Any = None  # the running scheduler registers itself to receive new cron schedules
         self._tokens: dict[str, str] = {}
         self._tokens_lock = threading.Lock()
 
@@ -230,8 +229,6 @@ class Service:
         plan_recipe(self.settings, parse_recipe(self.settings, recipe_text)).raise_for_problems()
         row = self.store.add_schedule({"owner": owner, "recipe": recipe_text, "cron": cron.strip(), "target": target,
                                        "pr": bool(pr), "private": bool(private)})
-        if self.scheduler is not None:
-            self.scheduler.add_schedule(row)
         return {**_schedule_dict(row), "next_run": trigger.get_next_fire_time(None, now())}
 
     def schedules(self, owner: str | None = None) -> list[dict]:

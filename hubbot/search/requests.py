@@ -23,7 +23,8 @@ def run_request(request: SearchRequest, *, work_dir: Path, opener: Opener | None
     from its state in `work_dir`. `token` and `endpoint` serve the Hub dataset download."""
     evaluator = evaluator_for(request.eval, allow_local=request.allow_local, token=token, endpoint=endpoint, device=device,
                                     cancel=cancel)
-    common = dict(allow_local=request.allow_local, opener=opener, device=device, report=report, cancel=cancel)
+    common = dict(allow_local=request.allow_local, opener=opener, device=device, report=report, cancel=cancel,
+                  start=request.start_recipe)
     if request.kind == "soup":
         result = greedy_soup(list(request.candidates), evaluator, None, work_dir=work_dir, **common)
     else:
