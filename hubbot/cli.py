@@ -7,29 +7,20 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
 
 from . import __version__
 from .errors import HubbotError, PlanError, RecipeError
+from .sizes import human_bytes, parse_size
 
 log = logging.getLogger("hubbot")
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
 def _size_arg(text: str) -> int:
     """Bytes from '2000000000', '2GB', '500MB' or '1.5GiB'."""
-    units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
-    t = text.strip().lower()
-    for suffix, mult in units.items():
-        if t.endswith(suffix):
-            try:
-                return int(float(t[: -len(suffix)]) * mult)
-            except ValueError:
-                break
-    try:
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB") from None
+    size = parse_size(text)
+    if size is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB")
+    return size
 
 
 def _recipe_text(path: str, what: str = "recipe") -> str:
@@ -39,9 +30,9 @@ def _recipe_text(path: str, what: str = "recipe") -> str:
         raise RecipeError(f"cannot read the {what} {path}: {exc.strerror}") from None
 
 
-def _plan_any(path: str, kinds: tuple[str, ...] | None = None):
+def _plan_any(path: str, kinds: tuple[str, ...] | None = None, device: str | None = None):
     """The plan of whatever the file holds (a merge or MoE recipe, or a soup or search request,
-    planned from its starting recipe); `kinds` refuses the others."""
+    planned from its starting recipe); `kinds` refuses the others. `device` computes an MoE's routers."""
     from .merge.run import plan_any
     from .recipe.kinds import parse_any
     from .recipe.text import KIND_HINTS, kind_of
@@ -51,7 +42,7 @@ def _plan_any(path: str, kinds: tuple[str, ...] | None = None):
     if kinds and kind not in kinds:
         raise RecipeError(f"{path}: " + KIND_HINTS.get(kind, "this is a merge recipe, not a mixture of experts "
                                                                "(it has no 'experts:'); run it with 'hubbot merge'"))
-    return plan_any(parse_any(text))
+    return plan_any(parse_any(text), device=device)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -69,13 +60,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
     from .merge import engine
+    from .merge.run import MergeOptions, merge_to_folder
 
     if args.push:
         from .hub import HubOptions, check_push_target
 
         check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
-    plan = _plan_any(args.recipe, kinds=args.kinds)
+    plan = _plan_any(args.recipe, kinds=args.kinds, device=args.device)
     plan.raise_for_problems()
+    options = MergeOptions(device=args.device, shard_bytes=args.shard_size)
     bar = None
     if sys.stderr.isatty() and not args.quiet:
         from tqdm import tqdm
@@ -90,39 +83,34 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     try:
         if args.push:
-            return _push(args, plan, progress)
-        result = engine.run(plan, Path(args.out), device=args.device, shard_bytes=args.shard_size, progress=progress)
+            return _push(args, plan, options, progress)
+        result = merge_to_folder(plan, Path(args.out), options, progress=progress)
     finally:
         if bar is not None:
             bar.close()
-    from .merge.card import RunFacts, write_card
-
-    write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
     print(f"wrote {result.folder}: {result.tensors} tensors, {len(result.files)} weight files, "
-          f"{result.bytes_written / 1e6:.1f} MB in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
+          f"{human_bytes(result.bytes_written)} in {result.seconds:.1f} s on {result.device}{_fetched(plan)}")
     return 0
 
 
 def _fetched(plan) -> str:
     """How much came over the network from Hub sources (zero when the cache was warm)."""
     hub = [s for s in plan.sources if hasattr(s, "bytes_fetched")]
-    return f"; fetched {sum(s.bytes_fetched for s in hub) / 1e6:.1f} MB from the Hub" if hub else ""
+    return f"; fetched {human_bytes(sum(s.bytes_fetched for s in hub))} from the Hub" if hub else ""
 
 
-def _push(args: argparse.Namespace, plan, progress) -> int:
+def _push(args: argparse.Namespace, plan, options, progress) -> int:
     import tempfile
 
     from .hub import HubOptions
     from .merge.publish import merge_and_push
 
-    opts = HubOptions.from_env()
     with tempfile.TemporaryDirectory(prefix="hubbot-", dir=args.work_dir) as work:
-        pub = merge_and_push(plan, Path(work), args.push, token=opts.token, private=args.private,
-                             create_pr=args.pr, progress=progress, endpoint=opts.endpoint, device=args.device,
-                             shard_bytes=args.shard_size)
+        pub = merge_and_push(plan, Path(work), args.push, HubOptions.from_env(), options=options,
+                             private=args.private, create_pr=args.pr, progress=progress)
     where = pub.pr_url or pub.url
     print(f"published {args.push} at {where} (commit {pub.commit[:12]}): {pub.run.tensors} tensors, "
-          f"{pub.run.bytes_written / 1e6:.1f} MB in {pub.run.seconds:.1f} s on {pub.run.device}{_fetched(plan)}")
+          f"{human_bytes(pub.run.bytes_written)} in {pub.run.seconds:.1f} s on {pub.run.device}{_fetched(plan)}")
     return 0
 
 

@@ -15,6 +15,7 @@ from hubbot.hub import HubError, HubOptions
 from hubbot.merge import engine
 from hubbot.merge.plan import build
 from hubbot.merge.publish import merge_and_push
+from hubbot.merge.run import MergeOptions
 from hubbot.recipe.merge import parse
 from hubbot.sources import open_source
 from tests.hub_fixtures import ALICE_TOKEN, BOB_TOKEN
@@ -63,7 +64,8 @@ def test_hub_to_hub_equals_local(hub, hub_models, tmp_path, method):
     assert hub.tensor_bytes_served() == 0, "planning must read headers only"
     assert all(len(s.revision) == 40 for s in plan.sources)
 
-    pub = merge_and_push(plan, tmp_path / "work", f"alice/merged-{method}", token=ALICE_TOKEN, shard_bytes=120_000)
+    pub = merge_and_push(plan, tmp_path / "work", f"alice/merged-{method}", HubOptions(token=ALICE_TOKEN),
+                         options=MergeOptions(shard_bytes=120_000))
     assert pub.commit == hub.head_sha(f"alice/merged-{method}")
     commits = [r for r in hub.requests("POST", r"/commit/") if r.repo_id == f"alice/merged-{method}"]
     assert len(commits) == 1, "one atomic commit"
@@ -112,7 +114,8 @@ def test_disk_stays_near_two_shards(hub, hub_models, tmp_path):
         nonlocal peak
         peak = max(peak, sum(f.stat().st_size for f in (tmp_path / "work").rglob("*") if f.is_file()))
 
-    merge_and_push(plan, tmp_path / "work", "alice/disk", token=ALICE_TOKEN, shard_bytes=shard, progress=du)
+    merge_and_push(plan, tmp_path / "work", "alice/disk", HubOptions(token=ALICE_TOKEN),
+                   options=MergeOptions(shard_bytes=shard), progress=du)
     total = plan.output_bytes
     assert total > 4 * shard, "the test needs several shards"
     assert peak <= 3 * shard, f"work dir peaked at {peak} bytes for {total} bytes of output"
@@ -126,14 +129,15 @@ def test_retries_then_hard_failure_leaves_no_repo(hub, hub_models, tmp_path):
     hub.inject("GET", r"/resolve/", "drop", nth=9, times=1)
     plan = plan_for(text, tmp_path / "cache", backoff=0.01)
     hub.inject("POST", r"/preupload/", "status", nth=1, times=1, status=502)
-    pub = merge_and_push(plan, tmp_path / "w1", "alice/retried", token=ALICE_TOKEN, shard_bytes=120_000)
+    pub = merge_and_push(plan, tmp_path / "w1", "alice/retried", HubOptions(token=ALICE_TOKEN),
+                         options=MergeOptions(shard_bytes=120_000))
     assert hub.head_sha("alice/retried") == pub.commit
 
     hub.clear_faults()
     hub.inject("POST", r"/commit/", "status", times=None, status=500)
     with pytest.raises(HubError, match="committing to alice/doomed: the Hub did not answer"):
         merge_and_push(plan_for(text, tmp_path / "cache2", backoff=0.01, retries=1), tmp_path / "w2",
-                       "alice/doomed", token=None, options=HubOptions(token=ALICE_TOKEN, backoff=0.01, retries=1))
+                       "alice/doomed", HubOptions(token=ALICE_TOKEN, backoff=0.01, retries=1))
     assert not hub.repo_exists("alice/doomed")
 
 
@@ -161,7 +165,7 @@ def test_private_and_gated_sources(hub, alice_api, families, tmp_path):
         plan_for(gated, tmp_path, token=BOB_TOKEN)
     hub.grant_access("merge-lab/gated", "bob")
     plan = plan_for(gated, tmp_path / "c", token=BOB_TOKEN)
-    pub = merge_and_push(plan, tmp_path / "w", "bob/from-gated", token=BOB_TOKEN)
+    pub = merge_and_push(plan, tmp_path / "w", "bob/from-gated", HubOptions(token=BOB_TOKEN))
     card = hub.repo_files("bob/from-gated")["README.md"].decode()
     assert "Gated sources" in card and pub.url.endswith("bob/from-gated")
 
@@ -171,28 +175,29 @@ def test_push_refused_before_any_work(hub, hub_models, tmp_path):
     plan = plan_for(RECIPES["linear"].format(b=names[0], f1=names[1], f2=names[2]), tmp_path)
     hub.reset_stats()
     with pytest.raises(HubError, match="cannot write to 'merge-lab'"):
-        merge_and_push(plan, tmp_path / "w", "merge-lab/x", token=BOB_TOKEN)
+        merge_and_push(plan, tmp_path / "w", "merge-lab/x", HubOptions(token=BOB_TOKEN))
     with pytest.raises(HubError, match="needs a Hub token"):
-        merge_and_push(plan, tmp_path / "w", "alice/x", token=None)
+        merge_and_push(plan, tmp_path / "w", "alice/x", HubOptions(token=None))
     assert hub.tensor_bytes_served() == 0 and not hub.repo_exists("merge-lab/x")
 
 
 def test_pull_request_on_existing_repo_and_cancel(hub, hub_models, tmp_path):
     _, names = hub_models
     text = RECIPES["linear"].format(b=names[0], f1=names[1], f2=names[2])
-    first = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w1", "alice/prs", token=ALICE_TOKEN)
+    first = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w1", "alice/prs", HubOptions(token=ALICE_TOKEN))
     remix = text.replace("weight: 0.5", "weight: 0.7")
-    pr = merge_and_push(plan_for(remix, tmp_path / "c"), tmp_path / "w2", "alice/prs", token=ALICE_TOKEN,
+    pr = merge_and_push(plan_for(remix, tmp_path / "c"), tmp_path / "w2", "alice/prs", HubOptions(token=ALICE_TOKEN),
                         create_pr=True)
     assert pr.pr_url and "/discussions/" in pr.pr_url
     assert hub.head_sha("alice/prs") == first.commit, "a PR leaves main alone"
     with pytest.raises(HubError, match="needs an existing repo"):
-        merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w3", "alice/new", token=ALICE_TOKEN, create_pr=True)
+        merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w3", "alice/new", HubOptions(token=ALICE_TOKEN),
+                       create_pr=True)
 
     stop = threading.Event()
     stop.set()
     with pytest.raises(Exception, match="cancelled"):
-        merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w4", "alice/cancelled", token=ALICE_TOKEN,
+        merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w4", "alice/cancelled", HubOptions(token=ALICE_TOKEN),
                        cancel=stop)
     assert not hub.repo_exists("alice/cancelled")
 
@@ -204,7 +209,7 @@ def test_license_inherited_or_warned(hub, alice_api, families, tmp_path):
         alice_api.upload_file(path_or_fileobj=f"---\nlicense: {lic}\n---\n# x\n".encode(), path_in_repo="README.md",
                               repo_id=name)
     text = "merge_method: slerp\nbase_model: alice/l-base\nmodels: [{model: alice/l-base}, {model: alice/l-ft}]\nparameters: {t: 0.5}\n"
-    merge_and_push(plan_for(text, tmp_path), tmp_path / "w", "alice/lic", token=ALICE_TOKEN)
+    merge_and_push(plan_for(text, tmp_path), tmp_path / "w", "alice/lic", HubOptions(token=ALICE_TOKEN))
     card = hub.repo_files("alice/lic")["README.md"].decode()
     assert "license: apache-2.0" in card and "do not share one license" not in card
 

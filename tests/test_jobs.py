@@ -17,7 +17,8 @@ from hubbot.jobs import store as store_mod
 from hubbot.jobs import worker
 from hubbot.jobs.service import LOST_TOKEN, Service
 from hubbot.jobs.settings import Limits, Settings
-from hubbot.jobs.store import FINAL, new_id, now
+from hubbot.jobs.states import FINAL, STATES
+from hubbot.jobs.store import new_id, now
 from hubbot.jobs.supervisor import Supervisor
 from tests.jobkit import change_weights, copy_family, linear, make_settings, ties, wait_for
 from tests.models import load_state
@@ -241,7 +242,7 @@ def test_transient_errors_retry_with_backoff_then_fail(families, tmp_path, monke
     def unreachable(*_a, **_k):
         raise ConnectionError("the Hub did not answer")
 
-    monkeypatch.setattr(worker, "plan_recipe", unreachable)
+    monkeypatch.setattr(worker, "plan_with", unreachable)
     assert worker.run_job(service.settings, service.store, job.id, claim(service, job.id)) == "queued"
     row = service.store.get(job.id)
     assert row["not_before"] > now() + timedelta(seconds=20), "backoff before the retry"
@@ -321,11 +322,14 @@ def test_runtime_registers_its_jobs(families, tmp_path):
         ids = {j.id for j in rt.scheduler.get_jobs()}
         assert {"dispatch", "poll-watches", "housekeeping", f"schedule-{s['id']}"} <= ids
         later = service.schedule(linear(ft1, ft2, 0.2), "0 4 * * *", owner=None, target=None)
+        rt.dispatch()  # the next tick picks it up from the store
         assert rt.scheduler.get_job(f"schedule-{later['id']}") is not None
     finally:
         rt.stop()
-    with service.store.engine.begin() as c:
-        assert c.execute(text("SELECT count(*) FROM hubbot_scheduler")).scalar() >= 5, "kept in the database"
+    again = Runtime(Service(make_settings(tmp_path)), workers=False)
+    again.sync_schedules()
+    assert {f"schedule-{s['id']}", f"schedule-{later['id']}"} <= {j.id for j in again.scheduler.get_jobs()}, \
+        "kept in the database"
 
 
 def test_housekeeping_removes_old_logs_and_files_but_keeps_local_results(families, tmp_path):
@@ -373,5 +377,5 @@ def test_settings_from_env(tmp_path):
 
 
 def test_states_are_the_documented_ones():
-    assert store_mod.STATES == ("queued", "validating", "running", "publishing", "done", "failed", "cancelled")
+    assert STATES == ("queued", "validating", "running", "publishing", "done", "failed", "cancelled")
     assert FINAL == ("done", "failed", "cancelled")

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import yaml
 
+from hubbot import methods
 from hubbot.app import views
 from hubbot.errors import RecipeError
 from hubbot.recipe import form as recipe_form
@@ -19,7 +20,7 @@ from tests.fake_service import Job, Validation
 def test_columns_follow_the_method():
     assert recipe_form.model_columns("ties") == ["model", "weight", "density", "layers"]
     assert recipe_form.model_columns("slerp") == ["model", "layers"]
-    assert recipe_form.shared_parameters("slerp") == ["t"]
+    assert [p.name for p in methods.get("slerp").params if not p.per_model] == ["t"]
 
 
 @pytest.mark.parametrize("cell, value", [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from hubbot.app import server
 from hubbot.app.server import create_app
 from hubbot.jobs import worker
 from hubbot.jobs.service import Service
@@ -200,11 +201,19 @@ def test_serve_mounts_the_ui_and_runs_the_scheduler(tmp_path, monkeypatch):
         return demo
 
     monkeypatch.setitem(sys.modules, "hubbot.app.ui", types.SimpleNamespace(build_ui=build_ui, launch_options=dict))
+    runtimes = []
+
+    class Recorded(server.Runtime):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            runtimes.append(self)
+
+    monkeypatch.setattr(server, "Runtime", Recorded)
     settings = make_settings(tmp_path)
     service = Service(settings, hub=FakeHub())
     with TestClient(create_app(settings, service=service)) as client:
         assert client.get("/api/health").json()["status"] == "ok"
         page = client.get("/")
         assert page.status_code == 200 and "gradio" in page.text.lower()
-        assert service.scheduler is not None, "the lifespan started the scheduler"
-    assert service.scheduler is None, "and stopped it"
+        assert runtimes[0].scheduler.running, "the lifespan started the scheduler"
+    assert not runtimes[0].scheduler.running, "and stopped it"

@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard
 
 from hubbot.cli import main
 from hubbot.errors import Cancelled, RecipeError
+from hubbot.hub import HubOptions
 from hubbot.merge.plan import build
 from hubbot.merge.publish import merge_and_push
 from hubbot.recipe.merge import parse
@@ -90,7 +91,8 @@ def test_a_winner_is_published_with_its_history(hub, trained, scores, tmp_path):
                          work_dir=tmp_path)
     assert result.folder is None and list(tmp_path.iterdir()) == []
     plan = build(parse(result.recipe))
-    pub = merge_and_push(plan, tmp_path / "w", "alice/soup", token=ALICE_TOKEN, annotate=result.history.annotate)
+    pub = merge_and_push(plan, tmp_path / "w", "alice/soup", HubOptions(token=ALICE_TOKEN),
+                         annotate=result.history.annotate)
     files = hub.repo_files("alice/soup")
     assert "search_history.json" in files and pub.url.endswith("alice/soup")
     card = files["README.md"].decode()

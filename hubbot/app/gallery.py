@@ -22,14 +22,15 @@ from pathlib import Path
 import yaml
 
 from ..errors import HubbotError, RecipeError, SourceError
+from ..hub import describe
+from ..recipe.markdown import yaml_blocks
 from ..recipe.merge import parse
+from ..recipe.refs import is_repo_id
 
 FIELDS = ("title", "description", "tags", "models", "source")
 REQUIRED_FIELDS = ("title", "description", "tags", "models")
-LIST_FIELDS = ("tags", "models")
 _FIELD_LINE = re.compile(r"^#\s?(" + "|".join(FIELDS) + r"):\s*(.*)$")
 _CONTINUATION = re.compile(r"^#\s{2,}(\S.*)$")
-_YAML_BLOCK = re.compile(r"```ya?ml[^\n]*\n(.*?)```", re.DOTALL)
 RECIPE_FILES = ("mergekit_config.yml", "mergekit_config.yaml")
 
 
@@ -192,7 +193,7 @@ def slugify(title: str) -> str:
 
 def recipe_from_card(card: str) -> str | None:
     """The first YAML block of a model card that is a merge recipe, or None."""
-    for block in _YAML_BLOCK.findall(card):
+    for block in yaml_blocks(card):
         try:
             data = yaml.safe_load(block)
         except yaml.YAMLError:
@@ -206,18 +207,11 @@ def import_recipe(model_id: str, *, token: str | None = None, endpoint: str | No
     """The recipe of an existing merge on the Hub, from its `mergekit_config.yml` or from the
     YAML block in its card, headed by a `# source:` line naming where it came from."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError
 
     model_id = model_id.strip().removeprefix("https://huggingface.co/").strip("/")
     repo, _, revision = model_id.partition("@")
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
+    if not is_repo_id(repo, namespaced=True):
         raise RecipeError(f"{model_id!r} is not a Hub model id; write it as org/name, e.g. mlabonne/NeuralBeagle14-7B")
     text = None
     try:
@@ -230,15 +224,8 @@ def import_recipe(model_id: str, *, token: str | None = None, endpoint: str | No
             text = content if filename != "README.md" else recipe_from_card(content)
             if text:
                 break
-    except GatedRepoError:
-        raise SourceError(f"{repo} is gated: accept its terms on the Hub and sign in, then import again") from None
-    except RepositoryNotFoundError:
-        raise SourceError(f"{repo} was not found on the Hub (or it is private: sign in with an account "
-                          "that can read it)") from None
-    except RevisionNotFoundError:
-        raise SourceError(f"{repo} has no revision {revision!r}") from None
     except HfHubHTTPError as exc:
-        raise SourceError(f"could not read {repo} from the Hub: {exc}") from None
+        raise SourceError(describe(exc, repo if revision is None else f"{repo}@{revision}")) from None
     except (LocalEntryNotFoundError, OSError):
         raise SourceError(f"could not reach the Hub to read {repo}; check the connection and try again") from None
     if not text:

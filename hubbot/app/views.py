@@ -8,7 +8,9 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..jobs.states import ACTIVE, QUEUED, STATES
 from ..recipe.refs import ModelRef
+from ..sizes import human_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -16,11 +18,8 @@ if TYPE_CHECKING:
     from ..jobs.service import Job, Validation
     from .gallery import Entry
 
-ACTIVE_STATES = ("queued", "validating", "running", "publishing")
-STATE_LABELS = {
-    "queued": "Queued", "validating": "Validating", "running": "Merging", "publishing": "Publishing",
-    "done": "Done", "failed": "Failed", "cancelled": "Cancelled",
-}
+ACTIVE_STATES = (QUEUED, *ACTIVE)  # the page keeps following these
+STATE_LABELS = {state: "Merging" if state == "running" else state.capitalize() for state in STATES}
 JOB_COLUMNS = ["job", "state", "method", "target", "submitted"]
 GALLERY_COLUMNS = ["recipe", "method", "tags"]
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|])")
@@ -34,16 +33,6 @@ def md(text: Any) -> str:
 def notice(kind: str, title: str, body: str = "") -> str:
     """A status line: a coloured pill (`ok`, `error` or `warn`) with a short title, then Markdown."""
     return f'<span class="hb-pill hb-{kind}">{html.escape(title)}</span> {body}'.rstrip()
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def human_seconds(s: float | None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import RecipeError
 from ..hub import HubOptions
-from ..merge.plan import Opener, Plan
+from ..merge.plan import Plan
 from ..merge.run import plan_any
 from ..recipe.kinds import Parsed, parse_any
 from ..sources import LocalSource, Source, open_source
@@ -49,13 +49,15 @@ def hub_options(settings: Settings, token: str | None, *, write: bool = False) -
 
 
 def plan_recipe(settings: Settings, recipe: Parsed, token: str | None = None) -> Plan:
-    """Plan from headers (config.json, safetensors headers), local or on the Hub. A soup or
-    search request plans its starting recipe."""
-    return plan_any(recipe, opener=opener(settings, token))
+    """Plan from headers (config.json, safetensors headers), local or on the Hub, reading with
+    the user's token. A soup or search request plans its starting recipe."""
+    return plan_with(settings, recipe, hub_options(settings, token), settings.device)
 
 
-def opener(settings: Settings, token: str | None) -> Opener:
-    return partial(open_source, allow_local=settings.local, hub=hub_options(settings, token))
+def plan_with(settings: Settings, recipe: Parsed, hub: HubOptions, device: str | None) -> Plan:
+    """The same with client settings already made (a worker makes them once per job); `device`
+    is where an MoE's routers are computed."""
+    return plan_any(recipe, opener=partial(open_source, allow_local=settings.local, hub=hub), device=device)
 
 
 def folder_fingerprint(folder: Path) -> str:

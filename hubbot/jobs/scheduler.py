@@ -1,17 +1,18 @@
 """The service's clock: APScheduler runs the dispatcher, watch polling, cron schedules, discussion
-replies and housekeeping, with its own jobs kept in the store's database.
+replies and housekeeping for one running Service.
 
-APScheduler persists a job as a reference to a module-level function plus its arguments, so
-the functions below take the store URL and find this process's running `Runtime` by it.
+Its jobs are this Runtime's own methods, so each is handed the service and supervisor it works
+with. The store is the record of what is scheduled: the schedules are read from it when the
+runtime starts and again on every dispatcher tick, so a schedule added through any Service (this
+process's or another's on the same store) runs without the Service knowing the scheduler.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .service import Service, cron_trigger
@@ -21,28 +22,8 @@ from .webhooks import post_reports
 
 log = logging.getLogger("hubbot.jobs")
 
-_RUNTIMES: dict[str, "Runtime"] = {}
 HOUSEKEEPING_HOURS = 1.0
-
-
-def dispatch(key: str) -> None:
-    if (rt := _RUNTIMES.get(key)) is not None:
-        rt.dispatch()
-
-
-def poll_watches(key: str) -> None:
-    if (rt := _RUNTIMES.get(key)) is not None:
-        rt.service.poll_watches()
-
-
-def housekeeping(key: str) -> None:
-    if (rt := _RUNTIMES.get(key)) is not None:
-        log.info("housekeeping: %s", rt.service.housekeeping())
-
-
-def run_schedule(key: str, schedule_id: str) -> None:
-    if (rt := _RUNTIMES.get(key)) is not None:
-        rt.service.run_schedule(schedule_id)
+SCHEDULE_PREFIX = "schedule-"
 
 
 class Runtime:
@@ -51,11 +32,9 @@ class Runtime:
     def __init__(self, service: Service, *, workers: bool = True):
         self.service = service
         self.settings = service.settings
-        self.key = service.store.url
         self.supervisor = (Supervisor(self.settings, service.store, tokens=service.token_for,
                                       held=service.held_tokens) if workers else None)
         self.scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=service.store.engine, tablename="hubbot_scheduler")},
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
             timezone="UTC",
@@ -64,42 +43,44 @@ class Runtime:
     def start(self) -> None:
         # A tick that outlasts its interval is skipped, as intended; do not log each skip.
         logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
-        _RUNTIMES[self.key] = self
         failed = self.service.fail_lost_tokens()
         if failed:
             log.warning("%d jobs needed sign-in tokens lost in a restart and were failed", len(failed))
+        self.sync_schedules()
         self.scheduler.start()
         s = self.settings
-        self._every("dispatch", dispatch, s.dispatch_seconds, first=True)
-        self._every("poll-watches", poll_watches, s.poll_seconds)
-        self._every("housekeeping", housekeeping, HOUSEKEEPING_HOURS * 3600, first=True)
-        wanted = {f"schedule-{row['id']}": row for row in self.service.store.schedules()}
-        for job in self.scheduler.get_jobs():
-            if job.id.startswith("schedule-") and job.id not in wanted:
-                job.remove()
-        for row in wanted.values():
-            self.add_schedule(row)
-        self.service.scheduler = self
+        self._every("dispatch", self.dispatch, s.dispatch_seconds, first=True)
+        self._every("poll-watches", self.service.poll_watches, s.poll_seconds)
+        self._every("housekeeping", self.housekeeping, HOUSEKEEPING_HOURS * 3600, first=True)
 
-    def _every(self, job_id: str, func: Any, seconds: float, first: bool = False) -> None:
+    def _every(self, job_id: str, func: Callable[[], Any], seconds: float, first: bool = False) -> None:
         start = {"next_run_time": now()} if first else {}  # (next_run_time=None would pause the job)
-        self.scheduler.add_job(func, "interval", seconds=seconds, id=job_id, args=[self.key], replace_existing=True,
+        self.scheduler.add_job(func, "interval", seconds=seconds, id=job_id, replace_existing=True,
                                misfire_grace_time=max(1, int(seconds)), **start)
 
-    def add_schedule(self, row: Any) -> None:
-        self.scheduler.add_job(run_schedule, cron_trigger(row["cron"]), id=f"schedule-{row['id']}",
-                               args=[self.key, row["id"]], replace_existing=True)
+    def sync_schedules(self) -> None:
+        """One cron job per schedule in the store: new ones added, deleted ones removed."""
+        wanted = {f"{SCHEDULE_PREFIX}{row['id']}": row for row in self.service.store.schedules()}
+        have = {job.id for job in self.scheduler.get_jobs() if job.id.startswith(SCHEDULE_PREFIX)}
+        for job_id in have - wanted.keys():
+            self.scheduler.remove_job(job_id)
+        for job_id in wanted.keys() - have:
+            row = wanted[job_id]
+            self.scheduler.add_job(self.service.run_schedule, cron_trigger(row["cron"]), id=job_id,
+                                   args=[row["id"]], replace_existing=True)
 
     def dispatch(self) -> None:
-        """One dispatcher tick: run the queue, then post finished jobs' outcomes."""
+        """One dispatcher tick: run the queue, pick up new schedules, then post finished jobs' outcomes."""
         if self.supervisor is not None:
             self.supervisor.tick()
+        self.sync_schedules()
         post_reports(self.service)
         self.service.forget_finished_tokens()
 
+    def housekeeping(self) -> None:
+        log.info("housekeeping: %s", self.service.housekeeping())
+
     def stop(self) -> None:
-        self.service.scheduler = None
         self.scheduler.shutdown(wait=True)
         if self.supervisor is not None:
             self.supervisor.stop()
-        _RUNTIMES.pop(self.key, None)

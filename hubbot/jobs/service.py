@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from ..errors import Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError
-from ..recipe.refs import ModelRef
+from ..recipe.refs import ModelRef, is_repo_id
 from .hubapi import HubClient
 from .planning import dedup_key, estimate_seconds, folder_fingerprint, parse_recipe, plan_recipe, source_revisions
 from .settings import Settings
@@ -28,7 +28,6 @@ from .store import FINAL, QUEUED, Store, new_id, now
 
 log = logging.getLogger("hubbot.jobs")
 
-TARGET = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 LOST_TOKEN = ("this job needed your sign-in token, which is kept only in memory and was lost when the "
               "service restarted; sign in and submit the recipe again")
@@ -76,7 +75,6 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
         self.hub = hub or HubClient(settings)
-        self.scheduler: Any = None  # the running scheduler registers itself to receive new cron schedules
         self._tokens: dict[str, str] = {}
         self._tokens_lock = threading.Lock()
 
@@ -110,7 +108,7 @@ class Service:
                                    "'your-name/merged-model'")
             return None
         target = target.strip()
-        if not TARGET.match(target):
+        if not is_repo_id(target, namespaced=True):
             raise RequestError(f"target {target!r} is not a Hub model repo id; write it as 'namespace/name'")
         if not self.settings.local and token is None and self.settings.hub_token is None:
             raise RequestError(f"sign in with your Hugging Face account to publish to {target}")
@@ -231,8 +229,6 @@ class Service:
         plan_recipe(self.settings, parse_recipe(self.settings, recipe_text)).raise_for_problems()
         row = self.store.add_schedule({"owner": owner, "recipe": recipe_text, "cron": cron.strip(), "target": target,
                                        "pr": bool(pr), "private": bool(private)})
-        if self.scheduler is not None:
-            self.scheduler.add_schedule(row)
         return {**_schedule_dict(row), "next_run": trigger.get_next_fire_time(None, now())}
 
     def schedules(self, owner: str | None = None) -> list[dict]:

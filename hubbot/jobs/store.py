@@ -41,11 +41,7 @@ from sqlalchemy.types import TypeDecorator
 
 from ..errors import LimitError
 from .settings import Limits
-
-QUEUED = "queued"
-ACTIVE = ("validating", "running", "publishing")
-FINAL = ("done", "failed", "cancelled")
-STATES = (QUEUED, *ACTIVE, *FINAL)
+from .states import ACTIVE, FINAL, QUEUED
 
 
 def now() -> datetime:

@@ -16,12 +16,12 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import HubbotError, RequestError
+from ..recipe.markdown import yaml_blocks
 from .service import Job, Service
 from .store import FINAL
 
 log = logging.getLogger("hubbot.jobs")
 
-YAML_BLOCK = re.compile(r"```ya?ml[^\n]*\n(.*?)```", re.S)
 Work = Callable[[], None]
 
 
@@ -66,10 +66,10 @@ def _plan_comment(service: Service, payload) -> tuple[dict, Work | None]:
     comment, discussion = payload.comment, payload.discussion
     if comment is None or discussion is None or comment.hidden or not comment.content:
         return {"ignored": "no comment text"}, None
-    block = YAML_BLOCK.search(comment.content)
-    if block is None:
+    blocks = yaml_blocks(comment.content)
+    if not blocks:
         return {"ignored": "the comment has no ```yaml recipe block"}, None
-    recipe = block.group(1)
+    recipe = blocks[0]
     where = {"repo": payload.repo.name, "repo_type": payload.repo.type, "num": discussion.num}
     owner = f"hub-user:{comment.author.id}"
 

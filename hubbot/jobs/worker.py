@@ -24,13 +24,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import Cancelled, HubbotError
-from ..hub import RETRY_STATUSES, transport_errors
+from ..hub import RETRY_STATUSES, HubOptions, transport_errors
+from ..merge.card import write_card
+from ..merge.run import MergeOptions, merge_to_folder
 from ..recipe.request import SearchRequest
 from ..search.history import FILE_NAME as HISTORY_FILE
 from ..search.history import SearchProgress
 from ..search.requests import run_request
+from ..sizes import human_bytes
 from ..sources import caching_opener
-from .planning import hub_options, parse_recipe, plan_recipe, run_key, source_revisions
+from .planning import hub_options, parse_recipe, plan_with, run_key, source_revisions
 from .settings import Settings
 from .store import Store
 
@@ -54,25 +57,27 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
     work.mkdir(parents=True, exist_ok=True)
     try:
         parsed = parse_recipe(settings, row["recipe"])
-        plan = plan_recipe(settings, parsed, token)
+        options = merge_options(row["options"])
+        hub = hub_options(settings, token)
+        plan = plan_with(settings, parsed, hub, options.device)
         plan.raise_for_problems()
         sources = source_revisions(plan)
         moved = [f"{now['ref']} ({then['revision']} -> {now['revision']})"
                  for then, now in zip(row["sources"], sources) if then != now]
         if moved:
             say("sources changed since submission, merging their current revisions: " + ", ".join(moved))
-        _start_or_resume(work, run_key(plan, sources, row["options"]["shard_bytes"]), say)
+        _start_or_resume(work, run_key(plan, sources, options.shard_bytes), say)
         if not store.advance(job_id, claim, "running"):
             return "lost"
         annotate = None
         if isinstance(parsed, SearchRequest):
-            plan, annotate = _search(settings, store, job_id, claim, parsed, work, row, token, cancel, say)
+            plan, annotate = _search(settings, store, job_id, claim, parsed, work, hub, options, cancel, say)
         report = _Reporter(store, job_id, claim, settings.lease_seconds, cancel)
         if row["target"]:
             report.on_complete = lambda: store.advance(job_id, claim, "publishing")
-            result = _publish(settings, plan, work, row, token, report, cancel, say, annotate)
+            result = _publish(settings, plan, work, row, token, options, report, cancel, say, annotate)
         else:
-            result = _merge_local(plan, work / "out", row["options"], report, cancel, say, annotate)
+            result = _merge_local(plan, work / "out", options, report, cancel, say, annotate)
         total = {"tensors_done": len(plan.tasks), "tensors_total": len(plan.tasks),
                  "bytes_done": plan.output_bytes, "bytes_total": plan.output_bytes}
         if not store.advance(job_id, claim, "done", result=result, progress=total):
@@ -112,8 +117,13 @@ def _start_or_resume(work: Path, key: str, say: Callable[[str], None], key_name:
     key_file.write_text(key)
 
 
-def _search(settings: Settings, store: Store, job_id: str, claim: str, request: SearchRequest, work: Path, row,
-            token: str | None, cancel: threading.Event, say: Callable[[str], None]) -> tuple:
+def merge_options(options: dict) -> MergeOptions:
+    """How a job's merge runs (fixed at submission); a job always resumes what it can."""
+    return MergeOptions(device=options.get("device"), shard_bytes=options["shard_bytes"], resume=True)
+
+
+def _search(settings: Settings, store: Store, job_id: str, claim: str, request: SearchRequest, work: Path,
+            hub: HubOptions, options: MergeOptions, cancel: threading.Event, say: Callable[[str], None]) -> tuple:
     """Cook a soup or run a search (each evaluation goes to the log, the best recipe so far to
     the job's progress); returns the winner's plan and what adds its history to the output."""
     what = (f"greedy soup of {len(request.candidates)} candidates" if request.kind == "soup"
@@ -125,23 +135,19 @@ def _search(settings: Settings, store: Store, job_id: str, claim: str, request: 
         if not store.report(job_id, claim, p.as_progress(), settings.lease_seconds):
             cancel.set()
 
-    hub = hub_options(settings, token)
     text, history = run_request(request, work_dir=work / "search", opener=caching_opener(allow_local=settings.local, hub=hub),
-                                device=row["options"].get("device"), hub=hub, report=report, cancel=cancel,
+                                device=options.device, hub=hub, report=report, cancel=cancel,
                                 ray=settings.ray_address)
     say(f"winner ({history.metric} {history.best.score:.4g}):\n{text}")
-    plan = plan_recipe(settings, parse_recipe(settings, text), token)
+    plan = plan_with(settings, parse_recipe(settings, text), hub, options.device)
     plan.raise_for_problems()
-    _start_or_resume(work, run_key(plan, source_revisions(plan), row["options"]["shard_bytes"]), say,
+    _start_or_resume(work, run_key(plan, source_revisions(plan), options.shard_bytes), say,
                      WINNER_KEY_FILE, ("out", "out.partial", "hub"))
     return plan, history.annotate
 
 
-def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: threading.Event,
+def _merge_local(plan, out: Path, options: MergeOptions, report: "_Reporter", cancel: threading.Event,
                  say: Callable[[str], None], annotate: Callable[[Path], None] | None = None) -> dict:
-    from ..merge import engine
-    from ..merge.card import RunFacts, write_card
-
     if out.is_dir() and any(out.iterdir()):  # the engine renames <out>.partial into place only when complete
         say("the merge had completed before the interruption; keeping its output")
         if not (out / "README.md").exists():
@@ -150,30 +156,24 @@ def _merge_local(plan, out: Path, options: dict, report: "_Reporter", cancel: th
             annotate(out)
         return {"folder": str(out)}
     say(f"merging {len(plan.tasks)} tensors")
-    res = engine.run(plan, out, device=options.get("device"), shard_bytes=options["shard_bytes"], progress=report,
-                     cancel=cancel, resume=True, keep_partial=True)
-    write_card(plan, out, RunFacts(res.seconds, res.device, res.bytes_written, res.tensors))
-    if annotate:
-        annotate(out)
+    res = merge_to_folder(plan, out, options, annotate, progress=report, cancel=cancel)
     shards = sum(1 for f in res.files if f.suffix == ".safetensors")
     kept = f", {res.resumed_shards} kept from the interrupted run" if res.resumed_shards else ""
-    say(f"merged: {res.tensors} tensors, {res.bytes_written / 1e6:.1f} MB in {shards} shards{kept}, "
+    say(f"merged: {res.tensors} tensors, {human_bytes(res.bytes_written)} in {shards} shards{kept}, "
         f"{res.seconds:.1f} s on {res.device}")
     return {"folder": str(out)}
 
 
-def _publish(settings: Settings, plan, work: Path, row, token: str | None, report: "_Reporter",
-             cancel: threading.Event, say: Callable[[str], None],
+def _publish(settings: Settings, plan, work: Path, row, token: str | None, options: MergeOptions,
+             report: "_Reporter", cancel: threading.Event, say: Callable[[str], None],
              annotate: Callable[[Path], None] | None = None) -> dict:
     from ..merge.publish import merge_and_push
 
-    opts = row["options"]
-    say(f"merging and publishing to {row['target']}" + (" as a pull request" if opts["pr"] else ""))
-    hub = hub_options(settings, token, write=True)
-    pub = merge_and_push(plan, work / "hub", row["target"], token=hub.token, private=opts["private"],
-                         create_pr=opts["pr"], progress=report, cancel=cancel, resume=True, endpoint=hub.endpoint,
-                         device=opts.get("device"), shard_bytes=opts["shard_bytes"], options=hub, annotate=annotate)
-    say(f"published {pub.run.tensors} tensors, {pub.run.bytes_written / 1e6:.1f} MB: {pub.pr_url or pub.url} "
+    say(f"merging and publishing to {row['target']}" + (" as a pull request" if row["options"]["pr"] else ""))
+    pub = merge_and_push(plan, work / "hub", row["target"], hub_options(settings, token, write=True),
+                         options=options, private=row["options"]["private"], create_pr=row["options"]["pr"],
+                         progress=report, cancel=cancel, annotate=annotate)
+    say(f"published {pub.run.tensors} tensors, {human_bytes(pub.run.bytes_written)}: {pub.pr_url or pub.url} "
         f"(commit {pub.commit[:12]})")
     return {k: v for k, v in pub.as_dict().items() if v is not None}
 

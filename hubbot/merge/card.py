@@ -15,6 +15,7 @@ import yaml
 from .. import __version__
 from ..recipe.merge import Recipe
 from ..recipe.moe import MoeRecipe
+from ..sizes import human_bytes
 from .plan import Plan
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d")
@@ -38,7 +39,7 @@ def source_facts(plan: Plan) -> list[dict[str, Any]]:
         card_data = getattr(info, "card_data", None)
         license_ = getattr(card_data, "license", None) if card_data else None
         if license_ is None and "README.md" in s.files():
-            license_ = _front_matter(s.read_file("README.md").decode(errors="replace")).get("license")
+            license_ = _card_license(s.read_file("README.md").decode(errors="replace"))
         facts.append({
             "ref": str(s.ref),
             "hub_id": None if s.ref.local else s.ref.path,
@@ -49,14 +50,16 @@ def source_facts(plan: Plan) -> list[dict[str, Any]]:
     return facts
 
 
-def _front_matter(text: str) -> dict:
-    if not text.startswith("---"):
-        return {}
+def _card_license(text: str) -> str | None:
+    """The license in a model card's metadata (None when it has none, or metadata it cannot read)."""
+    from huggingface_hub import ModelCard
+
+    if not text.lstrip().startswith("---"):  # no metadata (ModelCard would warn about it)
+        return None
     try:
-        data = yaml.safe_load(text.split("---", 2)[1])
-    except (yaml.YAMLError, IndexError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return ModelCard(text, ignore_metadata_errors=True).data.get("license")
+    except (ValueError, yaml.YAMLError):
+        return None
 
 
 def resolved_recipe(plan: Plan) -> str:
@@ -99,6 +102,79 @@ def parameters_svg(curves: dict[str, list[float]], width: int = 640, height: int
     return "\n".join(parts)
 
 
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ name }}
+
+This model is a merge of {{ sources | length }} pre-trained language models, made with hubbot using **{{ method.title }}**.
+{% if warnings %}
+> [!WARNING]
+{% for w in warnings %}> {{ w }}
+{% endfor %}{% endif %}
+## Method
+
+{{ method.summary }}{% if method.paper %} ({{ method.paper }}){% endif %}
+
+## Sources
+
+| model | revision | license | parameters |
+|---|---|---|---|
+{% for s in sources %}| {{ s.ref }} | {{ s.revision or "local files" }} | {{ s.license or "unknown" }} | {{ params.get(s.ref, "") }} |
+{% endfor %}{% if plot %}
+## Parameters per layer
+
+![parameter values per output layer](parameters.svg)
+{% endif %}
+## Recipe
+
+As submitted:
+
+```yaml
+{{ recipe }}
+```
+
+Resolved, with every source pinned to the commit that was merged:
+
+```yaml
+{{ resolved }}
+```
+
+## Use it
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("{{ target }}", dtype="auto")
+tokenizer = AutoTokenizer.from_pretrained("{{ target }}")
+{% if chat %}messages = [{"role": "user", "content": "What is model merging?"}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+{% else %}inputs = tokenizer("Model merging is", return_tensors="pt").input_ids
+{% endif %}outputs = model.generate(inputs, max_new_tokens=64)
+print(tokenizer.decode(outputs[0], skip_special_tokens=True))
+```
+
+## Reproduce it
+
+The recipe is in this repo as `{{ recipe_file }}`:
+
+```bash
+pip install hubbot
+hubbot merge {{ recipe_file }} --out merged/
+```
+
+It is also a valid {{ tool }} configuration.
+{% if run %}
+## Merge facts
+
+- hubbot {{ version }}, Python {{ python }}
+- hardware: {{ hardware }}
+- duration: {{ "%.1f" | format(run.seconds) }} s; {{ run.tensors }} tensors; output {{ output }}
+- output layers: {{ out_layers }}
+{% endif %}"""
+
+
 def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tuple[str, dict[str, bytes]]:
     """README.md text (front matter and body) and extra files it references."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -115,42 +191,26 @@ def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tupl
         license=license_,
         tags=["merge", method.name, "hubbot", "mergekit"],
     )
-    name = repo_id.split("/")[-1] if repo_id else "Merged model"
-    extra: dict[str, bytes] = {}
-    lines = [f"# {name}", "",
-             f"This model is a merge of {len(facts)} pre-trained language models, made with "
-             f"hubbot using **{method.title}**.", ""]
-    warnings = _license_warnings(facts, license_)
-    if warnings:
-        lines += ["> [!WARNING]"] + [f"> {w}" for w in warnings] + [""]
-    lines += ["## Method", "", method.summary + (f" ({method.paper})" if method.paper else ""), ""]
-    lines += ["## Sources", "", "| model | revision | license | parameters |", "|---|---|---|---|"]
-    params = _source_parameters(plan)
-    for f in facts:
-        lines.append(f"| {f['ref']} | {f['revision'] or 'local files'} | {f['license'] or 'unknown'} | "
-                     f"{params.get(f['ref'], '')} |")
-    lines.append("")
     curves = plan.param_curves()
-    if curves:
-        extra["parameters.svg"] = parameters_svg(curves).encode()
-        lines += ["## Parameters per layer", "", "![parameter values per output layer](parameters.svg)", ""]
-    lines += ["## Recipe", "", "As submitted:", "", "```yaml", plan.recipe.text.rstrip(), "```", "",
-              "Resolved, with every source pinned to the commit that was merged:", "",
-              "```yaml", resolved_recipe(plan).rstrip(), "```", ""]
-    lines += _usage(repo_id, plan) + _reproduce(plan)
-    if run is not None:
-        lines += ["## Merge facts", "",
-                  f"- hubbot {__version__}, Python {platform.python_version()}",
-                  f"- hardware: {_hardware(run.device)}",
-                  f"- duration: {run.seconds:.1f} s; {run.tensors} tensors; output {run.output_bytes / 1e9:.2f} GB",
-                  f"- output layers: {plan.out_layers}", ""]
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    extra = {"parameters.svg": parameters_svg(curves).encode()} if curves else {}
+    is_moe = isinstance(plan.recipe, MoeRecipe)
+    card = ModelCard.from_template(
+        data, template_str=TEMPLATE,
+        name=repo_id.split("/")[-1] if repo_id else "Merged model",
+        method=method, sources=facts, warnings=_license_warnings(facts, license_), params=_source_parameters(plan),
+        plot=bool(curves), recipe=plan.recipe.text.rstrip(), resolved=resolved_recipe(plan).rstrip(),
+        target=repo_id or "path/to/merged-model", chat=_chat(plan), recipe_file=plan.recipe.FILE_NAME,
+        tool="mergekit-moe" if is_moe else "mergekit", run=run, version=__version__,
+        python=platform.python_version(), hardware=_hardware(run.device) if run else None,
+        output=human_bytes(run.output_bytes) if run else None, out_layers=plan.out_layers,
+    )
     return str(card), extra
 
 
-def write_card(plan: Plan, folder: Path, run: RunFacts | None) -> None:
-    """Write README.md (and the files it references) into a local output folder."""
-    card, extra = build_card(plan, repo_id=None, run=run)
+def write_card(plan: Plan, folder: Path, run: RunFacts | None, *, repo_id: str | None = None) -> None:
+    """Write README.md (and the files it references) into an output folder; `repo_id` names the
+    Hub repo it is published as (None: a local folder)."""
+    card, extra = build_card(plan, repo_id=repo_id, run=run)
     (folder / "README.md").write_text(card)
     for name, data in extra.items():
         (folder / name).write_bytes(data)
@@ -187,36 +247,17 @@ def _source_parameters(plan: Plan) -> dict[str, str]:
     return out
 
 
-def _usage(repo_id: str | None, plan: Plan) -> list[str]:
-    target = repo_id or "path/to/merged-model"
+def _chat(plan: Plan) -> bool:
+    """Whether the output speaks with a chat template (the usage example then uses it)."""
     tok = plan.tokenizer_source
-    chat = bool(tok and ("chat_template.jinja" in tok.files() or _has_chat_template(tok))) or bool(
+    return bool(tok and ("chat_template.jinja" in tok.files() or _has_chat_template(tok))) or bool(
         isinstance(plan.recipe, Recipe) and plan.recipe.chat_template)
-    body = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-            f'model = AutoModelForCausalLM.from_pretrained("{target}", dtype="auto")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{target}")']
-    if chat:
-        body += ['messages = [{"role": "user", "content": "What is model merging?"}]',
-                 "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")"]
-    else:
-        body += ['inputs = tokenizer("Model merging is", return_tensors="pt").input_ids']
-    body += ["outputs = model.generate(inputs, max_new_tokens=64)",
-             "print(tokenizer.decode(outputs[0], skip_special_tokens=True))"]
-    return ["## Use it", "", "```python", *body, "```", ""]
 
 
 def _has_chat_template(tok) -> bool:
     if "tokenizer_config.json" not in tok.files():
         return False
     return b'"chat_template"' in tok.read_file("tokenizer_config.json")
-
-
-def _reproduce(plan: Plan) -> list[str]:
-    name = plan.recipe.FILE_NAME
-    tool = "mergekit-moe" if isinstance(plan.recipe, MoeRecipe) else "mergekit"
-    return ["## Reproduce it", "", f"The recipe is in this repo as `{name}`:", "", "```bash",
-            "pip install hubbot", f"hubbot merge {name} --out merged/", "```", "",
-            f"It is also a valid {tool} configuration.", ""]
 
 
 def _hardware(device: str) -> str:

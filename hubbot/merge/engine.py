@@ -28,6 +28,7 @@ from ..errors import Cancelled, MergeError
 from ..methods import Block
 from ..model.format import DTYPES, TORCH_NAMES
 from ..sources.computed import ComputedSource
+from .card import RunFacts
 from .plan import CHUNK_BYTES, Plan, TensorTask
 from .writer import DEFAULT_SHARD_BYTES, ShardWriter
 
@@ -56,6 +57,10 @@ class RunResult:
     tensors: int
     resumed_shards: int = 0
     side_files: list[str] = field(default_factory=list)
+
+    def facts(self) -> RunFacts:
+        """What the model card says about this run."""
+        return RunFacts(self.seconds, self.device, self.bytes_written, self.tensors)
 
 
 def pick_device(name: str | None = None) -> torch.device:

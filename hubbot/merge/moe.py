@@ -29,12 +29,12 @@ import torch
 
 from ..methods import Method
 from ..model import arch
-from ..model.format import FLOAT_CODES
+from ..model.dtypes import DTYPE_CODES, FLOAT_CODES
 from ..recipe.moe import Expert, MoeRecipe, parse_moe
 from ..sources import Source, open_source
 from ..sources.computed import ComputedSource
 from . import engine
-from .plan import DTYPE_CODES, Input, Opener, Plan, TensorTask, open_sources
+from .plan import Input, Opener, Plan, TensorTask, open_sources
 from .tokenizer import OutputTokenizer
 from .writer import DEFAULT_SHARD_BYTES
 

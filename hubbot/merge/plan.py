@@ -17,11 +17,13 @@ from .. import methods
 from ..errors import PlanError, SourceError
 from ..methods import REQUIRED, Method
 from ..model import arch
-from ..model.format import DTYPES, FLOAT_CODES, TensorInfo
+from ..model.dtypes import CODE_NAMES, DTYPE_CODES, FLOAT_CODES
+from ..model.format import DTYPES, TensorInfo
 from ..recipe import chat_templates
 from ..recipe.merge import Recipe
 from ..recipe.refs import ModelRef
 from ..recipe.values import Params, evaluate
+from ..sizes import human_bytes
 from ..sources import Source, open_source
 from . import vocab
 from .tokenizer import OutputTokenizer, model_chat_template
@@ -29,8 +31,6 @@ from .tokenizer import OutputTokenizer, model_chat_template
 if TYPE_CHECKING:
     from ..recipe.moe import MoeRecipe
 
-DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-CODE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 MAX_LISTED = 5
 CHUNK_BYTES = 4 << 20  # float32 bytes of one block of rows: small enough to stay in the CPU caches
 WHOLE_BYTES = 64 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
@@ -163,10 +163,10 @@ class Plan:
         for s in self.sources:
             rev = f" @ {s.revision[:12]}" if s.revision else ""
             lines.append(f"  {'model' if s.is_model else 'computed'}: {s.label}{rev}")
-        lines.append(f"output: {len(self.tasks)} tensors, {self.out_layers} layers, {_size(self.output_bytes)}"
+        lines.append(f"output: {len(self.tasks)} tensors, {self.out_layers} layers, {human_bytes(self.output_bytes)}"
                      f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
-        lines.append(f"reads: {_size(self.input_bytes)} of weights; peak memory for tensors about "
-                     f"{_size(self.peak_bytes())}")
+        lines.append(f"reads: {human_bytes(self.input_bytes)} of weights; peak memory for tensors about "
+                     f"{human_bytes(self.peak_bytes())}")
         if self.vocab is not None:
             spec = self.recipe.tokenizer
             lines.append(f"vocabulary: {len(self.vocab.tokens)} tokens ({spec.source if spec else 'base'}"
@@ -182,14 +182,6 @@ def _rows(task: TensorTask, chunk_bytes: int) -> list[tuple[int, int]]:
     row = max(1, task.nbytes // DTYPES[task.dtype].itemsize // task.shape[0])
     step = max(1, chunk_bytes // (4 * row))
     return [(a, min(a + step, task.shape[0])) for a in range(0, task.shape[0], step)]
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Callable
 
 from ..errors import MergeError
 from ..hub import HubError, HubOptions, check_push_target, describe, with_retries
-from .card import RunFacts, build_card
-from .engine import Progress, RunResult, run
+from .engine import Progress, RunResult
 from .plan import Plan
+from .run import MergeOptions, merge_to_folder
 
 log = logging.getLogger(__name__)
 
@@ -88,31 +88,24 @@ def merge_and_push(
     plan: Plan,
     work_dir: Path,
     repo_id: str,
+    hub: HubOptions,
     *,
-    token: str | None,
+    options: MergeOptions = MergeOptions(),
     private: bool = False,
     create_pr: bool = False,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
-    resume: bool = False,
-    endpoint: str | None = None,
-    device: str | None = None,
-    shard_bytes: int | None = None,
-    options: HubOptions | None = None,
     annotate: Callable[[Path], None] | None = None,
 ) -> Published:
-    """Merge `plan` and publish it as `repo_id`; refuse before any work if the token may not.
-
-    `options` overrides `token` and `endpoint` with full client settings (retries, backoff).
-    `annotate(folder)` runs once the card is written, before the commit: it may add files or
-    card content (a search's history: SearchHistory.annotate)."""
+    """Merge `plan` and publish it as `repo_id` with the client settings `hub`; refuse before any
+    work if the token may not. `annotate(folder)` runs once the card is written, before the
+    commit: it may add files or card content (a search's history: SearchHistory.annotate)."""
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
-    opts = options or HubOptions(token=token, endpoint=endpoint)
     plan.raise_for_problems()
-    check_push_target(repo_id, opts)
-    api = opts.api()
+    check_push_target(repo_id, hub)
+    api = hub.api()
     exists = api.repo_exists(repo_id)
     if create_pr and not exists:
         raise HubError(f"--pr: {repo_id} does not exist yet; a pull request needs an existing repo "
@@ -125,20 +118,11 @@ def merge_and_push(
             raise HubError(describe(exc, f"creating {repo_id}")) from None
         created = True
     out = Path(work_dir) / "out"
-    uploader = _Uploader(api, repo_id, opts)
+    uploader = _Uploader(api, repo_id, hub)
     try:
-        kwargs = {"shard_bytes": shard_bytes} if shard_bytes else {}
         ops: list = []
-        result = run(plan, out, device=device, progress=progress, cancel=cancel, on_shard=uploader.submit,
-                     on_written=lambda _: ops.extend(uploader.finish()), resume=resume, keep_partial=resume,
-                     **kwargs)
-        card, extra = build_card(plan, repo_id=repo_id,
-                                 run=RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
-        (out / "README.md").write_text(card)
-        for name, data in extra.items():
-            (out / name).write_bytes(data)
-        if annotate:
-            annotate(out)
+        result = merge_to_folder(plan, out, options, annotate, repo_id=repo_id, progress=progress, cancel=cancel,
+                                 on_shard=uploader.submit, on_written=lambda _: ops.extend(uploader.finish()))
         uploaded = {op.path_in_repo for op in ops}
         for f in sorted(out.iterdir()):
             if f.is_file() and f.name not in uploaded and not f.name.startswith("."):
@@ -147,7 +131,7 @@ def merge_and_push(
         info = with_retries(lambda: api.create_commit(
             repo_id, ops, commit_message=f"Merge {len(plan.models)} models with {method} (hubbot)",
             commit_description="Recipe, sources at pinned revisions and run facts are in the model card.",
-            create_pr=create_pr), f"committing to {repo_id}", opts, HubError)
+            create_pr=create_pr), f"committing to {repo_id}", hub, HubError)
     except BaseException as exc:
         uploader.abandon()
         if created:

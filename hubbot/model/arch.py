@@ -62,11 +62,6 @@ def vocab_size(config: dict) -> int | None:
     return text_config(config).get("vocab_size")
 
 
-def ties_embeddings(config: dict) -> bool:
-    """Whether lm_head shares the input embedding (transformers' default is tied)."""
-    return bool(text_config(config).get("tie_word_embeddings", config.get("tie_word_embeddings", True)))
-
-
 def tied_alias(name: str, available: set[str]) -> str | None:
     """For a tied model that stores no lm_head: the embedding tensor that stands in for it."""
     if not LM_HEAD.search(name):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SourceError
+from .dtypes import CODE_NAMES
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -23,10 +24,7 @@ DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-TORCH_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
-}
-FLOAT_CODES = ("F64", "F32", "F16", "BF16")
+TORCH_NAMES: dict[str, torch.dtype] = {name: DTYPES[code] for code, name in CODE_NAMES.items()}
 MAX_HEADER = 100 * 1024 * 1024
 
 

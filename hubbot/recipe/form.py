@@ -14,8 +14,9 @@ import yaml
 
 from .. import methods
 from ..errors import RecipeError
+from ..model.dtypes import RECIPE_DTYPES
 
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = RECIPE_DTYPES  # the form offers what a recipe may ask for
 SHARED_COLUMNS = ["parameter", "filter", "value"]
 _RANGE = re.compile(r"^\s*\[?\s*(\d+)\s*[-,:]\s*(\d+)\s*\]?\s*$")
 
@@ -25,11 +26,6 @@ def model_columns(method_name: str) -> list[str]:
     an optional layer range (`0-24`; required for passthrough, whose rows become slices)."""
     method = methods.get(method_name)
     return ["model", *(p.name for p in method.params if p.per_model), "layers"]
-
-
-def shared_parameters(method_name: str) -> list[str]:
-    """Parameters that apply to every model, for the shared-parameters table."""
-    return [p.name for p in methods.get(method_name).params if not p.per_model]
 
 
 def parse_cell(text: Any) -> Any:

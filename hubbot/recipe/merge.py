@@ -8,19 +8,15 @@ are reported together.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import RecipeError
+from ..model.dtypes import DTYPE_ALIASES, RECIPE_DTYPES
 from .checker import Checker
 from .refs import ModelRef
 from .text import KIND_HINTS, kind_of_data, load_yaml, text_hash
 from .values import Params, uses_gradient
-
-DTYPE_ALIASES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-}
 
 TOP_LEVEL_FIELDS = (
     "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
@@ -89,7 +85,7 @@ class Recipe:
     random_seed: int | None = None
     name: str | None = None
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """Stable identity of what the recipe asks for (whitespace and comments ignored)."""
         return text_hash(self.text)
@@ -147,7 +143,7 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     for key in ("dtype", "out_dtype"):
         raw = data.get(key)
         if raw is not None and DTYPE_ALIASES.get(str(raw).lower()) is None:
-            c.add(key, f"unknown dtype {raw!r}; use one of float32, float16, bfloat16")
+            c.add(key, f"unknown dtype {raw!r}; use one of {', '.join(RECIPE_DTYPES)}")
         dtypes[key] = DTYPE_ALIASES.get(str(raw).lower()) if raw is not None else None
 
     seed = data.get("random_seed")

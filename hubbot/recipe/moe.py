@@ -9,11 +9,12 @@ problem names its field path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import RecipeError
+from ..model.dtypes import DTYPE_ALIASES, RECIPE_DTYPES
 from .checker import Checker
-from .merge import DTYPE_ALIASES
 from .refs import ModelRef
 from .text import load_yaml, text_hash
 
@@ -62,7 +63,7 @@ class MoeRecipe:
     random_seed: int | None = None
     name: str | None = None
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return text_hash(self.text)
 
@@ -116,7 +117,7 @@ def parse_moe(text: str, *, allow_local: bool = True) -> MoeRecipe:
 
     dtype = data.get("dtype")
     if dtype is not None and DTYPE_ALIASES.get(str(dtype).lower()) is None:
-        c.add("dtype", f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
+        c.add("dtype", f"unknown dtype {dtype!r}; use one of {', '.join(RECIPE_DTYPES)}")
     seed = data.get("random_seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         c.add("random_seed", f"expected a non-negative integer, got {seed!r}")

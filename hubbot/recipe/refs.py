@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+
+def is_repo_id(text: str, *, namespaced: bool = False) -> bool:
+    """Whether `text` is a Hub repo id (`name` or `namespace/name`; with `namespaced` only the
+    latter) by the Hub client's own rules, so hubbot accepts exactly the names the Hub does."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if namespaced and text.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -43,4 +54,4 @@ def _looks_local(text: str) -> bool:
         return True
     if os.path.isdir(os.path.expanduser(text)):
         return True
-    return not HUB_ID.match(text.partition("@")[0])
+    return not is_repo_id(text.partition("@")[0])

@@ -23,6 +23,7 @@ is the caller's (a job's) business, like any recipe's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import yaml
@@ -62,19 +63,20 @@ class SearchRequest:
     popsize: int | None = None
     seed: int = 0
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return text_hash(self.text)
 
+    @cached_property
     def start_recipe(self) -> Recipe:
         """The recipe that stands for the request before it runs (its models, its plan): the
-        soup of every candidate, or the template at its starting values."""
+        soup of every candidate, or the template at its starting values (made once)."""
         if self.kind == "soup":
             return parse(soup_recipe(list(self.candidates)), allow_local=self.allow_local)
         return check_template(Template(self.template), self.allow_local)
 
     def model_refs(self) -> list[ModelRef]:
-        return self.start_recipe().model_refs()
+        return self.start_recipe.model_refs()
 
 
 def parse_request(text: str, *, allow_local: bool = True) -> SearchRequest:
@@ -102,7 +104,7 @@ def parse_request(text: str, *, allow_local: bool = True) -> SearchRequest:
     if c.problems:
         raise RecipeError(c.problems)
     request = SearchRequest(kind, text, spec, allow_local, **fields)
-    request.start_recipe()  # the candidates, or the template over its ranges, must make valid recipes
+    request.start_recipe  # the candidates, or the template over its ranges, must make valid recipes
     return request
 
 

@@ -33,6 +33,7 @@ from typing import Callable
 from ..errors import Cancelled, HubbotError
 from ..merge import engine
 from ..merge.plan import Opener, build
+from ..recipe.merge import Recipe
 from ..recipe.template import Template, check_template
 from ..recipe.text import text_hash
 from ..sources import caching_opener
@@ -102,12 +103,15 @@ class SearchResult:
 def search(template: str | Template, score: Scorer, out: Path | None, *, budget: int, work_dir: Path,
            allow_local: bool = True, opener: Opener | None = None, device: str | None = None, sigma: float = 0.25,
            popsize: int | None = None, seed: int = 0, report: Callable[[SearchProgress], None] | None = None,
-           cancel: threading.Event | None = None, fanout: Fanout | None = None) -> SearchResult:
+           cancel: threading.Event | None = None, start: Recipe | None = None,
+           fanout: Fanout | None = None) -> SearchResult:
     """Search the template's marked values for `budget` evaluations, then merge the best recipe
     into `out` (None: write nothing; publish `result.recipe` with `annotate=result.history.annotate`).
     The state in `work_dir` lets an interrupted or cancelled search resume (with the same
-    template and options; the budget may grow). With a `fanout` (a Ray cluster) each generation's
-    candidates are merged and scored at once there, and recorded in the order a serial search would."""
+    template and options; the budget may grow). `start` is the template's checked starting
+    recipe when the caller has it already (a request's), so it is not rendered again. With a
+    `fanout` (a Ray cluster) each generation's candidates are merged and scored at once there,
+    and recorded in the order a serial search would."""
     import numpy as np
 
     with warnings.catch_warnings():  # cma warns at import when matplotlib (for its plots) is missing
@@ -120,7 +124,7 @@ def search(template: str | Template, score: Scorer, out: Path | None, *, budget:
     if out is not None:
         engine.check_output_folder(Path(out))
     opener = opener or caching_opener(allow_local=allow_local)
-    build(check_template(tpl, allow_local), opener=opener).raise_for_problems()
+    build(start or check_template(tpl, allow_local), opener=opener).raise_for_problems()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / STATE_FILE

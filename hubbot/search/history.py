@@ -148,13 +148,9 @@ def write_winner(recipe_text: str, history: SearchHistory, out: Path, *, allow_l
                  opener: Opener | None = None, device: str | None = None,
                  cancel: threading.Event | None = None) -> Path:
     """Merge a search's winning recipe into `out`, with its card and history."""
-    from ..merge import engine
-    from ..merge.card import RunFacts, write_card
     from ..merge.plan import build
+    from ..merge.run import MergeOptions, merge_to_folder
     from ..recipe.merge import parse
 
     plan = build(parse(recipe_text, allow_local=allow_local), opener=opener)
-    result = engine.run(plan, Path(out), device=device, cancel=cancel)
-    write_card(plan, result.folder, RunFacts(result.seconds, result.device, result.bytes_written, result.tensors))
-    history.annotate(result.folder)
-    return result.folder
+    return merge_to_folder(plan, Path(out), MergeOptions(device=device), history.annotate, cancel=cancel).folder

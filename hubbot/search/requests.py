@@ -28,7 +28,7 @@ def run_request(request: SearchRequest, *, work_dir: Path, opener: Opener | None
                               device=device, cancel=cancel)
     fanout = RayFanout(ray, evaluator, allow_local=request.allow_local, hub=hub) if ray else None
     common = dict(allow_local=request.allow_local, opener=opener, device=device, report=report, cancel=cancel,
-                  fanout=fanout)
+                  start=request.start_recipe, fanout=fanout)
     if request.kind == "soup":
         result = greedy_soup(list(request.candidates), evaluator, None, work_dir=work_dir, **common)
     else:

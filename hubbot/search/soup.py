@@ -19,7 +19,7 @@ from typing import Callable
 from ..errors import Cancelled, HubbotError
 from ..merge import engine
 from ..merge.plan import Opener, build
-from ..recipe.merge import parse
+from ..recipe.merge import Recipe, parse
 from ..recipe.refs import ModelRef
 from ..recipe.request import soup_recipe
 from ..sources import caching_opener
@@ -42,13 +42,15 @@ class SoupResult:
 def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_dir: Path | None = None,
                 allow_local: bool = True, opener: Opener | None = None, device: str | None = None,
                 report: Callable[[SearchProgress], None] | None = None,
-                cancel: threading.Event | None = None, fanout: Fanout | None = None) -> SoupResult:
+                cancel: threading.Event | None = None, start: Recipe | None = None,
+                fanout: Fanout | None = None) -> SoupResult:
     """Cook a greedy soup of `candidates` (model references) into the folder `out`.
 
     `score(folder)` rates a merged model (lower is better, e.g. an Evaluator's perplexity);
-    `report` hears of every evaluation (SearchProgress); `cancel` stops between steps. With a
-    `fanout` (a Ray cluster) the merges and scores run there, the candidates alone all at once. With `out`
-    None nothing is written: publish `result.recipe` with `annotate=result.history.annotate`."""
+    `report` hears of every evaluation (SearchProgress); `cancel` stops between steps. With `out`
+    None nothing is written: publish `result.recipe` with `annotate=result.history.annotate`.
+    `start` is the soup of every candidate when the caller has it already (a request's). With a
+    `fanout` (a Ray cluster) the merges and scores run there, the candidates alone all at once."""
     refs = list(dict.fromkeys(str(ModelRef.parse(c)) for c in candidates))
     if len(refs) < 2:
         raise HubbotError("a soup needs at least two different candidate models")
@@ -57,7 +59,7 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     opener = opener or caching_opener(allow_local=allow_local)
-    build(parse(soup_recipe(refs), allow_local=allow_local), opener=opener).raise_for_problems()
+    build(start or parse(soup_recipe(refs), allow_local=allow_local), opener=opener).raise_for_problems()
     say = report or (lambda line: None)
     history = SearchHistory(kind="greedy_soup", title="Greedy soup", paper=PAPER, metric=score.metric,
                             data=score.describe())
