@@ -33,10 +33,13 @@ def _size_arg(text: str) -> int:
 
 
 def _recipe_text(path: str, what: str = "recipe") -> str:
+    from .recipe.text import decode_text
+
     try:
-        return sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise RecipeError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    return decode_text(data, what)
 
 
 def _plan_any(path: str, kinds: tuple[str, ...] | None = None):
@@ -70,10 +73,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
     from .merge import engine
 
+    engine.pick_device(args.device)  # device and target are checked before planning or merging
     if args.push:
         from .hub import HubOptions, check_push_target
 
-        check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
+        check_push_target(args.push, HubOptions.from_env())
+    else:
+        engine.check_output_folder(Path(args.out))
     plan = _plan_any(args.recipe, kinds=args.kinds)
     plan.raise_for_problems()
     bar = None
@@ -137,9 +143,11 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluator(args: argparse.Namespace):
+    from .merge.engine import pick_device
     from .recipe.request import EvalSpec
     from .search.evaluate import evaluator_for
 
+    pick_device(args.device)  # before any candidate runs: a wrong device is not a score
     spec = EvalSpec(args.eval, text_field=args.text_field, max_documents=args.max_documents, max_length=args.max_length)
     return evaluator_for(spec, device=args.device)
 
@@ -353,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .hub import quiet_duplicate_logs
+
+    quiet_duplicate_logs()
     try:
         return args.func(args)
     except HubbotError as exc:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 Scalar = Union[float, int, bool, str]
-MAX_MAGNITUDE = 1e6  # no merge parameter means anything beyond; larger values only overflow later
+MAX_MAGNITUDE = 3.4028234663852886e38  # float32's largest: kernels compute in float32, beyond it is Inf
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def number_problem(raw: Any) -> str | None:
     if not math.isfinite(number):
         return f"{shown} is not a finite number; give a number such as 0.5"
     if abs(number) > MAX_MAGNITUDE:
-        return f"{shown} is out of range; numbers here lie between -{MAX_MAGNITUDE:g} and {MAX_MAGNITUDE:g}"
+        return f"{shown} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
     return None
 
 
