@@ -24,10 +24,13 @@ def _size_arg(text: str) -> int:
 
 
 def _recipe_text(path: str, what: str = "recipe") -> str:
+    from .recipe.text import decode_text
+
     try:
-        return sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise RecipeError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    return decode_text(data, what)
 
 
 def _plan_any(path: str, kinds: tuple[str, ...] | None = None, device: str | None = None):
@@ -62,10 +65,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import engine
     from .merge.run import MergeOptions, merge_to_folder
 
+    engine.pick_device(args.device)  # device and target are checked before planning or merging
     if args.push:
         from .hub import HubOptions, check_push_target
 
-        check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
+        check_push_target(args.push, HubOptions.from_env())
+    else:
+        engine.check_output_folder(Path(args.out))
     plan = _plan_any(args.recipe, kinds=args.kinds, device=args.device)
     plan.raise_for_problems()
     options = MergeOptions(device=args.device, shard_bytes=args.shard_size)
@@ -138,9 +144,11 @@ def _fanout(args: argparse.Namespace, score):
 
 
 def _evaluator(args: argparse.Namespace):
+    from .merge.engine import pick_device
     from .recipe.request import EvalSpec
     from .search.evaluate import evaluator_for
 
+    pick_device(args.device)  # before any candidate runs: a wrong device is not a score
     spec = EvalSpec(args.eval, text_field=args.text_field, max_documents=args.max_documents, max_length=args.max_length)
     return evaluator_for(spec, device=args.device)
 
@@ -360,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .hub import quiet_duplicate_logs
+
+    quiet_duplicate_logs()
     try:
         return args.func(args)
     except HubbotError as exc:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class HubbotError(Exception):
-    """Base of every error hubbot raises on purpose; the CLI prints these without a traceback."""
+    """Base of every error hubbot raises on purpose; the CLI prints these without a traceback.
+
+    `problems` lists each issue on its own, so every front end (CLI, JSON API, UI) shows them
+    the same way; most errors have one, the message itself.
+    """
+
+    def __init__(self, message: str = "", problems: list[str] | None = None):
+        self.problems = list(problems) if problems else [message]
+        super().__init__(message)
 
 
 class RecipeError(HubbotError):
@@ -14,11 +22,10 @@ class RecipeError(HubbotError):
     """
 
     def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__(
-            self.problems[0]
-            if len(self.problems) == 1
-            else "the recipe has problems:\n" + "\n".join(f"- {p}" for p in self.problems)
+            problems[0] if len(problems) == 1 else "the recipe has problems:\n" + "\n".join(f"- {p}" for p in problems),
+            problems,
         )
 
 
@@ -26,12 +33,26 @@ class PlanError(HubbotError):
     """The models named by a valid recipe cannot be merged as asked (shapes, layers, tensors)."""
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("the merge cannot be planned:\n" + "\n".join(f"- {p}" for p in self.problems))
+        super().__init__("the merge cannot be planned:\n" + "\n".join(f"- {p}" for p in problems), problems)
 
 
 class SourceError(HubbotError):
     """A model could not be opened or read: missing path or repo, bad token, unsupported weights."""
+
+
+class HubError(HubbotError):
+    """A Hub write (create, upload, commit) failed or is not allowed, or the Hub cannot be reached."""
+
+
+class TransientError(HubbotError):
+    """The Hub kept failing in ways that pass (timeouts, 429, 5xx) until the retries ran out.
+
+    Nothing is wrong with the request: the job service runs the job again later.
+    """
+
+
+class EvalError(HubbotError):
+    """The text set or the model to evaluate could not be read or run."""
 
 
 class MergeError(HubbotError):

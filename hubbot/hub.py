@@ -1,6 +1,7 @@
 """How hubbot talks to the Hub: client settings, error translation, namespace checks, retries.
 
-Every Hub failure becomes a SourceError or HubError that names the repo and says what to do.
+Every Hub failure becomes a SourceError or HubError that names the repo and says what to do, or
+a TransientError when the Hub kept failing in ways that pass.
 The token travels in memory only; nothing here logs or stores it.
 """
 
@@ -9,20 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .errors import HubbotError, SourceError
+from .errors import HubbotError, HubError, SourceError, TransientError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
-
-
-class HubError(HubbotError):
-    """A Hub write (create, upload, commit) failed or is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,10 @@ def describe(exc: Exception, what: str) -> str:
 
 
 def with_retries(fn: Callable[[], T], what: str, opts: HubOptions, error: type[HubbotError] = SourceError) -> T:
-    """Call `fn`, retrying transient failures (connection errors, 408/429/5xx) with jittered
-    exponential backoff; other failures raise at once. When retries run out, raise `error`."""
+    """Call `fn`, retrying with jittered exponential backoff only what passes: timeouts, answers
+    cut short, 408/429/5xx (TransientError when the retries run out). A Hub that cannot be
+    reached at all (offline mode, a name that does not resolve, a refused connection) raises
+    `error` at once with advice; other HTTP errors raise as they are, for the caller to describe."""
     from huggingface_hub.errors import HfHubHTTPError
 
     network = transport_errors()
@@ -90,19 +90,77 @@ def with_retries(fn: Callable[[], T], what: str, opts: HubOptions, error: type[H
         try:
             return fn()
         except (*network, HfHubHTTPError, _Transient) as exc:
+            unreachable = unreachable_reason(exc, opts)
+            if unreachable:
+                raise error(f"{what}: {unreachable}") from None
             status = getattr(getattr(exc, "response", None), "status_code", None)
-            transient = isinstance(exc, (*network, _Transient)) or status in RETRY_STATUSES
-            if not transient or attempt == opts.retries:
-                if transient:
-                    failure = error(f"{what}: the Hub did not answer after {opts.retries + 1} tries "
-                                    f"({exc}); try again later")
-                    failure.transient = True  # the job service queues the job again later
-                    raise failure from None
+            if not (isinstance(exc, (*network, _Transient)) or status in RETRY_STATUSES):
                 raise
-            delay = opts.backoff * (2**attempt) * (0.5 + random.random())
-            log.info("retrying %s in %.1fs after %s", what, delay, exc)
+            if attempt == opts.retries:
+                raise TransientError(f"{what}: the Hub did not answer after {opts.retries + 1} tries "
+                                     f"({_short(exc)}); try again later") from None
+            delay = _retry_after(exc) or opts.backoff * (2**attempt) * (0.5 + random.random())
+            log.info("retrying %s in %.1fs after %s", what, delay, _short(exc))
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def unreachable_reason(exc: BaseException, opts: HubOptions) -> str | None:
+    """Why the Hub cannot be reached at all, with what to do; None for failures that may pass.
+
+    Retrying these only makes the user wait: the network, the host name or the offline switch
+    will not change within a few seconds."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    endpoint = opts.endpoint or _default_endpoint()
+    for e in _chain(exc):
+        if isinstance(e, OfflineModeIsEnabled):
+            return ("HF_HUB_OFFLINE is set, so the Hub is not contacted; unset HF_HUB_OFFLINE to read Hub models "
+                    "or publish, or name local folders in the recipe")
+        if isinstance(e, socket.gaierror):
+            return (f"cannot reach the Hub at {endpoint}: its host name does not resolve (no network, or a wrong "
+                    "HF_ENDPOINT); check the connection and HF_ENDPOINT")
+        if isinstance(e, ConnectionRefusedError):
+            return (f"cannot reach the Hub at {endpoint}: the connection was refused; check HF_ENDPOINT and any "
+                    "proxy settings")
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it was raised from or while handling."""
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not seen for seen in out):
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _default_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The wait a 429 or 503 asks for in its Retry-After header (seconds), capped at a minute."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        return min(60.0, max(0.0, float(headers.get("retry-after", ""))))
+    except ValueError:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message: Hub errors append request ids and bodies."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def quiet_duplicate_logs() -> None:
+    """huggingface_hub prints its warnings with a handler of its own and also passes them to the
+    root logger; once a program configures logging, each would be printed twice."""
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
@@ -127,7 +185,7 @@ def owned_namespaces(opts: HubOptions) -> tuple[str, set[str]]:
     if not opts.token:
         raise HubError("publishing needs a Hub token: sign in, or set HF_TOKEN")
     try:
-        me = opts.api().whoami()
+        me = with_retries(lambda: opts.api().whoami(), "checking the token", opts, HubError)
     except HfHubHTTPError as exc:
         raise HubError(describe(exc, "checking the token")) from None
     orgs = {o["name"] for o in me.get("orgs", []) if o.get("roleInOrg", "write") in ("admin", "write", "contributor")}

@@ -98,8 +98,8 @@ def test_missing_required_parameter(families):
 
 def test_non_finite_output_is_an_error_and_leaves_nothing(families, tmp_path):
     base, ft1, _ = families("llama")
-    text = (f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {ft1}, parameters: {{weight: 1}}}}]\n"
-            "parameters: {lambda: 1.0e+39}\ndtype: float32\n")
+    text = (f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{{model: {ft1}, parameters: {{weight: 1.0e+38}}}}]\n"
+            "parameters: {lambda: 1.0e+38}\ndtype: float32\n")
     with pytest.raises(MergeError, match="NaN or Inf"):
         merge(text, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

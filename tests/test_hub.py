@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from hubbot.errors import PlanError
-from hubbot.hub import HubError, HubOptions
+from hubbot.errors import HubError, PlanError, TransientError
+from hubbot.hub import HubOptions
 from hubbot.merge import engine
 from hubbot.merge.plan import build
 from hubbot.merge.publish import merge_and_push
@@ -135,7 +135,7 @@ def test_retries_then_hard_failure_leaves_no_repo(hub, hub_models, tmp_path):
 
     hub.clear_faults()
     hub.inject("POST", r"/commit/", "status", times=None, status=500)
-    with pytest.raises(HubError, match="committing to alice/doomed: the Hub did not answer"):
+    with pytest.raises(TransientError, match="committing to alice/doomed: the Hub did not answer"):
         merge_and_push(plan_for(text, tmp_path / "cache2", backoff=0.01, retries=1), tmp_path / "w2",
                        "alice/doomed", HubOptions(token=ALICE_TOKEN, backoff=0.01, retries=1))
     assert not hub.repo_exists("alice/doomed")

@@ -106,7 +106,8 @@ class Settings:
                 queued_per_owner=r.number("HUBBOT_MAX_QUEUED_PER_OWNER", int, Limits.queued_per_owner, minimum=1),
                 running_per_owner=r.number("HUBBOT_MAX_RUNNING_PER_OWNER", int, Limits.running_per_owner, minimum=1),
                 queue=r.number("HUBBOT_MAX_QUEUE", int, Limits.queue, minimum=1),
-                recipe_bytes=r.number("HUBBOT_MAX_RECIPE_BYTES", int, Limits.recipe_bytes, minimum=1),
+                recipe_bytes=r.number("HUBBOT_MAX_RECIPE_BYTES", int, Limits.recipe_bytes, minimum=1,
+                                      maximum=MAX_RECIPE_BYTES),
             ),
             device=env.get("HUBBOT_DEVICE") or None,
             shard_bytes=r.number("HUBBOT_SHARD_BYTES", int, DEFAULT_SHARD_BYTES, minimum=1),
@@ -156,7 +157,8 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         return self.env.get(name) or default
 
-    def number(self, name: str, kind: type, default: Any, minimum: float | None = None) -> Any:
+    def number(self, name: str, kind: type, default: Any, minimum: float | None = None,
+               maximum: float | None = None) -> Any:
         raw = self.env.get(name)
         if not raw:
             return default
@@ -167,6 +169,8 @@ class _Reader:
             raise HubbotError(f"{name}={raw!r} is not {what}") from None
         if minimum is not None and value < minimum:
             raise HubbotError(f"{name}={raw!r} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise HubbotError(f"{name}={raw!r} must be at most {maximum}, hubbot's own limit")
         return value
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str) -> Any:

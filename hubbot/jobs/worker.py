@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..errors import Cancelled, HubbotError
+from ..errors import Cancelled, HubbotError, TransientError
 from ..hub import RETRY_STATUSES, HubOptions, transport_errors
 from ..merge.card import write_card
 from ..merge.run import MergeOptions, merge_to_folder
@@ -218,14 +218,14 @@ class _Log:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Network trouble or a Hub 408/429/5xx anywhere in the exception chain, or an error marked
-    `transient` (the Hub client's retries ran out): worth running the job again later."""
+    """Network trouble or a Hub 408/429/5xx anywhere in the exception chain, or a TransientError
+    (the Hub client's retries ran out): worth running the job again later."""
     network = transport_errors()
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if getattr(e, "transient", False) or isinstance(e, network):
+        if isinstance(e, (TransientError, *network)):
             return True
         if getattr(getattr(e, "response", None), "status_code", None) in RETRY_STATUSES:
             return True

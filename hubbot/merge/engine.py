@@ -12,6 +12,7 @@ complete, so a failed merge leaves no output that looks finished.
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import threading
 import time
@@ -64,13 +65,22 @@ class RunResult:
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """`name` if given, else CUDA when present, else the CPU."""
-    if name and name != "auto":
+    """`name` if given and usable here, else CUDA when present, else the CPU. Checked before any
+    work, so a wrong --device fails at once rather than once per tensor or candidate."""
+    if not name or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
         dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise MergeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise MergeError(f"--device {name}: hubbot merges on the CPU or on CUDA GPUs; use --device cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MergeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MergeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return dev
 
 
 @dataclass(frozen=True)
@@ -117,9 +127,16 @@ def _reuse_freed_memory() -> None:
 
 
 def check_output_folder(out: Path) -> None:
-    """The output folder must be new or empty (so nothing finished is overwritten)."""
-    if out.exists() and any(out.iterdir()):
+    """The output folder must be new or empty (so nothing finished is overwritten), and
+    creatable: checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise MergeError(f"{out} is a file, not a folder; choose a new --out folder")
+    if out.is_dir() and any(out.iterdir()):
         raise MergeError(f"{out} already exists and is not empty; choose a new --out folder or remove it")
+    parent = next(p for p in Path(os.path.abspath(out)).parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise MergeError(f"{out} cannot be created: {parent} is not a folder this process may write to; "
+                         "choose another --out folder")
 
 
 def run(

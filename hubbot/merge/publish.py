@@ -13,12 +13,13 @@ import logging
 import queue
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import MergeError
-from ..hub import HubError, HubOptions, check_push_target, describe, with_retries
+from ..errors import HubError, MergeError
+from ..hub import HubOptions, check_push_target, describe, with_retries
 from .engine import Progress, RunResult
 from .plan import Plan
 from .run import MergeOptions, merge_to_folder
@@ -127,11 +128,9 @@ def merge_and_push(
         for f in sorted(out.iterdir()):
             if f.is_file() and f.name not in uploaded and not f.name.startswith("."):
                 ops.append(CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f)))
-        method = plan.method.name
-        info = with_retries(lambda: api.create_commit(
-            repo_id, ops, commit_message=f"Merge {len(plan.models)} models with {method} (hubbot)",
-            commit_description="Recipe, sources at pinned revisions and run facts are in the model card.",
-            create_pr=create_pr), f"committing to {repo_id}", hub, HubError)
+        oid, pr_url = _commit_once(api, repo_id, ops, f"Merge {len(plan.models)} models with {plan.method.name} (hubbot)",
+                                   "Recipe, sources at pinned revisions and run facts are in the model card.",
+                                   create_pr, hub)
     except BaseException as exc:
         uploader.abandon()
         if created:
@@ -141,7 +140,47 @@ def merge_and_push(
         raise
     finally:
         shutil.rmtree(work_dir / "out", ignore_errors=True)
-    return Published(url=f"{api.endpoint}/{repo_id}", commit=info.oid, pr_url=info.pr_url, run=result)
+    return Published(url=f"{api.endpoint}/{repo_id}", commit=oid, pr_url=pr_url, run=result)
+
+
+def _commit_once(api, repo_id: str, ops: list, title: str, description: str, create_pr: bool,
+                 opts: HubOptions) -> tuple[str, str | None]:
+    """Create the commit (or pull request) with retries, but never twice: a commit is not
+    idempotent, and a 5xx or a lost answer can come after it landed. The description carries a
+    marker unique to this publish; before each retry the branch head, or the newest pull
+    requests, are searched for it. Returns the commit sha and the pull request URL."""
+    marker = f"hubbot-publish: {uuid.uuid4().hex}"
+    tried = False
+
+    def attempt() -> tuple[str, str | None]:
+        nonlocal tried
+        if tried and (landed := _landed(api, repo_id, title, marker, create_pr)):
+            log.info("the commit to %s had landed before its answer was lost; not committing again", repo_id)
+            return landed
+        tried = True
+        info = api.create_commit(repo_id, ops, commit_message=title, commit_description=f"{description}\n\n{marker}",
+                                 create_pr=create_pr)
+        return info.oid, info.pr_url
+
+    return with_retries(attempt, f"committing to {repo_id}", opts, HubError)
+
+
+def _landed(api, repo_id: str, title: str, marker: str, create_pr: bool, recent: int = 5) -> tuple[str, str | None] | None:
+    """The commit whose description holds `marker`, if an earlier try created it: among the
+    newest commits of the main branch, or at the head of the newest pull requests titled `title`."""
+    from itertools import islice
+
+    if not create_pr:
+        for commit in islice(api.list_repo_commits(repo_id), recent):
+            if marker in (commit.message or ""):
+                return commit.commit_id, None
+        return None
+    prs = (d for d in api.get_repo_discussions(repo_id, discussion_type="pull_request") if d.title == title)
+    for pr in islice(prs, recent):
+        head = next(iter(api.list_repo_commits(repo_id, revision=f"refs/pr/{pr.num}")), None)
+        if head is not None and marker in (head.message or ""):
+            return head.commit_id, pr.url
+    return None
 
 
 def _delete_quietly(api, repo_id: str) -> None:

@@ -53,33 +53,84 @@ class TensorInfo:
         return self.offset + start * row, (stop - start) * row
 
 
-def header_length(first8: bytes, file: str) -> int:
+def header_length(first8: bytes, file: str, size: int | None = None) -> int:
+    """The header length from a file's first 8 bytes, refused when it cannot be right (`size`:
+    the file's length in bytes, where known)."""
     if len(first8) < 8:
         raise SourceError(f"{file}: too short to be a safetensors file")
     (n,) = struct.unpack("<Q", first8[:8])
-    if n > MAX_HEADER:
+    if n > MAX_HEADER or n < 2:
         raise SourceError(f"{file}: safetensors header of {n} bytes is implausible; the file is damaged")
+    if size is not None and 8 + n > size:
+        raise SourceError(f"{file}: safetensors header of {n} bytes runs past the end of the file ({size} bytes); "
+                          "the file is damaged or truncated")
     return n
 
 
-def parse_header(raw: bytes, file: str, label: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Tensor infos and `__metadata__` from the header JSON `raw` (the bytes after the length).
+def parse_header(raw: bytes, file: str, label: str,
+                 size: int | None = None) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Tensor infos and `__metadata__` from the header JSON `raw` (the bytes after the length),
+    every entry checked: what planning trusts here decides which bytes the engine reads.
 
-    `file` is the path within the model; `label` names the model in errors."""
+    `file` is the path within the model; `label` names the model in errors; `size` is the
+    file's length in bytes, where known."""
+    where = f"{label}/{file}"
     try:
         header = json.loads(raw)
-    except ValueError as exc:
-        raise SourceError(f"{label}/{file}: the safetensors header is not valid JSON ({exc})") from None
-    base = 8 + len(raw)
+    except (ValueError, RecursionError) as exc:
+        raise SourceError(f"{where}: the safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SourceError(f"{where}: the safetensors header is a JSON {type(header).__name__}, not an object of "
+                          "tensors; the file is damaged or not a safetensors file")
     meta = header.pop("__metadata__", None) or {}
-    infos = {}
-    for name, entry in header.items():
-        code = entry.get("dtype")
-        if code not in DTYPES:
-            raise SourceError(f"{label}/{file}: tensor '{name}' has dtype {code!r}, which hubbot cannot read")
-        begin, end = entry["data_offsets"]
-        infos[name] = TensorInfo(name, code, tuple(entry["shape"]), file, base + begin, end - begin)
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise SourceError(f"{where}: the safetensors __metadata__ must map names to strings; the file is damaged")
+    base = 8 + len(raw)
+    infos = {name: _entry(name, entry, file, where, base) for name, entry in header.items()}
+    _check_layout(infos, where, base, size)
     return infos, meta
+
+
+def _entry(name: str, entry: object, file: str, where: str, base: int) -> TensorInfo:
+    """One header entry as a TensorInfo, its dtype, shape and offsets checked against each other."""
+    damaged = f"{where}: tensor '{name}'"
+    if not isinstance(entry, dict):
+        raise SourceError(f"{damaged}: its header entry is a {type(entry).__name__}, not "
+                          "{dtype, shape, data_offsets}; the file is damaged")
+    code = entry.get("dtype")
+    if code not in DTYPES:
+        raise SourceError(f"{damaged} has dtype {code!r}, which hubbot cannot read")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_count(d) for d in shape):
+        raise SourceError(f"{damaged}: shape {shape!r} is not a list of non-negative integers; the file is damaged")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+        raise SourceError(f"{damaged}: data_offsets {offsets!r} is not [begin, end]; the file is damaged")
+    begin, end = offsets
+    if end < begin:
+        raise SourceError(f"{damaged}: data_offsets [{begin}, {end}] end before they begin; the file is damaged")
+    nbytes = math.prod(shape) * DTYPES[code].itemsize
+    if end - begin != nbytes:
+        raise SourceError(f"{damaged}: data_offsets [{begin}, {end}] hold {end - begin} bytes, but shape {shape} "
+                          f"of {code} needs {nbytes}; the file is damaged")
+    return TensorInfo(name, code, tuple(shape), file, base + begin, nbytes)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(infos: dict[str, TensorInfo], where: str, base: int, size: int | None) -> None:
+    """No two tensors share bytes, and none reaches past the end of the file."""
+    previous: TensorInfo | None = None
+    for info in sorted((i for i in infos.values() if i.nbytes), key=lambda i: i.offset):
+        if previous is not None and info.offset < previous.offset + previous.nbytes:
+            raise SourceError(f"{where}: tensors '{previous.name}' and '{info.name}' share bytes "
+                              f"(offsets {previous.offset - base}+{previous.nbytes} and {info.offset - base}); "
+                              "the file is damaged")
+        previous = info
+    if size is not None and previous is not None and previous.offset + previous.nbytes > size:
+        raise SourceError(f"{where}: tensor '{previous.name}' ends at byte {previous.offset + previous.nbytes}, "
+                          f"past the end of the file ({size} bytes); the file is damaged or truncated")
 
 
 def decode(buf: bytearray | memoryview, info: TensorInfo, rows: tuple[int, int] | None = None) -> torch.Tensor:

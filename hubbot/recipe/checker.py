@@ -6,7 +6,9 @@ import difflib
 from typing import Any
 
 from .refs import ModelRef
-from .values import FilterRule, Params, Value
+from .values import FilterRule, Params, Value, number_problem
+
+MAX_MESSAGE = 400  # characters of one problem: a value quoted in full could be megabytes
 
 
 class Checker:
@@ -17,7 +19,16 @@ class Checker:
         self.allow_local = allow_local
 
     def add(self, path: str, message: str) -> None:
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + " ..."
         self.problems.append(f"{path}: {message}" if path else message)
+
+    def number(self, path: str, raw: Any) -> bool:
+        """Whether `raw` is usable as a number, or not a number at all; adds the problem if not."""
+        why = number_problem(raw)
+        if why:
+            self.add(path, why)
+        return why is None
 
     def unknown_keys(self, path: str, mapping: dict, allowed: tuple[str, ...]) -> None:
         for key in mapping:
@@ -38,8 +49,8 @@ class Checker:
         return ref
 
     def value(self, path: str, raw: Any) -> Value | None:
-        if isinstance(raw, bool) or isinstance(raw, (int, float, str)):
-            return raw
+        if isinstance(raw, (int, float, str)):
+            return raw if self.number(path, raw) else None
         if isinstance(raw, list) and raw and all(isinstance(e, dict) for e in raw):
             rules = []
             for i, entry in enumerate(raw):
@@ -55,10 +66,9 @@ class Checker:
                 if inner is not None:
                     rules.append(FilterRule(flt, inner))
             return tuple(rules)
-        if isinstance(raw, list) and raw and all(
-            isinstance(e, (int, float, str, bool)) for e in raw
-        ):
-            return tuple(raw)
+        if isinstance(raw, list) and raw and all(isinstance(e, (int, float, str)) for e in raw):
+            ok = [self.number(f"{path}[{i}]", e) for i, e in enumerate(raw)]
+            return tuple(raw) if all(ok) else None
         self.add(path, f"expected a number, a list of numbers (gradient) or a list of "
                        f"{{filter, value}} entries, got {raw!r}")
         return None

@@ -18,6 +18,10 @@ from .refs import ModelRef
 from .text import KIND_HINTS, kind_of_data, load_yaml, text_hash
 from .values import Params, uses_gradient
 
+MAX_NAME = 200
+MAX_LAYERS = 10_000
+MAX_PAD = 1 << 16  # tokenizer.pad_to_multiple_of: beyond this the padding alone is a huge embedding
+
 TOP_LEVEL_FIELDS = (
     "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
     "tokenizer_source", "tokenizer", "chat_template", "random_seed", "name",
@@ -147,8 +151,13 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
         dtypes[key] = DTYPE_ALIASES.get(str(raw).lower()) if raw is not None else None
 
     seed = data.get("random_seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        c.add("random_seed", f"expected a non-negative integer, got {seed!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        c.add("random_seed", f"expected an integer from 0 to 2**63 - 1, got {seed!r}")
+        seed = None
+    name = data.get("name")
+    if name is not None and not (isinstance(name, str) and len(name) <= MAX_NAME):
+        c.add("name", f"expected a short text (at most {MAX_NAME} characters), got {name!r}")
+        name = None
 
     refs = ([base] if base else []) + [m.model for m in models or ()] + [x.model for sl in slices or () for x in sl.sources]
     tokenizer = _parse_tokenizer(c, data, refs)
@@ -171,8 +180,8 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
         out_dtype=dtypes["out_dtype"],
         tokenizer=tokenizer,
         chat_template=template,
-        random_seed=seed if isinstance(seed, int) else None,
-        name=data.get("name"),
+        random_seed=seed,
+        name=name,
     )
     if method and not c.problems:
         c.problems += check_recipe(recipe)
@@ -222,8 +231,9 @@ def _parse_slices(c: Checker, raw: Any) -> tuple[Slice, ...]:
             ref = c.model(f"{spath}.model", src["model"])
             lr = src.get("layer_range")
             if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
-                    and 0 <= lr[0] < lr[1]):
-                c.add(f"{spath}.layer_range", f"expected [start, end] with 0 <= start < end (end excluded), got {lr!r}")
+                    and 0 <= lr[0] < lr[1] <= MAX_LAYERS):
+                c.add(f"{spath}.layer_range", f"expected [start, end] with 0 <= start < end <= {MAX_LAYERS} "
+                                              f"(end excluded), got {lr!r}")
                 continue
             params = c.params(f"{spath}.parameters", src.get("parameters"))
             if ref:
@@ -256,8 +266,8 @@ def _parse_tokenizer(c: Checker, data: dict, refs: list[ModelRef]) -> TokenizerS
         return None
     c.unknown_keys("tokenizer", raw, ("source", "tokens", "pad_to_multiple_of"))
     pad = raw.get("pad_to_multiple_of")
-    if pad is not None and (not isinstance(pad, int) or pad <= 0):
-        c.add("tokenizer.pad_to_multiple_of", f"expected a positive integer, got {pad!r}")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or not 0 < pad <= MAX_PAD):
+        c.add("tokenizer.pad_to_multiple_of", f"expected an integer from 1 to {MAX_PAD}, got {pad!r}")
         pad = None
     tokens = raw.get("tokens") or {}
     if not isinstance(tokens, dict):
@@ -311,8 +321,9 @@ def _token_rule(c: Checker, path: str, raw: Any) -> TokenRule | None:
     if (token is None) == (token_id is None):
         c.add(f"{path}.source", "give exactly one of 'token' (its text) or 'token_id' (its id in that model)")
         return None
-    if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0):
-        c.add(f"{path}.source.token_id", f"expected a non-negative integer, got {token_id!r}")
+    if token_id is not None and (isinstance(token_id, bool) or not isinstance(token_id, int)
+                                 or not 0 <= token_id < 2**31):
+        c.add(f"{path}.source.token_id", f"expected a token id (an integer from 0 to 2**31 - 1), got {token_id!r}")
         return None
     if token is not None and not isinstance(token, str):
         c.add(f"{path}.source.token", f"expected the token's text, got {token!r}")

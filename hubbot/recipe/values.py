@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 Scalar = Union[float, int, bool, str]
+MAX_MAGNITUDE = 3.4028234663852886e38  # float32's largest: kernels compute in float32, beyond it is Inf
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,23 @@ def scalars_of(value: Value) -> list[Scalar]:
             out.extend(scalars_of(v.value) if isinstance(v, FilterRule) else [v])
         return out
     return [value]
+
+
+def number_problem(raw: Any) -> str | None:
+    """Why a number from a recipe cannot be used: not finite (.nan, .inf, 1.0e+400), or beyond
+    MAX_MAGNITUDE (an integer of 400 digits overflows a float). None for any other value."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        return None
+    try:
+        number = float(raw)
+    except OverflowError:
+        number = math.inf
+    shown = f"an integer of {len(str(abs(raw)))} digits" if isinstance(raw, int) and abs(raw) > 10**15 else repr(raw)
+    if not math.isfinite(number):
+        return f"{shown} is not a finite number; give a number such as 0.5"
+    if abs(number) > MAX_MAGNITUDE:
+        return f"{shown} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
+    return None
 
 
 def uses_gradient(value: Value) -> bool:

@@ -23,16 +23,12 @@ from urllib.parse import unquote
 
 import torch
 
-from ..errors import Cancelled, HubbotError
+from ..errors import Cancelled, EvalError
 from ..recipe.request import EvalSpec
 
 HUB_PREFIX = "hf://datasets/"
 DEFAULT_PROMPT = "Write one sentence about the sea."
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")
-
-
-class EvalError(HubbotError):
-    """The text set or the model to evaluate could not be read or run."""
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,13 @@ class Source(ABC):
             if "config.json" not in self.files():
                 raise SourceError(f"{self.label}: has no config.json; is it a transformers model?")
             try:
-                self._config = json.loads(self.read_file("config.json"))
-            except ValueError as exc:
+                config = json.loads(self.read_file("config.json"))
+            except (ValueError, RecursionError) as exc:
                 raise SourceError(f"{self.label}: config.json is not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise SourceError(f"{self.label}: config.json holds a JSON {type(config).__name__}, not an object "
+                                  "of settings; is it a transformers model?")
+            self._config = config
         return self._config
 
     def tensors(self) -> dict[str, TensorInfo]:
@@ -79,11 +83,7 @@ class Source(ABC):
         """The safetensors shards that hold the weights, from the index when there is one."""
         files = self.files()
         if INDEX_FILE in files:
-            try:
-                index = json.loads(self.read_file(INDEX_FILE))
-                return sorted(set(index["weight_map"].values()))
-            except (ValueError, KeyError) as exc:
-                raise SourceError(f"{self.label}: {INDEX_FILE} is damaged ({exc})") from None
+            return self.index_shards(INDEX_FILE)
         if SINGLE_FILE in files:
             return [SINGLE_FILE]
         shards = sorted(f for f in files if f.endswith(".safetensors") and "/" not in f)
@@ -96,12 +96,35 @@ class Source(ABC):
             )
         raise SourceError(f"{self.label}: has no safetensors weights")
 
+    def index_shards(self, index_file: str) -> list[str]:
+        """The shard files an index's `weight_map` names, each one a file of this model (an index
+        cannot point reads anywhere else)."""
+        try:
+            weight_map = json.loads(self.read_file(index_file))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise SourceError(f"{self.label}: {index_file} is damaged ({type(exc).__name__}: {exc}); it needs "
+                              "a 'weight_map' of tensor names to shard files") from None
+        files = set(self.files())
+        strays = [s for s in shards if s not in files]
+        if strays:
+            raise SourceError(f"{self.label}: {index_file} names shard {strays[0]!r}, which the model does not "
+                              "have; the index is damaged")
+        return shards
+
     def read_header(self, path: str) -> dict[str, TensorInfo]:
         """The tensors of one safetensors file: its 8-byte length, then exactly the header, so
         planning reads no tensor bytes even from small files."""
-        n = header_length(bytes(self.read_range(path, 0, 8)), f"{self.label}/{path}")
-        found, _ = parse_header(bytes(self.read_range(path, 8, n)), path, self.label)
+        first8 = bytes(self.read_range(path, 0, 8))
+        size = self.file_size(path)
+        n = header_length(first8, f"{self.label}/{path}", size)
+        found, _ = parse_header(bytes(self.read_range(path, 8, n)), path, self.label, size)
         return found
+
+    def file_size(self, path: str) -> int | None:
+        """The length of a file in bytes, where the source knows it without another request:
+        headers are checked against it, so no tensor is planned past the end of its file."""
+        return None
 
     def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """One tensor (or a block of its rows) in its stored dtype, on the CPU."""

@@ -26,6 +26,14 @@ COALESCE_BYTES = 16 << 20  # neighbouring uncached tensors fetched in one reques
 PART_BYTES = 32 << 20  # a tensor above this is fetched as parallel ranges of this size
 
 
+def _total(headers) -> int | None:
+    """The file's full length from a 206 answer's Content-Range (`bytes 0-7/12345`)."""
+    try:
+        return int(headers.get("content-range", "").rsplit("/", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def _complete(headers, offset: int, length: int, got: int) -> bool:
     """Whether a 206 answer holds all `length` bytes asked for, or all up to the end of the file."""
     if got == length:
@@ -104,6 +112,7 @@ class HubSource(Source):
         self.bytes_fetched = 0
         self._lock = threading.Lock()
         self._session_headers = None
+        self._sizes: dict[str, int] = {}
 
     def files(self) -> list[str]:
         return self._files
@@ -141,6 +150,9 @@ class HubSource(Source):
             data = bytearray(r.content)
             if offset is not None and (r.status_code != 206 or not _complete(r.headers, offset, length, len(data))):
                 raise _Transient(f"asked for {length} bytes from {offset}, got {len(data)} (HTTP {r.status_code})")
+            total = _total(r.headers) if offset is not None else len(data)
+            if total is not None:
+                self._sizes[path] = total
             return data
 
         try:
@@ -150,6 +162,10 @@ class HubSource(Source):
         with self._lock:
             self.bytes_fetched += len(data)
         return data
+
+    def file_size(self, path: str) -> int | None:
+        """Known once any range of the file was fetched (headers are read from byte 0)."""
+        return self._sizes.get(path)
 
     def read_range(self, path: str, offset: int, length: int) -> bytearray:
         if length <= PART_BYTES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,20 @@ from ..errors import SourceError
 from ..model.format import CODES, TensorInfo
 from ..recipe.refs import ModelRef
 from .base import BIN_FILE, BIN_INDEX_FILE, Source
+
+MAX_FILES = 10_000
+MODEL_MARKERS = ("config.json", "adapter_config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _looks_like_model(root: Path) -> bool:
+    """Whether a folder holds a model or an adapter at its top: checked before anything walks
+    it, so a path such as `/` is refused at once instead of listing the whole disk."""
+    try:
+        with os.scandir(root) as entries:
+            return any(e.name in MODEL_MARKERS or e.name.endswith(WEIGHT_SUFFIXES) for e in entries)
+    except OSError:
+        return False
 
 
 class LocalSource(Source):
@@ -26,18 +39,43 @@ class LocalSource(Source):
         self.root = Path(os.path.expanduser(ref.path)).resolve()
         if not self.root.is_dir():
             raise SourceError(f"{ref}: no such folder ({self.root}); check the path in the recipe")
+        if not _looks_like_model(self.root):
+            raise SourceError(f"{ref}: {self.root} is not a model folder (it has no config.json, "
+                              "adapter_config.json or weights); check the path in the recipe")
         self._fds: dict[str, int] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
+        self._files: list[str] | None = None
 
     def files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file())
+        """Every file under the folder, listed once; unreadable subfolders are skipped and a
+        folder of more than MAX_FILES files is refused (it is not one model)."""
+        if self._files is None:
+            found = []
+            for folder, dirs, names in os.walk(self.root):
+                dirs.sort()
+                found += [os.path.relpath(os.path.join(folder, n), self.root) for n in names
+                          if os.path.isfile(os.path.join(folder, n))]
+                if len(found) > MAX_FILES:
+                    raise SourceError(f"{self.label}: {self.root} holds more than {MAX_FILES} files; is it one "
+                                      "model's folder? check the path in the recipe")
+            self._files = sorted(found)
+        return self._files
+
+    def file_size(self, path: str) -> int:
+        return os.fstat(self._fd(path)).st_size
 
     def read_file(self, path: str) -> bytes:
-        return (self.root / path).read_bytes()
+        try:
+            return (self.root / path).read_bytes()
+        except OSError as exc:
+            raise SourceError(f"{self.label}: cannot read {path}: {exc.strerror}") from None
 
     def _fd(self, path: str) -> int:
         if path not in self._fds:
-            self._fds[path] = os.open(self.root / path, os.O_RDONLY)
+            try:
+                self._fds[path] = os.open(self.root / path, os.O_RDONLY)
+            except OSError as exc:
+                raise SourceError(f"{self.label}: cannot open {path}: {exc.strerror}") from None
         return self._fds[path]
 
     def read_range(self, path: str, offset: int, length: int) -> memoryview:
@@ -66,7 +104,7 @@ class LocalSource(Source):
     def _load_pickled(self, files: list[str]) -> dict[str, TensorInfo]:
         """Pickled checkpoints: torch.load with weights_only (no code runs) and mmap (lazy)."""
         if BIN_INDEX_FILE in files:
-            shards = sorted(set(json.loads(self.read_file(BIN_INDEX_FILE))["weight_map"].values()))
+            shards = self.index_shards(BIN_INDEX_FILE)
         else:
             shards = [BIN_FILE]
         self._pickled = {}
