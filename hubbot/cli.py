@@ -245,17 +245,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    import time
-
     from .jobs.service import Service
-    from .jobs.store import FINAL
 
     service = Service(_settings(args))
     job = service.submit(_recipe_text(args.recipe), target=args.target, private=args.private, pr=args.pr)
     print(f"job {job.id}: {job.state}" + (f" (number {job.position} in the queue)" if job.position else ""))
-    if not args.wait:
-        return 0
-    since = 0
+    return _follow(service, job) if args.wait else 0
+
+
+NO_WORKER_AFTER_S = 10.0  # a job still queued this long while nothing runs: no worker is serving the store
+
+
+def _follow(service, job) -> int:
+    """Print a job's log until it ends; say so if no worker seems to be running."""
+    import time
+
+    from .jobs.store import ACTIVE, FINAL, QUEUED
+
+    since, started, warned = 0, time.monotonic(), False
     while True:
         lines = service.log(job.id, since)
         since += len(lines)
@@ -263,12 +270,51 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(line, flush=True)
         if job.state in FINAL:
             break
+        if (not warned and job.state == QUEUED and time.monotonic() - started > NO_WORKER_AFTER_S
+                and not any(service.store.counts().get(state) for state in ACTIVE)):
+            warned = True
+            print(f"no worker is running for {service.settings.data_dir}: start 'hubbot serve' or 'hubbot worker' "
+                  "with the same --data (the job stays queued; Ctrl-C stops waiting, "
+                  f"'hubbot jobs cancel {job.id}' drops it)", flush=True)
         time.sleep(1.0)
         job = service.get(job.id)
     result = job.result or {}
     print(f"job {job.id}: {job.state}" + (f": {job.error}" if job.error else "")
           + (f" -> {result.get('pr_url') or result.get('url') or result.get('folder')}" if result else ""))
     return 0 if job.state == "done" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """`hubbot jobs [list | show ID | cancel ID]` on this machine's job store."""
+    from .jobs.service import Service
+
+    service = Service(_settings(args))
+    if args.action == "list":
+        jobs = service.list(limit=args.limit)
+        if not jobs:
+            print(f"no jobs in {service.settings.data_dir}")
+        for j in jobs:
+            where = j.target or (j.result or {}).get("folder") or "local folder"
+            print(f"{j.id}  {j.state:<10}  {j.created_at:%Y-%m-%d %H:%M}  {where}")
+        return 0
+    if not args.job_id:
+        raise HubbotError(f"hubbot jobs {args.action}: give the job id (see 'hubbot jobs')")
+    if args.action == "cancel":
+        job = service.cancel(args.job_id)
+        print(f"job {job.id}: {job.state}")
+        return 0
+    job = service.get(args.job_id)
+    result = job.result or {}
+    print(f"job {job.id}: {job.state}" + (f" (number {job.position} in the queue)" if job.position else ""))
+    print(f"target: {job.target or 'a local folder'}")
+    if result:
+        print(f"result: {result.get('pr_url') or result.get('url') or result.get('folder')}")
+    if job.error:
+        print(f"error: {job.error}")
+    print(f"recipe:\n{job.recipe.rstrip()}\nlog:")
+    for line in service.log(job.id):
+        print(f"  {line}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pr", action="store_true", help="open a pull request on the target instead of committing")
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list the queued and finished jobs, show one, or cancel one")
+    service_flags(p)
+    p.add_argument("action", nargs="?", choices=("list", "show", "cancel"), default="list",
+                   help="list (default), show ID (details and log) or cancel ID")
+    p.add_argument("job_id", nargs="?", help="the job id, for show and cancel")
+    p.add_argument("--limit", type=int, default=50, help="with list: how many of the newest jobs (default 50)")
+    p.set_defaults(func=cmd_jobs)
     return parser
 
 

@@ -77,3 +77,27 @@ class Forbidden(HubbotError):
 
 class RequestError(HubbotError):
     """A request to the job service is malformed apart from its recipe (target, cron, options)."""
+
+
+class Unauthorized(HubbotError):
+    """The caller is not signed in, or the Hub rejected the token it sent."""
+
+
+class Conflict(HubbotError):
+    """The request contradicts the record's state (cancelling a job that has already finished)."""
+
+
+class RateLimited(LimitError):
+    """Too many requests from one caller; `retry_after` says in how many seconds to try again."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HubUnavailable(HubbotError):
+    """The Hub could not be reached (network, timeout, 5xx): not the caller's fault; retry later."""
+
+    def __init__(self, message: str, retry_after: float = 30.0):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 
 from hubbot.app import server
 from hubbot.app.server import create_app
+from hubbot.errors import Unauthorized
 from hubbot.jobs import worker
 from hubbot.jobs.service import Service
 from hubbot.jobs.settings import Limits
@@ -28,9 +29,12 @@ class FakeHub:
         self.comments.append((repo_id, repo_type, num, text))
 
     def whoami(self, token: str) -> str:
+        return self.namespaces(token)[0]
+
+    def namespaces(self, token: str) -> tuple[str, frozenset[str]]:
         if token != "hf_ann":
-            raise PermissionError("401 Unauthorized")
-        return "ann"
+            raise Unauthorized("the Hub did not accept this token")
+        return "ann", frozenset({"ann"})
 
     def head(self, repo_id: str, revision: str | None) -> str:
         raise AssertionError("no Hub sources in these tests")

@@ -3,6 +3,11 @@
 It checks and plans a recipe before anything is queued, deduplicates, enforces limits and
 keeps users' tokens in memory only (never in the store or a log). Merges themselves run in
 worker processes (hubbot.jobs.worker); nothing here imports the engine.
+
+Every read and action names the caller as `owner`: a user name sees and acts on that owner's
+records only (another owner's id answers JobNotFound, so ids reveal nothing); `None` is an
+anonymous caller, who in service mode sees published public merges only and locally is the
+machine's user; the default, `ANYONE`, is the service's own view (scheduler, webhooks, CLI).
 """
 
 from __future__ import annotations
@@ -19,10 +24,19 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from ..errors import Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError
+from ..errors import Conflict, Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError, Unauthorized
 from ..recipe.refs import ModelRef, is_repo_id
+from ..redact import redact_value, remember
 from .hubapi import HubClient
-from .planning import dedup_key, estimate_seconds, folder_fingerprint, parse_recipe, plan_recipe, source_revisions
+from .planning import (
+    dedup_key,
+    estimate_seconds,
+    folder_fingerprint,
+    hub_options,
+    parse_recipe,
+    plan_recipe,
+    source_revisions,
+)
 from .settings import Settings
 from .store import FINAL, QUEUED, Store, new_id, now
 
@@ -32,6 +46,17 @@ SHA = re.compile(r"^[0-9a-f]{40}$")
 LOST_TOKEN = ("this job needed your sign-in token, which is kept only in memory and was lost when the "
               "service restarted; sign in and submit the recipe again")
 NO_PROGRESS = {"tensors_done": 0, "tensors_total": 0, "bytes_done": 0, "bytes_total": 0}
+
+
+class _Anyone:
+    """The `owner` of the service's own calls: every record, no ownership check."""
+
+    def __repr__(self) -> str:
+        return "ANYONE"
+
+
+ANYONE: Any = _Anyone()
+Owner = Any  # str (a user), None (anonymous) or ANYONE
 
 
 @dataclass
@@ -72,6 +97,7 @@ class Service:
 
     def __init__(self, settings: Settings, *, hub: HubClient | None = None):
         self.settings = settings
+        remember(settings.hub_token, settings.webhook_secret)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
         self.hub = hub or HubClient(settings)
@@ -83,6 +109,10 @@ class Service:
     def validate(self, recipe_text: str, *, token: str | None = None) -> Validation:
         """Parse and plan from headers; bad recipes come back as problems, never as exceptions.
         `token` lets a signed-in user's private sources be read."""
+        remember(token)
+        return redact_value(self._validate(recipe_text, token))
+
+    def _validate(self, recipe_text: str, token: str | None) -> Validation:
         try:
             recipe = parse_recipe(self.settings, recipe_text)
         except RecipeError as exc:
@@ -102,6 +132,7 @@ class Service:
         )
 
     def _check_target(self, target: str | None, token: str | None) -> str | None:
+        """The target's form, and that some token could publish it (no Hub call)."""
         if target is None or not target.strip():
             if not self.settings.local:
                 raise RequestError("this service publishes results to the Hub: give a target repo such as "
@@ -110,9 +141,25 @@ class Service:
         target = target.strip()
         if not is_repo_id(target, namespaced=True):
             raise RequestError(f"target {target!r} is not a Hub model repo id; write it as 'namespace/name'")
-        if not self.settings.local and token is None and self.settings.hub_token is None:
-            raise RequestError(f"sign in with your Hugging Face account to publish to {target}")
+        if hub_options(self.settings, token, write=True).token is None:
+            if not self.settings.local:
+                raise RequestError(f"sign in with your Hugging Face account to publish to {target}")
+            raise RequestError(f"publishing to {target} needs a Hub token and this machine has none: set HF_TOKEN "
+                               "or run 'hf auth login', or leave the target empty to keep the merge in a local folder")
         return target
+
+    def _check_writable(self, target: str | None, token: str | None) -> None:
+        """Refuse at submission a target the publishing token cannot write (asks the Hub who the
+        token is; cached briefly)."""
+        if target is None:
+            return
+        publisher = hub_options(self.settings, token, write=True).token
+        user, allowed = self.hub.namespaces(publisher)
+        namespace = target.split("/")[0]
+        if namespace not in allowed:
+            whose = f"your account ({user})" if token else f"this service's account ({user})"
+            raise Forbidden(f"target {target}: {whose} cannot write to '{namespace}'; publish to one of: "
+                            + ", ".join(sorted(allowed)))
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -123,10 +170,13 @@ class Service:
 
         Raises RecipeError or PlanError for a recipe that cannot run (nothing is queued),
         RequestError for a bad target and LimitError when a queue limit is reached. `notify`
-        names a discussion {"repo", "repo_type", "num"} to report the outcome to.
+        names a discussion {"repo", "repo_type", "num"} to report the outcome to. Identical
+        requests of different owners are different jobs.
         """
+        remember(token)
         target = self._check_target(target, token)
         recipe = parse_recipe(self.settings, recipe_text)
+        self._check_writable(target, token)
         plan = plan_recipe(self.settings, recipe, token)
         plan.raise_for_problems()
         sources = source_revisions(plan)
@@ -155,35 +205,54 @@ class Service:
             return Path((row["result"] or {}).get("folder", "")).is_dir()
         return True
 
-    def get(self, job_id: str) -> Job:
-        return self._job(self._row(job_id), self.store.queue())
+    def get(self, job_id: str, owner: Owner = ANYONE) -> Job:
+        """One job, if `owner` may see it (else JobNotFound, as for an id that does not exist)."""
+        return self._job(self._row(job_id, owner, public_ok=True), self.store.queue())
 
-    def _row(self, job_id: str) -> RowMapping:
+    def _row(self, job_id: str, owner: Owner = ANYONE, *, public_ok: bool = False) -> RowMapping:
         row = self.store.get(job_id)
-        if row is None:
+        if row is None or not self._sees(row, owner, public_ok):
             raise JobNotFound(f"there is no job {job_id!r}; check the id (it is shown when the job is "
-                              "submitted and in the jobs list)")
+                              "submitted and in your jobs list)")
         return row
 
-    def list(self, owner: str | None = None, limit: int = 50) -> list[Job]:
-        """Jobs, newest first; only `owner`'s when given."""
-        queue = self.store.queue()
-        return [self._job(r, queue) for r in self.store.list(owner, limit)]
+    def _everything(self, owner: Owner) -> bool:
+        """The service's own view, or the single user of a local machine."""
+        return owner is ANYONE or (owner is None and self.settings.local)
 
-    def cancel(self, job_id: str, owner: str | None = None) -> Job:
+    def _sees(self, row: RowMapping, owner: Owner, public_ok: bool) -> bool:
+        if self._everything(owner) or (owner is not None and row["owner"] == owner):
+            return True
+        return public_ok and owner is None and _public(row)
+
+    def list(self, owner: Owner = ANYONE, limit: int = 50) -> list[Job]:
+        """Jobs `owner` may see, newest first: their own; for an anonymous caller in service
+        mode, finished merges published to public repos."""
+        queue = self.store.queue()
+        if self._everything(owner):
+            rows = self.store.list(None, limit)
+        elif owner is None:
+            rows = [r for r in self.store.list(None, limit * 10, states=("done",)) if _public(r)][:limit]
+        else:
+            rows = self.store.list(owner, limit)
+        return [self._job(r, queue) for r in rows]
+
+    def cancel(self, job_id: str, owner: Owner = ANYONE) -> Job:
         """Cancel a queued job at once, or stop a running one (its worker is told to stop).
-        With `owner`, only that owner's jobs may be cancelled."""
-        row = self._row(job_id)
-        if owner is not None and row["owner"] != owner:
-            raise Forbidden(f"job {job_id} belongs to another user; you can cancel only your own jobs")
-        if row["state"] not in FINAL and self.store.cancel(job_id):
+        Only the owner's own jobs; a finished job raises Conflict."""
+        if owner is None and not self.settings.local:
+            raise Unauthorized("sign in to cancel your jobs")
+        row = self._row(job_id, owner)
+        if row["state"] in FINAL:
+            raise Conflict(f"job {job_id} has already ended ({row['state']}); there is nothing to cancel")
+        if self.store.cancel(job_id):
             with self._tokens_lock:
                 self._tokens.pop(job_id, None)
         return self.get(job_id)
 
-    def log(self, job_id: str, since: int = 0) -> list[str]:
-        """Log lines from line `since` on, each "HH:MM:SS text" (UTC)."""
-        self._row(job_id)
+    def log(self, job_id: str, since: int = 0, owner: Owner = ANYONE) -> list[str]:
+        """Log lines from line `since` on, each "HH:MM:SS text" (UTC); only the owner's jobs."""
+        self._row(job_id, owner)
         return [f"{at:%H:%M:%S} {text}" for at, text in self.store.log_lines(job_id, since)]
 
     def job_url(self, job_id: str) -> str:
@@ -206,33 +275,70 @@ class Service:
         """Run a recipe now and again whenever one of its sources gets a new commit.
 
         The first run may use `token`; later runs happen without the user, so they publish with
-        the service's token (a new commit where it may write, else ask for `pr=True`).
+        the service's token (a new commit where it may write, else ask for `pr=True`). The same
+        watch asked for twice is the one watch (returned with `"existing": True`); a recipe whose
+        sources are all pinned to commits has nothing to follow and is refused.
         """
         if target is not None and not self.settings.local and self.settings.hub_token is None:
             raise RequestError("this service has no Hub token of its own, so it cannot publish re-runs; "
                                "set HF_TOKEN for the service to enable watches")
+        target = self._check_target(target, token)
+        same = (owner, recipe_text, target, bool(pr), bool(private))
+        for w in self.store.watches(owner):
+            if (w["owner"], w["recipe"], w["target"], w["pr"], w["private"]) == same:
+                return {**_watch_dict(w), "existing": True}
+        refs = parse_recipe(self.settings, recipe_text).model_refs()
+        if all(not r.local and r.revision and SHA.match(r.revision) for r in refs):
+            raise RequestError("every source of this recipe is pinned to a commit, so a watch would never run "
+                               "again; name a branch (org/name or org/name@branch) to follow")
         first = self.submit(recipe_text, owner=owner, target=target, private=private, pr=pr, token=token)
         sources = {s["ref"]: s["revision"] for s in self.store.get(first.id)["sources"]}
         row = self.store.add_watch({"owner": owner, "recipe": recipe_text, "target": first.target, "pr": bool(pr),
                                     "private": bool(private), "sources": sources, "last_job_id": first.id})
         return _watch_dict(row)
 
-    def watches(self, owner: str | None = None) -> list[dict]:
-        return [_watch_dict(w) for w in self.store.watches(owner)]
+    def watches(self, owner: Owner = ANYONE) -> list[dict]:
+        return [_watch_dict(w) for w in self._records(self.store.watches(), owner)]
+
+    def unwatch(self, watch_id: str, owner: Owner = ANYONE) -> dict:
+        """Stop a watch of `owner`'s (another owner's id answers JobNotFound)."""
+        w = self._record(self.store.watches(), watch_id, owner, "watch")
+        self.store.update_watch(watch_id, active=False)
+        return {**_watch_dict(w), "active": False}
+
+    def _records(self, rows: list[RowMapping], owner: Owner) -> list[RowMapping]:
+        """Watches or schedules `owner` may see: their own (anonymous callers in service mode: none)."""
+        if self._everything(owner):
+            return rows
+        return [r for r in rows if owner is not None and r["owner"] == owner]
+
+    def _record(self, rows: list[RowMapping], record_id: str, owner: Owner, kind: str) -> RowMapping:
+        found = next((r for r in self._records(rows, owner) if r["id"] == record_id), None)
+        if found is None:
+            raise JobNotFound(f"there is no {kind} {record_id!r}; check the id in your list of {kind}es")
+        return found
 
     def schedule(self, recipe_text: str, cron: str, *, owner: str | None, target: str | None, pr: bool = False,
                  private: bool = False) -> dict:
         """Run a recipe on a cron schedule ("minute hour day month weekday", UTC) with the
-        service's token. The recipe is checked now."""
+        service's token. The recipe and the target are checked now."""
         trigger = cron_trigger(cron)
         target = self._check_target(target, None)
-        plan_recipe(self.settings, parse_recipe(self.settings, recipe_text)).raise_for_problems()
+        recipe = parse_recipe(self.settings, recipe_text)
+        self._check_writable(target, None)
+        plan_recipe(self.settings, recipe).raise_for_problems()
         row = self.store.add_schedule({"owner": owner, "recipe": recipe_text, "cron": cron.strip(), "target": target,
                                        "pr": bool(pr), "private": bool(private)})
         return {**_schedule_dict(row), "next_run": trigger.get_next_fire_time(None, now())}
 
-    def schedules(self, owner: str | None = None) -> list[dict]:
-        return [_schedule_dict(s) for s in self.store.schedules(owner)]
+    def schedules(self, owner: Owner = ANYONE) -> list[dict]:
+        return [_schedule_dict(s) for s in self._records(self.store.schedules(), owner)]
+
+    def unschedule(self, schedule_id: str, owner: Owner = ANYONE) -> dict:
+        """Stop a schedule of `owner`'s (another owner's id answers JobNotFound)."""
+        row = self._record(self.store.schedules(), schedule_id, owner, "schedule")
+        self.store.update_schedule(schedule_id, active=False)  # its next firing finds it inactive and does nothing
+        return {**_schedule_dict(row), "active": False}
 
     def run_schedule(self, schedule_id: str) -> Job | None:
         """One firing of a cron schedule (called by the scheduler)."""
@@ -367,6 +473,11 @@ def cron_trigger(cron: str):
     except ValueError as exc:
         raise RequestError(f"cron {cron!r} is not a schedule ({exc}); write five fields 'minute hour day month "
                            "weekday', e.g. '0 3 * * 1' for Mondays at 03:00 UTC") from None
+
+
+def _public(row: RowMapping) -> bool:
+    """What anyone may see: a finished merge published to a public repo (its card shows the same)."""
+    return row["state"] == "done" and row["target"] is not None and not (row["options"] or {}).get("private")
 
 
 def _invalid(summary: str, problems: list[str], models: list[dict]) -> Validation:

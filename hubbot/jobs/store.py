@@ -1,5 +1,8 @@
 """The job store: jobs, their logs, watches and schedules in one SQL database (SQLite by default).
 
+Every text written goes through `redact` first (a Hub error may quote a token), so no secret
+this process knows reaches the database.
+
 Every state change is one conditional UPDATE whose WHERE clause names the state (and, for a
 running job, the claim) it expects, so concurrent threads and processes can race freely:
 exactly one of them wins and the others see rowcount 0. Submission takes a lock row first so
@@ -40,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.types import TypeDecorator
 
 from ..errors import LimitError
+from ..redact import redact, redact_value
 from .settings import Limits
 from .states import ACTIVE, FINAL, QUEUED
 
@@ -200,12 +204,15 @@ class Store:
                 reusable: Callable[[RowMapping], bool]) -> tuple[RowMapping, bool]:
         """Insert a queued job, or return the live job with the same dedup key (and True).
 
+        Deduplication stays within one owner: another user's identical request is a new job.
         Raises LimitError when the owner's queued cap or the global queue cap is reached.
         """
+        values = redact_value(values)
         owner = values.get("owner")
         with self.engine.begin() as c:
             self._lock(c)
             same = c.execute(select(jobs).where(jobs.c.dedup_key == values["dedup_key"],
+                                                jobs.c.owner.is_(None) if owner is None else jobs.c.owner == owner,
                                                 jobs.c.state.not_in(("failed", "cancelled")))
                              .order_by(jobs.c.seq.desc()).limit(1)).mappings().first()
             if same is not None and reusable(same):
@@ -281,6 +288,7 @@ class Store:
 
     def advance(self, job_id: str, claim: str, state: str, **values: Any) -> bool:
         """Move a job this run holds to `state` (final states close it). False if it is no longer ours."""
+        values = redact_value(values)
         if state in FINAL:
             values.update(finished_at=now(), lease_until=None)
         with self.engine.begin() as c:
@@ -309,6 +317,7 @@ class Store:
         """A run ended without finishing the job: queue it again (keeping its place), or fail it
         when it has had `max_attempts` runs. `counts=False` (an orderly shutdown) gives the
         attempt back. Returns the new state, None if the job is not held by `claim`."""
+        why = redact(why)
         with self.engine.begin() as c:
             row = c.execute(select(jobs.c.attempts, jobs.c.cancel_requested)
                             .where(self._held(job_id, claim))).first()
@@ -362,6 +371,7 @@ class Store:
 
     def fail_unheld(self, held: set[str], error: str) -> list[str]:
         """Fail queued (or lapsed) jobs that need a user token nobody holds any more."""
+        error = redact(error)
         t = now()
         with self.engine.begin() as c:
             ids = [i for i in c.execute(select(jobs.c.id).where(jobs.c.token_source == "user", or_(
@@ -391,7 +401,7 @@ class Store:
 
     @staticmethod
     def _log(c: Connection, job_id: str, text: str) -> None:
-        c.execute(insert(job_logs).values(job_id=job_id, at=now(), text=text))
+        c.execute(insert(job_logs).values(job_id=job_id, at=now(), text=redact(text)))
 
     def log(self, job_id: str, text: str) -> None:
         with self.engine.begin() as c:
@@ -419,7 +429,7 @@ class Store:
         return self._add(schedules, values)
 
     def _add(self, table: Table, values: dict[str, Any]) -> RowMapping:
-        row = {"id": new_id(), "created_at": now(), "active": True, **values}
+        row = {"id": new_id(), "created_at": now(), "active": True, **redact_value(values)}
         with self.engine.begin() as c:
             c.execute(insert(table).values(**row))
             return c.execute(select(table).where(table.c.id == row["id"])).mappings().one()
@@ -443,8 +453,8 @@ class Store:
 
     def update_watch(self, watch_id: str, **values: Any) -> None:
         with self.engine.begin() as c:
-            c.execute(update(watches).where(watches.c.id == watch_id).values(**values))
+            c.execute(update(watches).where(watches.c.id == watch_id).values(**redact_value(values)))
 
     def update_schedule(self, schedule_id: str, **values: Any) -> None:
         with self.engine.begin() as c:
-            c.execute(update(schedules).where(schedules.c.id == schedule_id).values(**values))
+            c.execute(update(schedules).where(schedules.c.id == schedule_id).values(**redact_value(values)))

@@ -5,20 +5,29 @@ reaps finished workers (a worker that died leaves its job to be re-queued or fai
 workers whose job was cancelled, renews its jobs' leases, takes over jobs whose lease lapsed
 (their server or worker died) and starts new workers. It runs inside `hubbot serve` (driven by
 the scheduler) or alone as `hubbot worker`.
+
+A worker gets only the secrets its job needs: the user's token for a user's job, the service's
+own token only for jobs that publish with it (bot, watch and schedule runs; locally, the
+machine's login). Its environment is the server's minus every token and secret, and its output
+reaches worker.log through a pump that blanks any secret this process knows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO, Callable
 
+from ..redact import redact, remember
 from .service import LOST_TOKEN
 from .settings import Settings
 from .store import Store, new_id
@@ -26,6 +35,7 @@ from .store import Store, new_id
 log = logging.getLogger("hubbot.jobs")
 
 STOP_GRACE_S = 10.0  # after SIGTERM (cancel), a worker gets this long before SIGKILL
+SECRET_NAME = re.compile(r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_KEY|ACCESS_KEY)(?:_|$)", re.I)
 
 
 @dataclass
@@ -33,7 +43,7 @@ class _Run:
     job_id: str
     claim: str
     proc: subprocess.Popen
-    log_file: IO[bytes]
+    pump: threading.Thread
     stop_sent: float | None = None
 
 
@@ -48,6 +58,7 @@ class Supervisor:
     def __init__(self, settings: Settings, store: Store, *, tokens: Callable[[str], str | None] | None = None,
                  held: Callable[[], set[str]] | None = None):
         self.settings, self.store = settings, store
+        remember(settings.hub_token, settings.webhook_secret)
         self.tokens, self.held = tokens, held
         self.runs: dict[str, _Run] = {}  # by claim
         self._lock = threading.Lock()
@@ -74,13 +85,17 @@ class Supervisor:
         job_id = row["id"]
         work = self.settings.jobs_dir / job_id
         work.mkdir(parents=True, exist_ok=True)
-        log_file = open(work / "worker.log", "ab")
         token = self.tokens(job_id) if row["token_source"] == "user" and self.tokens else None
         proc = subprocess.Popen([sys.executable, "-m", "hubbot.jobs.worker", "--job", job_id], stdin=subprocess.PIPE,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        self.runs[claim] = _Run(job_id, claim, proc, log_file)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=worker_env(os.environ, local=self.settings.local))
+        pump = threading.Thread(target=_pump, args=(proc.stdout, work / "worker.log"), name=f"hubbot-log-{job_id}",
+                                daemon=True)
+        pump.start()
+        self.runs[claim] = _Run(job_id, claim, proc, pump)
+        settings = worker_settings(self.settings, row["token_source"])
         try:  # one line, then stdin stays open: it is the worker's lifeline
-            proc.stdin.write((json.dumps({"settings": self.settings.to_dict(), "claim": claim, "token": token})
+            proc.stdin.write((json.dumps({"settings": settings.to_dict(), "claim": claim, "token": token})
                               + "\n").encode())
             proc.stdin.flush()
         except BrokenPipeError:
@@ -99,11 +114,11 @@ class Supervisor:
 
     def _close(self, claim: str) -> None:
         run = self.runs.pop(claim)
-        for f in (run.proc.stdin, run.log_file):
-            try:
-                f.close()
-            except OSError:
-                pass
+        try:
+            run.proc.stdin.close()
+        except OSError:
+            pass
+        run.pump.join(5)  # the worker has exited: its last lines are on their way to worker.log
 
     def _stop_cancelled(self) -> None:
         for claim in self.store.cancel_requests(self.runs):
@@ -151,6 +166,30 @@ class Supervisor:
                 stop.wait(self.settings.dispatch_seconds)
         finally:
             self.stop()
+
+
+def worker_settings(settings: Settings, token_source: str | None) -> Settings:
+    """The settings a job's worker gets: never the webhook secret, and the service's Hub token
+    only where the job publishes with it (locally the token is the machine user's own)."""
+    keep = settings.local or token_source == "service"
+    return replace(settings, hub_token=settings.hub_token if keep else None, webhook_secret=None)
+
+
+def worker_env(env: dict[str, str] | os._Environ, *, local: bool) -> dict[str, str]:
+    """The server's environment minus every variable that names a token or secret. In service
+    mode the Hub client is also kept from the server's stored login."""
+    clean = {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
+    if not local:
+        clean["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+    return clean
+
+
+def _pump(stream: IO[bytes], path: Path) -> None:
+    """Copy a worker's output into its worker.log line by line, redacted."""
+    with stream, open(path, "ab") as out:
+        for line in iter(stream.readline, b""):
+            out.write(redact(line.decode("utf-8", "replace")).encode())
+            out.flush()
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:

@@ -28,6 +28,7 @@ from ..hub import RETRY_STATUSES, HubOptions, transport_errors
 from ..merge.card import write_card
 from ..merge.run import MergeOptions, merge_to_folder
 from ..recipe.request import SearchRequest
+from ..redact import remember
 from ..search.history import FILE_NAME as HISTORY_FILE
 from ..search.history import SearchProgress
 from ..search.requests import run_request
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("no start message on stdin; workers are started by 'hubbot serve' or 'hubbot worker'")
     msg = json.loads(line)
     settings = Settings.from_dict(msg["settings"])
+    remember(msg.get("token"), settings.hub_token)  # every text this process stores is redacted of them
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     threading.Thread(target=_exit_when_orphaned, name="hubbot-lifeline", daemon=True).start()

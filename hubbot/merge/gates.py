@@ -81,7 +81,7 @@ def _tokenize(base: Source, prompts: list[str]) -> list[list[int]]:
             if name in have:
                 (Path(tmp) / name).write_bytes(base.read_file(name))
         try:
-            tok = AutoTokenizer.from_pretrained(tmp)
+            tok = AutoTokenizer.from_pretrained(tmp, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise SourceError(f"{base.label}: its tokenizer could not be loaded ({exc}); the hidden and cheap_embed "
                               "gate modes need it (gate_mode: random does not)") from None

@@ -41,7 +41,7 @@ class Checker:
         if not isinstance(raw, str) or not raw.strip():
             self.add(path, f"expected a model reference (org/name, org/name@revision or a local folder), got {raw!r}")
             return None
-        ref = ModelRef.parse(raw)
+        ref = ModelRef.parse(raw, probe_disk=self.allow_local)
         for part in (ref, ref.adapter):
             if part and part.local and not self.allow_local:
                 self.add(path, f"'{part.path}' is a local path; the service reads only Hub repos "

@@ -30,11 +30,14 @@ class ModelRef:
     local: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "ModelRef":
+    def parse(cls, text: str, *, probe_disk: bool = True) -> "ModelRef":
+        """`probe_disk=False` (service mode) decides by the text alone: `org/name` is a Hub repo
+        even if the server happens to have a folder of that name, and the server's disk is never
+        looked at on a caller's behalf."""
         text = text.strip()
         base, plus, adapter = text.partition("+")
-        adapter_ref = cls.parse(adapter) if plus and adapter else None
-        if _looks_local(base):
+        adapter_ref = cls.parse(adapter, probe_disk=probe_disk) if plus and adapter else None
+        if _looks_local(base, probe_disk):
             return cls(path=base, adapter=adapter_ref, local=True)
         repo, at, rev = base.partition("@")
         return cls(path=repo, revision=rev if at else None, adapter=adapter_ref, local=False)
@@ -49,9 +52,9 @@ class ModelRef:
         return ModelRef(self.path, self.revision, None, self.local)
 
 
-def _looks_local(text: str) -> bool:
+def _looks_local(text: str, probe_disk: bool = True) -> bool:
     if text.startswith(("/", "./", "../", "~", ".\\")) or text in (".", ".."):
         return True
-    if os.path.isdir(os.path.expanduser(text)):
+    if probe_disk and os.path.isdir(os.path.expanduser(text)):
         return True
     return not is_repo_id(text.partition("@")[0])

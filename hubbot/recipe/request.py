@@ -35,6 +35,7 @@ from .refs import ModelRef
 from .template import Template, check_template
 from .text import load_yaml, text_hash
 
+HUB_DATA_PREFIX = "hf://datasets/"  # text sets on the Hub; anything else is a local file
 EVAL_FIELDS = ("data", "text_field", "max_documents", "max_length")
 EVOLVE_FIELDS = ("budget", "recipe", "sigma", "popsize", "seed")
 MAX_BUDGET = 10_000
@@ -113,6 +114,9 @@ def _eval_spec(c: Checker, raw: Any) -> EvalSpec:
         c.add("eval", "expected {data: <file or hf://datasets/org/name/path>, text_field, max_documents, max_length}")
         return EvalSpec("")
     c.unknown_keys("eval", raw, EVAL_FIELDS)
+    if not c.allow_local and not raw["data"].startswith(HUB_DATA_PREFIX):
+        c.add("eval.data", f"{raw['data']!r} is a local file; the service reads text sets only from Hub datasets, "
+                           f"written {HUB_DATA_PREFIX}org/name/path/file.jsonl")
     for key in ("max_documents", "max_length"):
         v = raw.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):

@@ -24,9 +24,9 @@ from urllib.parse import unquote
 import torch
 
 from ..errors import Cancelled, EvalError
+from ..recipe.request import HUB_DATA_PREFIX as HUB_PREFIX
 from ..recipe.request import EvalSpec
 
-HUB_PREFIX = "hf://datasets/"
 DEFAULT_PROMPT = "Write one sentence about the sea."
 FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 
