@@ -15,6 +15,7 @@ import yaml
 from .. import __version__
 from ..recipe.merge import Recipe
 from ..recipe.moe import MoeRecipe
+from . import coverage
 from .plan import Plan
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d")
@@ -137,6 +138,7 @@ def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tupl
     lines += ["## Recipe", "", "As submitted:", "", "```yaml", plan.recipe.text.rstrip(), "```", "",
               "Resolved, with every source pinned to the commit that was merged:", "",
               "```yaml", resolved_recipe(plan).rstrip(), "```", ""]
+    lines += coverage.markdown(plan.coverage)
     lines += _usage(repo_id, plan) + _reproduce(plan)
     if run is not None:
         lines += ["## Merge facts", "",

@@ -105,8 +105,10 @@ def unmatched_problem(label: str, names: list[str], holders: dict[str, list[str]
             "tensors; otherwise merge models without them (the merge would drop them)")
 
 
-def markdown(coverage: Coverage) -> list[str]:
-    """The model card's coverage section (Markdown lines)."""
+def markdown(coverage: Coverage | None) -> list[str]:
+    """The model card's coverage section (Markdown lines); none for plans made elsewhere (MoE)."""
+    if coverage is None:
+        return []
     lines = ["## Tensor coverage", ""]
     lines.append("Every tensor of every source is merged, copied from one source, or left out for the reason "
                  "given here." if coverage.complete else "Some source tensors had no rule in this merge.")
