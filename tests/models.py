@@ -127,3 +127,95 @@ def models_yaml(folders: list[Path], params: list[dict]) -> str:
         if p:
             lines.append(f"    parameters: {p}")
     return "\n".join(lines)
+
+
+# Tiny models of the architectures people merge, built offline from transformers configs
+# (2 layers, hidden 64): name -> (config class, its arguments, the Auto class that loads it).
+# `{vocab}` in the arguments is filled with the tokenizer's size.
+_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0, eos_token_id=1)
+_MOE = dict(_TEXT, intermediate_size=64)
+CAUSAL, VISION, ENCODER = "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModel"
+ARCHS: dict[str, tuple[str, dict, str]] = {
+    "llama3": ("LlamaConfig", dict(_TEXT, tie_word_embeddings=False, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 128}), CAUSAL),
+    "mistral": ("MistralConfig", dict(_TEXT, tie_word_embeddings=False, sliding_window=None), CAUSAL),
+    "qwen2": ("Qwen2Config", dict(_TEXT, tie_word_embeddings=True), CAUSAL),
+    "qwen3": ("Qwen3Config", dict(_TEXT, head_dim=16, tie_word_embeddings=True), CAUSAL),
+    "gemma2": ("Gemma2Config", dict(_TEXT, head_dim=16, sliding_window=32), CAUSAL),
+    "gemma3": ("Gemma3TextConfig", dict(_TEXT, head_dim=16, sliding_window=32, sliding_window_pattern=2), CAUSAL),
+    "phi3": ("Phi3Config", dict(_TEXT, tie_word_embeddings=False, pad_token_id=2), CAUSAL),
+    "olmo2": ("Olmo2Config", dict(_TEXT, tie_word_embeddings=False, pad_token_id=2), CAUSAL),
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=1),
+             CAUSAL),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=256, bos_token_id=0,
+                                       eos_token_id=1), CAUSAL),
+    "falcon": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=True,
+                                    num_kv_heads=2, bos_token_id=0, eos_token_id=1), CAUSAL),
+    "stablelm": ("StableLmConfig", dict(_TEXT), CAUSAL),
+    "granite": ("GraniteConfig", dict(_TEXT, embedding_multiplier=2.0, residual_multiplier=0.5,
+                                      attention_multiplier=0.25, logits_scaling=2.0), CAUSAL),
+    "cohere": ("CohereConfig", dict(_TEXT, use_qk_norm=True), CAUSAL),
+    "qwen3_next": ("Qwen3NextConfig", dict(_MOE, head_dim=16, layer_types=["linear_attention", "full_attention"],
+                                           num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                           shared_expert_intermediate_size=32, linear_num_value_heads=4,
+                                           linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16),
+                   CAUSAL),
+    "mixtral": ("MixtralConfig", dict(_MOE, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False),
+                CAUSAL),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(_MOE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                         shared_expert_intermediate_size=32), CAUSAL),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(_MOE, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=32), CAUSAL),
+    "deepseek_v3": ("DeepseekV3Config", dict(_MOE, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                                             moe_intermediate_size=32, first_k_dense_replace=1, n_group=1,
+                                             topk_group=1, q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16,
+                                             qk_rope_head_dim=8, v_head_dim=16), CAUSAL),
+    "llava": ("LlavaConfig", dict(
+        text_config={"model_type": "llama", **_TEXT}, image_token_index=3,
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 32, "patch_size": 8,
+                       "projection_dim": 32}), VISION),
+    "qwen2_vl": ("Qwen2VLConfig", dict(
+        text_config=dict(_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 2, 4]}, bos_token_id=0,
+                         eos_token_id=1), image_token_id=3, video_token_id=4, vision_start_token_id=5,
+        vision_config={"depth": 3, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
+                       "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}), VISION),
+    "bert": ("BertConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                max_position_embeddings=256), ENCODER),
+}
+
+
+def arch_config(name: str, vocab: int):
+    import transformers
+
+    cls, kwargs, _ = ARCHS[name]
+    return getattr(transformers, cls)(vocab_size=vocab, **kwargs) if "text_config" not in kwargs else \
+        getattr(transformers, cls)(**{**kwargs, "text_config": {**kwargs["text_config"], "vocab_size": vocab}})
+
+
+def make_arch_family(root: Path, name: str, variants: int = 2, *, dtype: torch.dtype = torch.float32,
+                     noise: float = 0.02, seed: int = 0) -> list[Path]:
+    """A base and `variants` fine-tunes of the tiny `name` model of ARCHS, with a tokenizer."""
+    import transformers
+
+    root.mkdir(parents=True, exist_ok=True)
+    tok = tokenizer(root / "_tokenizer")
+    torch.manual_seed(seed)
+    model = getattr(transformers, ARCHS[name][2]).from_config(arch_config(name, len(tok))).to(dtype)
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    folders = []
+    for i in range(variants + 1):
+        if i:
+            gen = torch.Generator().manual_seed(seed * 1000 + i)
+            with torch.no_grad():
+                for pname, p in model.named_parameters():
+                    if p.is_floating_point():
+                        p.copy_(base_state[pname] + (torch.randn(p.shape, generator=gen) * noise).to(dtype))
+        folder = root / (f"{name}-base" if i == 0 else f"{name}-ft{i}")
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders.append(folder)
+    return folders

@@ -80,7 +80,7 @@ def test_plan_reports_all_mismatches_before_reading_weights(families, tmp_path):
     plan = build(parse(f"merge_method: linear\nmodels: [{{model: {llama}, parameters: {{weight: 1}}}}, "
                        f"{{model: {qwen}, parameters: {{weight: 1}}}}]\n"))
     assert any("different architectures" in p for p in plan.problems)
-    assert any("tensors are not in the output" in w for w in plan.warnings)
+    assert any("tensors are not in the output" in p for p in plan.problems)
     plan = build(parse(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {llama}, layer_range: [0, 9]}}]\n"))
     assert any("slices[0].sources[0].layer_range: [0, 9] goes past" in p for p in plan.problems)
     with pytest.raises(PlanError):

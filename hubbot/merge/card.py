@@ -16,6 +16,7 @@ from .. import __version__
 from ..recipe.merge import Recipe
 from ..recipe.moe import MoeRecipe
 from ..sizes import human_bytes
+from . import coverage
 from .plan import Plan
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d")
@@ -140,7 +141,8 @@ Resolved, with every source pinned to the commit that was merged:
 ```yaml
 {{ resolved }}
 ```
-
+{% if coverage %}
+{{ coverage }}{% endif %}
 ## Use it
 
 ```python
@@ -199,6 +201,7 @@ def build_card(plan: Plan, *, repo_id: str | None, run: RunFacts | None) -> tupl
         name=repo_id.split("/")[-1] if repo_id else "Merged model",
         method=method, sources=facts, warnings=_license_warnings(facts, license_), params=_source_parameters(plan),
         plot=bool(curves), recipe=plan.recipe.text.rstrip(), resolved=resolved_recipe(plan).rstrip(),
+        coverage="\n".join(coverage.markdown(plan.coverage)),
         target=repo_id or "path/to/merged-model", chat=_chat(plan), recipe_file=plan.recipe.FILE_NAME,
         tool="mergekit-moe" if is_moe else "mergekit", run=run, version=__version__,
         python=platform.python_version(), hardware=_hardware(run.device) if run else None,

@@ -25,6 +25,7 @@ from ..recipe.refs import ModelRef
 from ..recipe.values import Params, evaluate
 from ..sizes import human_bytes
 from ..sources import Source, open_source
+from . import coverage as cov
 from . import vocab
 from .tokenizer import OutputTokenizer, model_chat_template
 
@@ -89,6 +90,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     vocab: vocab.Vocabulary | None = None
     tokenizer: OutputTokenizer | None = None
+    coverage: cov.Coverage | None = None
 
     @property
     def models(self) -> list[Source]:
@@ -172,6 +174,8 @@ class Plan:
             lines.append(f"vocabulary: {len(self.vocab.tokens)} tokens ({spec.source if spec else 'base'}"
                          f"{f', {len(self.vocab.added)} added' if self.vocab.added else ''}), "
                          f"{self.vocab.size} embedding rows")
+        if self.coverage is not None:
+            lines += self.coverage.lines()
         lines += [f"warning: {w}" for w in self.warnings]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
@@ -242,24 +246,31 @@ class _Planner:
         ref_model = recipe.base_model or recipe.model_refs()[0]
         self.ref = index[ref_model]
         self.layers = {i: arch.layer_count(s.config()) for i, s in enumerate(sources)}
+        self.stacks = {i: arch.main_stack(s.config(), s.tensors()) for i, s in enumerate(sources)}
         self.vocab: vocab.Vocabulary | None = None
+        self.ranges: dict[int, list[tuple[int, int]]] = {}  # per source: the layer ranges slices take
+        self.end_sources: tuple[set[int], set[int]] = (set(), set())
 
     def build(self) -> Plan:
+        self._check_configs()
         if self.recipe.tokenizer is not None:
             self.vocab = self._vocabulary()
         slices = self._slices()
-        ref_src = self.sources[self.ref]
-        ref_names = list(ref_src.tensors())
-        pre = [n for n in ref_names if arch.split_layer(n) is None and arch.is_pre(n)]
-        post = [n for n in ref_names if arch.split_layer(n) is None and not arch.is_pre(n)]
+        ref_names = list(self.sources[self.ref].tensors())
+        prefix = self.stacks[self.ref]
+        layered = {n for n in ref_names if self._main_layer(self.ref, n)}
+        pre = [n for n in ref_names if n not in layered and self._is_pre(self.ref, n)]
+        post = [n for n in ref_names if n not in layered and n not in pre]
         tasks: list[TensorTask] = []
         if slices:
             first, last = slices[0], slices[-1]
+            self.end_sources = ({s.source for s in first[1]}, {s.source for s in last[1]})
             tasks += [t for n in pre if (t := self._task(n, [(s, n) for s in first[1]], first[0], None, 0.0))]
             out_layer = 0
-            prefix = self._layer_prefix(ref_src)
             layer_map: list[tuple[int, int]] = []
             for slice_params, slots, length in slices:
+                for s in slots:
+                    self.ranges.setdefault(s.source, []).append((s.start, s.start + length))
                 for offset in range(length):
                     t = offset / (length - 1) if length > 1 else 1.0
                     tasks += self._layer_tasks(slots, slice_params, offset, out_layer, prefix, t)
@@ -269,15 +280,38 @@ class _Planner:
         else:
             layer_map, out_layer = [], 0
         self._report_missing()
-        self._check_architectures(tasks)
+        self._check_architectures()
+        coverage = self._coverage(tasks) if slices else None
         config = self._out_config(layer_map, tasks)
+        if tasks and not self.problems:
+            self.problems += [f"output config.json: {c}; this is a bug in the plan, please report it"
+                              for c in arch.config_contradictions(config, {t.name: t.shape for t in tasks})]
         tokenizer_source = self._tokenizer_source()
         return Plan(
             recipe=self.recipe, method=self.method, sources=self.sources, tasks=tasks, config=config,
             tokenizer_source=tokenizer_source, input_dtype=self.recipe.dtype, out_layers=out_layer,
             problems=self.problems, warnings=self.warnings, vocab=self.vocab,
-            tokenizer=self._output_tokenizer(tokenizer_source),
+            tokenizer=self._output_tokenizer(tokenizer_source), coverage=coverage,
         )
+
+    def _main_layer(self, source: int, name: str) -> arch.LayerName | None:
+        """`name` split as a layer of the source's language model, or None (not in its main stack)."""
+        p = arch.split_layer(name)
+        return p if p is not None and p.prefix == self.stacks[source] else None
+
+    def _is_pre(self, source: int, name: str) -> bool:
+        """Non-layer tensors planned with the first slice: embeddings and the parts outside the
+        language model (vision tower, projector); the rest (final norm, head) go with the last."""
+        return arch.is_pre(name) or arch.outside_text_model(name, self.stacks[source])
+
+    def _check_configs(self) -> None:
+        """Refuse sources whose config.json contradicts their own tensors: the output config
+        would describe a model that is not there."""
+        for s in self.sources:
+            if s.is_model:
+                for c in arch.config_contradictions(s.config(), {n: i.shape for n, i in s.tensors().items()}):
+                    self.problems.append(f"{s.label}: config.json contradicts its tensors: {c}; fix the "
+                                         "model's config.json (or its weights) before merging it")
 
     def _vocabulary(self) -> vocab.Vocabulary | None:
         """The output vocabulary, planned from tokenizer.json files and embedding shapes."""
@@ -329,24 +363,16 @@ class _Planner:
             out.append((s.parameters, slots, length))
         return [] if self.problems else out
 
-    def _layer_prefix(self, src: Source) -> str | None:
-        for name in src.tensors():
-            parsed = arch.split_layer(name)
-            if parsed:
-                return parsed.prefix
-        return None
-
     def _layer_tasks(self, slots: list[_Slot], slice_params: Params, offset: int, out_layer: int,
                      prefix: str | None, t: float) -> list[TensorTask]:
-        first = self.sources[slots[0].source]
+        """The output layer `out_layer`: each tensor of the first input's layer, with every input's
+        tensor of the same name in its own language model's stack."""
+        first = slots[0].source
         src_layer = slots[0].start + offset
-        template = [p for n in first.tensors() if (p := arch.split_layer(n)) and p.index == src_layer]
+        template = [p for n in self.sources[first].tensors() if (p := self._main_layer(first, n)) and p.index == src_layer]
         tasks = []
         for p in template:
-            inputs = []
-            for s in slots:
-                src_prefix = self._layer_prefix(self.sources[s.source]) or p.prefix
-                inputs.append((s, p.at(s.start + offset, src_prefix)))
+            inputs = [(s, p.at(s.start + offset, self.stacks[s.source] or p.prefix)) for s in slots]
             task = self._task(p.at(out_layer, prefix), inputs, slice_params, out_layer, t)
             if task:
                 tasks.append(task)
@@ -453,22 +479,45 @@ class _Planner:
             self.problems.append(f"parameter '{param}' is required by '{self.method.name}' but has no value{who} "
                                  f"({count} tensors); set it under that model's parameters or the global parameters")
 
-    def _check_architectures(self, tasks: list[TensorTask]) -> None:
+    def _check_architectures(self) -> None:
         archs = {s.label: tuple(s.config().get("architectures") or ()) for s in self.sources}
         if len(set(archs.values())) > 1:
             self.problems.append("the models have different architectures ("
                                  + ", ".join(f"{k}: {'/'.join(v) or '?'}" for k, v in archs.items())
                                  + "); merge models of one architecture")
-        used: dict[int, set[str]] = {}
-        for t in tasks:
-            for i in (*t.inputs, *([t.base] if t.base else [])):
-                used.setdefault(i.source, set()).add(i.name)
+
+    def _coverage(self, tasks: list[TensorTask]) -> cov.Coverage:
+        """Account for every input tensor; those with no rule become one problem per model, tensors
+        left out of the output for a named reason a warning when that loses weights silently
+        (a tied head; layers a slice skips are what the recipe says)."""
+        tied_out = not any(arch.LM_HEAD.search(t.name) for t in tasks)
+        coverage = cov.account(self.sources, tasks, lambda k, n: self._left_out(k, n, tied_out))
+        holders: dict[str, list[str]] = {}
+        for s in self.sources:
+            for n in s.tensors():
+                holders.setdefault(n, []).append(s.label)
+        ref = self.sources[self.ref].label
+        for c in coverage.sources:
+            if c.unmatched:
+                self.problems.append(cov.unmatched_problem(c.label, c.unmatched, holders, ref))
+            heads = c.left_out.get(cov.TIED_HEAD)
+            if heads:
+                self.warnings.append(f"{c.label}: {len(heads)} tensors are not in the output ({cov.TIED_HEAD}: "
+                                     f"'{heads[0]}')")
+        return coverage
+
+    def _left_out(self, source: int, name: str, tied_out: bool) -> str | None:
+        """Why the plan leaves an input tensor out of the output on purpose, or None."""
+        if tied_out and arch.LM_HEAD.search(name):
+            return cov.TIED_HEAD
         if self.recipe.slices is None:
-            for k, names in used.items():
-                unused = [n for n in self.sources[k].tensors() if n not in names]
-                if unused:
-                    self.warnings.append(f"{self.sources[k].label}: {len(unused)} tensors are not in the output "
-                                         f"(e.g. '{unused[0]}')")
+            return None
+        layer = self._main_layer(source, name)
+        if layer is not None:
+            ranges = self.ranges.get(source, [])
+            return cov.OUTSIDE_SLICES if all(not a <= layer.index < b for a, b in ranges) else None
+        first, last = self.end_sources
+        return cov.OTHER_SLICE if source not in (first if self._is_pre(source, name) else last) else None
 
     def _out_config(self, layer_map: list[tuple[int, int]], tasks: list[TensorTask]) -> dict:
         config = copy.deepcopy(self.sources[self.ref].config())
