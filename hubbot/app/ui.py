@@ -148,148 +148,220 @@ def _row_index(evt: gr.SelectData) -> int | None:
     return evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
 
 
-def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None = None) -> gr.Blocks:
-    """The whole app. `gallery` defaults to the recipes folder the settings name."""
-    gallery = gallery or Gallery(settings.recipes_dir)
-    service_mode = settings.mode == "service"
-    signin_available = get_space() is not None  # Gradio serves real OAuth only on a Space
-    method_choices = [(f"{m.title} · {name}", name) for name, m in methods.all_methods().items()]
+class Page:
+    """The components the handlers update, created by `build_ui`'s layout. Handlers return
+    `{component: update}` maps keyed by these, so each can be called and checked on its own."""
 
-    # ---- handlers ---------------------------------------------------------------------------
+    account: gr.Markdown
+    tabs: gr.Tabs
+    timer: gr.Timer
+    job_store: gr.BrowserState
+    logs_state: gr.State
+    slugs_state: gr.State
+    picked_slug: gr.State
+    editor: gr.Code
+    editor_note: gr.Markdown
+    form_method: gr.Dropdown
+    form_dtype: gr.Dropdown
+    form_info: gr.Markdown
+    form_base: gr.Textbox
+    form_models: gr.Dataframe
+    form_shared: gr.Dataframe
+    validation: gr.Markdown
+    curves: gr.LinePlot
+    submit_status: gr.Markdown
+    job_id: gr.Textbox
+    job_view: gr.HTML
+    result: gr.Markdown
+    cancel_btn: gr.Button
+    log_box: gr.Textbox
+    jobs_table: gr.Dataframe
+    gallery_table: gr.Dataframe
+    entry_view: gr.Markdown
+    entry_code: gr.Code
+    share_status: gr.Markdown
+    watch_status: gr.Markdown
+    watch_target: gr.Textbox
 
-    def account_note(profile: gr.OAuthProfile | None) -> str:
+    def follow_outputs(self) -> list[Any]:
+        """Everything one poll of the followed job may change."""
+        return [self.job_id, self.job_store, self.job_view, self.result, self.cancel_btn, self.log_box,
+                self.logs_state, self.timer, self.jobs_table]
+
+    def loaded_outputs(self) -> list[Any]:
+        """Everything that changes when a recipe is put into the editor from elsewhere."""
+        return [self.editor, self.tabs, self.validation, self.curves, self.editor_note]
+
+
+class Handlers:
+    """What the page does, one method per event, each returning `{component: update}`. Holds the
+    service, the settings and the gallery; no state of its own (per-browser state lives in the
+    page's State components)."""
+
+    def __init__(self, service: "Service", settings: "Settings", gallery: Gallery, page: Page):
+        self.service, self.settings, self.gallery, self.p = service, settings, gallery, page
+        self.service_mode = settings.mode == "service"
+        self.signin_available = get_space() is not None  # Gradio serves real OAuth only on a Space
+
+    # ---- account and recipe -------------------------------------------------------------------
+
+    def account_note(self, profile: gr.OAuthProfile | None) -> str:
         if profile is not None:
             return (f"Signed in as **{views.md(profile.username)}**. Merges publish to repos you can write, "
                     "with your token for this request only.")
-        if service_mode:
-            how = "Use the button above" if signin_available else "Open this app on its Space"
+        if self.service_mode:
+            how = "Use the button above" if self.signin_available else "Open this app on its Space"
             return (f"**Sign in with Hugging Face to publish merges.** {how} to sign in; "
                     "validating recipes works without an account.")
         return ("**Local mode**: leave *Publish to* empty to save the merge in a local folder, "
                 "or name a Hub repo to push it with this machine's Hugging Face token.")
 
     @_friendly
-    def validate(recipe_text: str) -> tuple[str, Any]:
-        v = service.validate(recipe_text or "")
+    def validate(self, recipe_text: str) -> dict:
+        p = self.p
+        v = self.service.validate(recipe_text or "")
         if not v.curves:
-            return views.validation_markdown(v), gr.LinePlot(value=None, visible=False)
-        return views.validation_markdown(v), gr.LinePlot(value=views.curves_frame(v.curves), visible=True)
+            return {p.validation: views.validation_markdown(v), p.curves: gr.LinePlot(value=None, visible=False)}
+        return {p.validation: views.validation_markdown(v),
+                p.curves: gr.LinePlot(value=views.curves_frame(v.curves), visible=True)}
 
-    def follow_updates(job: "Job", logs: dict | None = None) -> tuple:
-        """Outputs that show `job` in the Jobs tab: id, store, view, result, cancel, log, timer."""
+    # ---- jobs -----------------------------------------------------------------------------------
+
+    def show_job(self, job: "Job", lines: list[str]) -> dict:
+        """The Jobs tab showing `job`: id, stored id, view, result, cancel button, log and timer."""
+        p = self.p
         active = job.state in views.ACTIVE_STATES
-        lines = (logs or {}).get("lines", [])
-        return (job.id, job.id, views.job_html(job), views.result_markdown(job),
-                gr.Button(visible=active), "\n".join(lines[-LOG_LINES_SHOWN:]),
-                {"job": job.id, "lines": lines, "state": job.state}, gr.Timer(active=active))
+        return {p.job_id: job.id, p.job_store: job.id, p.job_view: views.job_html(job),
+                p.result: views.result_markdown(job), p.cancel_btn: gr.Button(visible=active),
+                p.log_box: "\n".join(lines[-LOG_LINES_SHOWN:]),
+                p.logs_state: {"job": job.id, "lines": lines, "state": job.state}, p.timer: gr.Timer(active=active)}
+
+    def no_job(self, job_id: str = "", note: str = "") -> dict:
+        p = self.p
+        return {p.job_id: job_id, p.job_store: "", p.job_view: views.job_html(None), p.result: note,
+                p.cancel_btn: gr.Button(visible=False), p.log_box: "", p.logs_state: {"job": "", "lines": []},
+                p.timer: gr.Timer(active=False)}
 
     @_friendly
-    def submit(recipe_text: str, target: str, private: bool, pr: bool,
-               profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> tuple:
-        skip = (gr.skip(),) * 10
+    def submit(self, recipe_text: str, target: str, private: bool, pr: bool,
+               profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> dict:
+        p = self.p
         target = (target or "").strip() or None
-        if service_mode and profile is None:
-            return (views.notice("error", "Sign in to publish", "The merge is pushed to a repo in your namespace "
-                                 "with your token, so sign in with Hugging Face first."), *skip)
-        if service_mode and target is None:
-            return (views.notice("error", "Name the repo to publish to",
-                                 f"in *Publish to*, e.g. `{profile.username}/my-merge`."), *skip)
+        if self.service_mode and profile is None:
+            return {p.submit_status: views.notice("error", "Sign in to publish", "The merge is pushed to a repo in "
+                                                  "your namespace with your token, so sign in with Hugging Face first.")}
+        if self.service_mode and target is None:
+            return {p.submit_status: views.notice("error", "Name the repo to publish to",
+                                                  f"in *Publish to*, e.g. `{profile.username}/my-merge`.")}
         try:
-            job = service.submit(recipe_text or "", owner=_owner(profile), target=target, private=bool(private),
-                                 pr=bool(pr), token=_token(oauth_token))
+            job = self.service.submit(recipe_text or "", owner=_owner(profile), target=target, private=bool(private),
+                                      pr=bool(pr), token=_token(oauth_token))
         except HubbotError as exc:
-            return (_error_markdown("Not submitted", exc), *skip)
+            return {p.submit_status: _error_markdown("Not submitted", exc)}
         where = f"`{views.md(target)}`" if target else "a local folder"
         note = views.notice("ok", "Submitted", f"job `{job.id}`; the result goes to {where}. Follow it under **Jobs**.")
-        return (note, *follow_updates(job, {"lines": []}), gr.Tabs(selected="jobs"),
-                jobs_rows(profile))
+        return {p.submit_status: note, **self.show_job(job, []), p.tabs: gr.Tabs(selected="jobs"),
+                p.jobs_table: self.jobs_rows(profile)}
 
-    def jobs_rows(profile: gr.OAuthProfile | None) -> list[list[Any]]:
-        if service_mode and profile is None:
+    def jobs_rows(self, profile: gr.OAuthProfile | None) -> list[list[Any]]:
+        if self.service_mode and profile is None:
             return []
-        return views.jobs_rows(service.list(owner=_owner(profile)))
+        return views.jobs_rows(self.service.list(owner=_owner(profile)))
 
     @_friendly
-    def list_jobs(profile: gr.OAuthProfile | None) -> list[list[Any]]:
-        return jobs_rows(profile)
+    def list_jobs(self, profile: gr.OAuthProfile | None) -> dict:
+        return {self.p.jobs_table: self.jobs_rows(profile)}
 
     @_friendly
-    def follow(job_id: str, logs: dict | None, profile: gr.OAuthProfile | None) -> tuple:
+    def follow(self, job_id: str, logs: dict | None, profile: gr.OAuthProfile | None) -> dict:
         """One poll: the job's state and progress, new log lines, and whether to keep polling."""
         job_id = (job_id or "").strip()
         if not job_id:
-            return ("", "", views.job_html(None), "", gr.Button(visible=False), "",
-                    {"job": "", "lines": []}, gr.Timer(active=False), gr.skip())
+            return self.no_job()
         try:
-            job = service.get(job_id)
+            job = self.service.get(job_id)
         except JobNotFound:
-            missing = views.notice("error", "No such job", f"`{job_id}`: check the id, or pick one under *My jobs*.")
-            return (job_id, "", views.job_html(None), missing, gr.Button(visible=False), "", {"job": "", "lines": []},
-                    gr.Timer(active=False), gr.skip())
+            return self.no_job(job_id, views.notice("error", "No such job",
+                                                    f"`{job_id}`: check the id, or pick one under *My jobs*."))
         logs = logs if logs and logs.get("job") == job.id else {"job": job.id, "lines": []}
-        lines = list(logs["lines"]) + list(service.log(job.id, since=len(logs["lines"])))
-        changed = logs.get("state") != job.state
-        return (*follow_updates(job, {"lines": lines}), jobs_rows(profile) if changed else gr.skip())
+        lines = list(logs["lines"]) + list(self.service.log(job.id, since=len(logs["lines"])))
+        out = self.show_job(job, lines)
+        if logs.get("state") != job.state:
+            out[self.p.jobs_table] = self.jobs_rows(profile)
+        return out
 
     @_friendly
-    def cancel(job_id: str, logs: dict | None, profile: gr.OAuthProfile | None) -> tuple:
+    def cancel(self, job_id: str, logs: dict | None, profile: gr.OAuthProfile | None) -> dict:
         if not job_id:
             raise gr.Error("No job selected to cancel.", print_exception=False)
-        service.cancel(job_id, owner=_owner(profile))
-        return follow(job_id, logs, profile)
+        self.service.cancel(job_id, owner=_owner(profile))
+        return self.follow(job_id, logs, profile)
 
-    def pick_job(table: Any, evt: gr.SelectData) -> tuple:
+    def pick_job(self, table: Any, evt: gr.SelectData) -> dict:
         rows, row = _rows(table), _row_index(evt)
         if row is None or row >= len(rows):
-            return gr.skip(), gr.skip()
-        return rows[row][0], gr.Timer(active=True)
+            return {}
+        return {self.p.job_id: rows[row][0], self.p.timer: gr.Timer(active=True)}
 
     @_friendly
-    def restore(stored_job: str, profile: gr.OAuthProfile | None) -> tuple:
+    def restore(self, stored_job: str, profile: gr.OAuthProfile | None) -> dict:
         """On page load: the account note, the user's jobs, and the job this browser followed last."""
-        return (account_note(profile), jobs_rows(profile), stored_job or "", gr.Timer(active=bool(stored_job)))
+        p = self.p
+        return {p.account: self.account_note(profile), p.jobs_table: self.jobs_rows(profile),
+                p.job_id: stored_job or "", p.timer: gr.Timer(active=bool(stored_job))}
 
-    # gallery
+    # ---- gallery --------------------------------------------------------------------------------
 
-    def gallery_view(query: str, tag: str) -> tuple[list[list[str]], list[str]]:
-        entries = gallery.search(query or "", None if tag in (None, "", ALL_TAGS) else tag)
-        return views.gallery_rows(entries), [e.slug for e in entries]
-
-    @_friendly
-    def search_gallery(query: str, tag: str) -> tuple:
-        return gallery_view(query, tag)
+    def gallery_view(self, query: str, tag: str) -> dict:
+        entries = self.gallery.search(query or "", None if tag in (None, "", ALL_TAGS) else tag)
+        return {self.p.gallery_table: views.gallery_rows(entries), self.p.slugs_state: [e.slug for e in entries]}
 
     @_friendly
-    def pick_recipe(slugs: list[str], evt: gr.SelectData) -> tuple:
+    def search_gallery(self, query: str, tag: str) -> dict:
+        return self.gallery_view(query, tag)
+
+    @_friendly
+    def pick_recipe(self, slugs: list[str], evt: gr.SelectData) -> dict:
         row = _row_index(evt)
         if row is None or row >= len(slugs):
-            return gr.skip(), gr.skip(), gr.skip()
-        entry = gallery.load(slugs[row])
-        return entry.slug, views.entry_markdown(entry), entry.text
+            return {}
+        entry = self.gallery.load(slugs[row])
+        p = self.p
+        return {p.picked_slug: entry.slug, p.entry_view: views.entry_markdown(entry), p.entry_code: entry.text}
+
+    def load_into_editor(self, text: str, note: str) -> dict:
+        """A recipe from elsewhere put into the editor; the old validation no longer applies."""
+        p = self.p
+        return {p.editor: text, p.tabs: gr.Tabs(selected="recipe"), p.validation: "",
+                p.curves: gr.LinePlot(value=None, visible=False), p.editor_note: note}
 
     @_friendly
-    def use_recipe(slug: str) -> tuple:
+    def use_recipe(self, slug: str) -> dict:
         if not slug:
             raise gr.Error("Pick a recipe in the list first.", print_exception=False)
-        entry = gallery.load(slug)
-        return (entry.text, gr.Tabs(selected="recipe"), "", gr.LinePlot(value=None, visible=False),
-                f"Loaded **{views.md(entry.title)}** from the gallery. Validate it to see the plan.")
+        entry = self.gallery.load(slug)
+        return self.load_into_editor(entry.text, f"Loaded **{views.md(entry.title)}** from the gallery. "
+                                                 "Validate it to see the plan.")
 
     @_friendly
-    def import_from_hub(model_id: str, oauth_token: gr.OAuthToken | None) -> tuple:
+    def import_from_hub(self, model_id: str, oauth_token: gr.OAuthToken | None) -> dict:
         if not (model_id or "").strip():
             raise gr.Error("Paste the id of a merged model, e.g. mlabonne/NeuralBeagle14-7B.", print_exception=False)
         text = import_recipe(model_id, token=_token(oauth_token))
-        return (text, gr.Tabs(selected="recipe"), "", gr.LinePlot(value=None, visible=False),
-                f"Imported the recipe of **{views.md(model_id.strip())}**. Validate it, change it, merge it.")
+        return self.load_into_editor(text, f"Imported the recipe of **{views.md(model_id.strip())}**. "
+                                           "Validate it, change it, merge it.")
 
     @_friendly
-    def share_recipe(recipe_text: str, title: str, description: str, tags: str, destination: str,
-                     oauth_token: gr.OAuthToken | None) -> str:
-        token = _token(oauth_token)
-        if token is None and service_mode:
+    def share_recipe(self, recipe_text: str, title: str, description: str, tags: str, destination: str,
+                     oauth_token: gr.OAuthToken | None) -> dict:
+        return {self.p.share_status: self._share(recipe_text, title, description, tags, destination,
+                                                 _token(oauth_token))}
+
+    def _share(self, recipe_text: str, title: str, description: str, tags: str, destination: str,
+               token: str | None) -> str:
+        if token is None and self.service_mode:
             return views.notice("error", "Sign in to share", "The pull request is opened in your name.")
-        repo_id = settings.recipes_dataset if destination == "dataset" else settings.space_id
+        repo_id = self.settings.recipes_dataset if destination == "dataset" else self.settings.space_id
         if not repo_id:
             variable = "HUBBOT_RECIPES_DATASET" if destination == "dataset" else "SPACE_ID"
             return views.notice("error", "Nowhere to share", f"this server has no {variable} set.")
@@ -301,87 +373,107 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
             return _error_markdown("Not shared", exc)
         return views.notice("ok", "Pull request opened", f"[{views.md(url)}]({url})")
 
+    # ---- watch ----------------------------------------------------------------------------------
+
     @_friendly
-    def watch(recipe_text: str, target: str, private: bool, pr: bool, profile: gr.OAuthProfile | None,
-              oauth_token: gr.OAuthToken | None) -> tuple:
+    def watch(self, recipe_text: str, target: str, private: bool, pr: bool, profile: gr.OAuthProfile | None,
+              oauth_token: gr.OAuthToken | None) -> dict:
         """Register the watch; its first run starts at once and the Jobs tab follows it."""
+        p = self.p
         target = (target or "").strip()
-        if service_mode and profile is None:
-            return views.notice("error", "Sign in to watch", "Re-merges publish in your name."), gr.skip(), gr.skip()
+        if self.service_mode and profile is None:
+            return {p.watch_status: views.notice("error", "Sign in to watch", "Re-merges publish in your name.")}
         if not target:
-            return (views.notice("error", "Name the result repo", "the re-merges publish to, e.g. `you/my-merge`."),
-                    gr.skip(), gr.skip())
+            return {p.watch_status: views.notice("error", "Name the result repo",
+                                                 "the re-merges publish to, e.g. `you/my-merge`.")}
         try:
-            info = service.watch(recipe_text or "", owner=_owner(profile), target=target, private=bool(private),
-                                 pr=bool(pr), token=_token(oauth_token))
+            info = self.service.watch(recipe_text or "", owner=_owner(profile), target=target, private=bool(private),
+                                      pr=bool(pr), token=_token(oauth_token))
         except HubbotError as exc:
-            return _error_markdown("Not watching", exc), gr.skip(), gr.skip()
-        first = info.get("last_job_id")
-        return views.watch_markdown(info), first or gr.skip(), gr.Timer(active=bool(first))
+            return {p.watch_status: _error_markdown("Not watching", exc)}
+        out = {p.watch_status: views.watch_markdown(info)}
+        if info.get("last_job_id"):
+            out.update({p.job_id: info["last_job_id"], p.timer: gr.Timer(active=True)})
+        return out
 
-    # form
+    # ---- form -----------------------------------------------------------------------------------
 
-    def form_method_changed(method_name: str, rows: Any) -> tuple:
+    def form_method_changed(self, method_name: str, rows: Any) -> dict:
+        p = self.p
         m = methods.get(method_name)
         columns = recipe_form.model_columns(method_name)
         models = [r[0] for r in _rows(rows) if r and r[0]] or [""] * 2
         info = f"**{views.md(m.title)}**: {views.md(m.summary)}" + (f"  \n*{views.md(m.paper)}*" if m.paper else "")
         params = ", ".join(f"`{p.name}`" for p in m.params) or "none"
         info += f"  \nParameters: {params}."
-        return (gr.Dataframe(value=[[name] + [""] * (len(columns) - 1) for name in models], headers=columns,
-                             column_count=len(columns)),
-                gr.Textbox(visible=m.base != "none"), info)
+        return {p.form_models: gr.Dataframe(value=[[name] + [""] * (len(columns) - 1) for name in models],
+                                            headers=columns, column_count=len(columns)),
+                p.form_base: gr.Textbox(visible=m.base != "none"), p.form_info: info}
 
     @_friendly
-    def form_to_editor(method_name: str, base: str, rows: Any, shared: Any, dtype: str) -> tuple:
+    def form_to_editor(self, method_name: str, base: str, rows: Any, shared: Any, dtype: str) -> dict:
         text = recipe_form.to_yaml(method_name, base if methods.get(method_name).base != "none" else "",
                                    _rows(rows), _rows(shared), dtype)
-        return text, "Wrote the recipe from the form. Validate it to see the plan."
+        return {self.p.editor: text, self.p.editor_note: "Wrote the recipe from the form. Validate it to see the plan."}
 
-    # ---- layout -----------------------------------------------------------------------------
 
-    first_rows, first_slugs = gallery_view("", ALL_TAGS)
+def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None = None) -> gr.Blocks:
+    """The whole app. `gallery` defaults to the recipes folder the settings name."""
+    return build_app(service, settings, gallery)[0]
+
+
+def build_app(service: "Service", settings: "Settings", gallery: Gallery | None = None) -> tuple[gr.Blocks, Handlers]:
+    """The page's layout and its events; the handlers come back too, for tests that call them."""
+    gallery = gallery or Gallery(settings.recipes_dir)
+    p = Page()
+    h = Handlers(service, settings, gallery, p)
+    service_mode = h.service_mode
+    method_choices = [(f"{m.title} · {name}", name) for name, m in methods.all_methods().items()]
+    first_entries = gallery.search("", None)
+    first_slugs = [e.slug for e in first_entries]
     first_entry = gallery.load(first_slugs[0]) if first_slugs else None
     default_method = "linear"
 
     with gr.Blocks(title="hubbot · merge models on the Hub") as demo:
-        job_store = gr.BrowserState("", storage_key="hubbot-job")
-        logs_state = gr.State({"job": "", "lines": []})
-        slugs_state = gr.State(first_slugs)
-        picked_slug = gr.State(first_entry.slug if first_entry else "")
-        timer = gr.Timer(POLL_SECONDS, active=False)
+        p.job_store = gr.BrowserState("", storage_key="hubbot-job")
+        p.logs_state = gr.State({"job": "", "lines": []})
+        p.slugs_state = gr.State(first_slugs)
+        p.picked_slug = gr.State(first_entry.slug if first_entry else "")
+        p.timer = gr.Timer(POLL_SECONDS, active=False)
 
         with gr.Row(elem_classes="hb-header"):
             with gr.Column(scale=3):
                 gr.Markdown("# hubbot\nMerge language models where they live: write a recipe, check it "
                             "against the models' headers, and publish the result to the Hub.")
             with gr.Column(scale=2, min_width=280):
-                if signin_available:
+                if h.signin_available:
                     gr.LoginButton(size="md")
-                account = gr.Markdown(account_note(None), elem_classes="hb-account")
+                p.account = gr.Markdown(h.account_note(None), elem_classes="hb-account")
 
-        with gr.Tabs(selected="recipe") as tabs:
+        with gr.Tabs(selected="recipe") as p.tabs:
             with gr.Tab("Recipe", id="recipe"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        editor = gr.Code(STARTER, language="yaml", lines=20, max_lines=36,
-                                         label="Recipe (mergekit YAML)", elem_id="recipe-editor", wrap_lines=True)
-                        editor_note = gr.Markdown(elem_classes="hb-note")
+                        p.editor = gr.Code(STARTER, language="yaml", lines=20, max_lines=36,
+                                           label="Recipe (mergekit YAML)", elem_id="recipe-editor", wrap_lines=True)
+                        p.editor_note = gr.Markdown(elem_classes="hb-note")
                         with gr.Accordion("Build a recipe with a form", open=False):
                             with gr.Row():
-                                form_method = gr.Dropdown(method_choices, value=default_method, label="Method", scale=2)
-                                form_dtype = gr.Dropdown(list(recipe_form.DTYPES), value="bfloat16", label="dtype", scale=1)
-                            form_info = gr.Markdown()
-                            form_base = gr.Textbox(label="Base model", placeholder="org/name of the common base",
-                                                   visible=methods.get(default_method).base != "none")
-                            form_models = gr.Dataframe(
+                                p.form_method = gr.Dropdown(method_choices, value=default_method, label="Method",
+                                                            scale=2)
+                                p.form_dtype = gr.Dropdown(list(recipe_form.DTYPES), value="bfloat16", label="dtype",
+                                                           scale=1)
+                            p.form_info = gr.Markdown()
+                            p.form_base = gr.Textbox(label="Base model", placeholder="org/name of the common base",
+                                                     visible=methods.get(default_method).base != "none")
+                            p.form_models = gr.Dataframe(
                                 value=[["", "", ""], ["", "", ""]], headers=recipe_form.model_columns(default_method),
                                 type="array", interactive=True, label="Models",
                             )
                             gr.Markdown("One model per row. A cell takes a number, `true`/`false`, or a per-layer "
                                         "curve such as `0, 0.5, 1`. *layers* is a range such as `0-24` "
                                         "(end excluded), required for passthrough.", elem_classes="hb-note")
-                            form_shared = gr.Dataframe(
+                            p.form_shared = gr.Dataframe(
                                 value=[["", "", ""]], headers=recipe_form.SHARED_COLUMNS, type="array",
                                 interactive=True,
                                 label="Shared parameters and per-layer curves",
@@ -401,36 +493,37 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                         with gr.Row():
                             validate_btn = gr.Button("Validate", variant="secondary", elem_id="validate-button")
                             submit_btn = gr.Button("Merge", variant="primary", elem_id="submit-button")
-                        submit_status = gr.Markdown(elem_id="submit-status")
+                        p.submit_status = gr.Markdown(elem_id="submit-status")
                     with gr.Column(scale=2):
-                        validation = gr.Markdown(
+                        p.validation = gr.Markdown(
                             "Validate the recipe to see the plan: the models and their revisions, the output size, "
                             "the estimated time and memory, the per-layer parameters, and any problem with what "
                             "to do about it. Only headers are read; nothing is downloaded.",
                             elem_id="validation",
                         )
-                        curves = gr.LinePlot(x="layer", y="value", color="parameter", title="Per-layer parameters",
-                                             x_title="layer", y_title="value", height=280, visible=False, elem_id="curves")
+                        p.curves = gr.LinePlot(x="layer", y="value", color="parameter", title="Per-layer parameters",
+                                               x_title="layer", y_title="value", height=280, visible=False,
+                                               elem_id="curves")
 
             with gr.Tab("Jobs", id="jobs"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         with gr.Row():
-                            job_id = gr.Textbox(label="Job id", placeholder="paste a job id to follow it", scale=4,
-                                                elem_id="job-id")
+                            p.job_id = gr.Textbox(label="Job id", placeholder="paste a job id to follow it", scale=4,
+                                                  elem_id="job-id")
                             follow_btn = gr.Button("Follow", scale=1, size="md")
-                        job_view = gr.HTML(views.job_html(None), elem_id="job-view")
-                        result = gr.Markdown(elem_id="job-result")
-                        cancel_btn = gr.Button("Cancel this job", variant="stop", visible=False, size="md")
-                        log_box = gr.Textbox(label="Log", lines=14, max_lines=14, interactive=False, autoscroll=True,
-                                             elem_classes="hb-log")
+                        p.job_view = gr.HTML(views.job_html(None), elem_id="job-view")
+                        p.result = gr.Markdown(elem_id="job-result")
+                        p.cancel_btn = gr.Button("Cancel this job", variant="stop", visible=False, size="md")
+                        p.log_box = gr.Textbox(label="Log", lines=14, max_lines=14, interactive=False,
+                                               autoscroll=True, elem_classes="hb-log")
                     with gr.Column(scale=2):
                         with gr.Row():
                             gr.Markdown("### My jobs")
                             refresh_btn = gr.Button("Refresh", size="sm", scale=0)
-                        jobs_table = gr.Dataframe(headers=views.JOB_COLUMNS, interactive=False, wrap=True,
-                                                  column_count=len(views.JOB_COLUMNS), max_height=520,
-                                                  column_widths=["27%", "14%", "16%", "23%", "20%"])
+                        p.jobs_table = gr.Dataframe(headers=views.JOB_COLUMNS, interactive=False, wrap=True,
+                                                    column_count=len(views.JOB_COLUMNS), max_height=520,
+                                                    column_widths=["27%", "14%", "16%", "23%", "20%"])
                         gr.Markdown("Select a row to follow that job. Jobs keep running when you close the page.",
                                     elem_classes="hb-note")
 
@@ -441,14 +534,14 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             search = gr.Textbox(placeholder="Search: llama, slerp, code, reasoning…",
                                                 show_label=False, scale=3, elem_id="gallery-search")
                             tag = gr.Dropdown([ALL_TAGS, *gallery.tags()], value=ALL_TAGS, show_label=False, scale=1)
-                        gallery_table = gr.Dataframe(first_rows, headers=views.GALLERY_COLUMNS, interactive=False,
-                                                     wrap=True, column_count=len(views.GALLERY_COLUMNS),
-                                                     max_height=420, elem_id="gallery-table",
-                                                     column_widths=["50%", "18%", "32%"])
+                        p.gallery_table = gr.Dataframe(views.gallery_rows(first_entries),
+                                                       headers=views.GALLERY_COLUMNS, interactive=False, wrap=True,
+                                                       column_count=len(views.GALLERY_COLUMNS), max_height=420,
+                                                       elem_id="gallery-table", column_widths=["50%", "18%", "32%"])
                         with gr.Accordion("Import the recipe of a merged model on the Hub", open=False):
                             with gr.Row():
-                                import_id = gr.Textbox(show_label=False, placeholder="org/name, e.g. mlabonne/NeuralBeagle14-7B",
-                                                       scale=4)
+                                import_id = gr.Textbox(show_label=False, scale=4,
+                                                       placeholder="org/name, e.g. mlabonne/NeuralBeagle14-7B")
                                 import_btn = gr.Button("Import", scale=1)
                             gr.Markdown("Reads the model's `mergekit_config.yml`, or the YAML recipe in its card.",
                                         elem_classes="hb-note")
@@ -460,11 +553,12 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             share_dest = gr.Radio([(v, k) for k, v in SHARE_DESTINATIONS.items()], value="dataset",
                                                   label="Where")
                             share_btn = gr.Button("Open a pull request")
-                            share_status = gr.Markdown()
+                            p.share_status = gr.Markdown()
                     with gr.Column(scale=2):
-                        entry_view = gr.Markdown(views.entry_markdown(first_entry))
-                        entry_code = gr.Code(first_entry.text if first_entry else "", language="yaml", interactive=False, lines=12, max_lines=24, label="Recipe",
-                                             wrap_lines=True)
+                        p.entry_view = gr.Markdown(views.entry_markdown(first_entry))
+                        p.entry_code = gr.Code(first_entry.text if first_entry else "", language="yaml",
+                                               interactive=False, lines=12, max_lines=24, label="Recipe",
+                                               wrap_lines=True)
                         use_btn = gr.Button("Use this recipe", variant="primary", elem_id="use-recipe")
 
             with gr.Tab("Watch", id="watch"):
@@ -472,45 +566,46 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
                             "whenever one of its source models gets a new commit on the Hub, and the result "
                             "repo gets a new commit (or a pull request) whose card names the new revisions.")
                 with gr.Row():
-                    watch_target = gr.Textbox(label="Result repo", placeholder="org/name", scale=3)
+                    p.watch_target = gr.Textbox(label="Result repo", placeholder="org/name", scale=3)
                     watch_private = gr.Checkbox(label="Private repo", scale=1)
                     watch_pr = gr.Checkbox(label="Publish re-merges as pull requests", scale=1)
                 watch_btn = gr.Button("Watch the sources", variant="primary")
-                watch_status = gr.Markdown()
+                p.watch_status = gr.Markdown()
 
         # ---- events ---------------------------------------------------------------------------
 
-        follow_outputs = [job_id, job_store, job_view, result, cancel_btn, log_box, logs_state, timer, jobs_table]
-        validate_btn.click(validate, [editor], [validation, curves], api_name="validate")
-        submit_btn.click(submit, [editor, target, private, as_pr],
-                         [submit_status, *follow_outputs[:-1], tabs, jobs_table], api_name="submit")
-        timer.tick(follow, [job_id, logs_state], follow_outputs, api_name="follow", show_progress="hidden")
-        follow_btn.click(follow, [job_id, logs_state], follow_outputs, api_name=False)
-        job_id.submit(follow, [job_id, logs_state], follow_outputs, api_name=False)
-        cancel_btn.click(cancel, [job_id, logs_state], follow_outputs, api_name="cancel")
-        refresh_btn.click(list_jobs, None, [jobs_table], api_name="jobs")
-        jobs_table.select(pick_job, [jobs_table], [job_id, timer], api_name=False).then(
-            follow, [job_id, logs_state], follow_outputs, api_name=False, show_progress="hidden")
-        demo.load(restore, [job_store], [account, jobs_table, job_id, timer], api_name=False).then(
-            follow, [job_id, logs_state], follow_outputs, api_name=False, show_progress="hidden")
+        follow_outputs = p.follow_outputs()
+        follow_inputs = [p.job_id, p.logs_state]
+        validate_btn.click(h.validate, [p.editor], [p.validation, p.curves], api_name="validate")
+        submit_btn.click(h.submit, [p.editor, target, private, as_pr],
+                         [p.submit_status, *follow_outputs[:-1], p.tabs, p.jobs_table], api_name="submit")
+        p.timer.tick(h.follow, follow_inputs, follow_outputs, api_name="follow", show_progress="hidden")
+        follow_btn.click(h.follow, follow_inputs, follow_outputs, api_name=False)
+        p.job_id.submit(h.follow, follow_inputs, follow_outputs, api_name=False)
+        p.cancel_btn.click(h.cancel, follow_inputs, follow_outputs, api_name="cancel")
+        refresh_btn.click(h.list_jobs, None, [p.jobs_table], api_name="jobs")
+        p.jobs_table.select(h.pick_job, [p.jobs_table], [p.job_id, p.timer], api_name=False).then(
+            h.follow, follow_inputs, follow_outputs, api_name=False, show_progress="hidden")
+        demo.load(h.restore, [p.job_store], [p.account, p.jobs_table, p.job_id, p.timer], api_name=False).then(
+            h.follow, follow_inputs, follow_outputs, api_name=False, show_progress="hidden")
 
-        gr.on([search.change, tag.change], search_gallery, [search, tag], [gallery_table, slugs_state],
+        gr.on([search.change, tag.change], h.search_gallery, [search, tag], [p.gallery_table, p.slugs_state],
               api_name="gallery", show_progress="hidden")
-        gallery_table.select(pick_recipe, [slugs_state], [picked_slug, entry_view, entry_code], api_name=False)
-        use_btn.click(use_recipe, [picked_slug], [editor, tabs, validation, curves, editor_note], api_name=False)
-        import_btn.click(import_from_hub, [import_id], [editor, tabs, validation, curves, editor_note],
-                         api_name="import_recipe")
-        share_btn.click(share_recipe, [editor, share_title, share_desc, share_tags, share_dest], [share_status],
+        p.gallery_table.select(h.pick_recipe, [p.slugs_state], [p.picked_slug, p.entry_view, p.entry_code],
+                               api_name=False)
+        use_btn.click(h.use_recipe, [p.picked_slug], p.loaded_outputs(), api_name=False)
+        import_btn.click(h.import_from_hub, [import_id], p.loaded_outputs(), api_name="import_recipe")
+        share_btn.click(h.share_recipe, [p.editor, share_title, share_desc, share_tags, share_dest], [p.share_status],
                         api_name="share")
-        watch_btn.click(watch, [editor, watch_target, watch_private, watch_pr], [watch_status, job_id, timer],
-                        api_name="watch")
-        target.change(lambda t: t, [target], [watch_target], api_name=False, show_progress="hidden")
+        watch_btn.click(h.watch, [p.editor, p.watch_target, watch_private, watch_pr],
+                        [p.watch_status, p.job_id, p.timer], api_name="watch")
+        target.change(lambda t: t, [target], [p.watch_target], api_name=False, show_progress="hidden")
 
-        form_method.change(form_method_changed, [form_method, form_models], [form_models, form_base, form_info],
-                           api_name=False)
-        demo.load(form_method_changed, [form_method, form_models], [form_models, form_base, form_info], api_name=False)
-        form_write.click(form_to_editor, [form_method, form_base, form_models, form_shared, form_dtype],
-                         [editor, editor_note], api_name=False)
+        form_outputs = [p.form_models, p.form_base, p.form_info]
+        p.form_method.change(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False)
+        demo.load(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False)
+        form_write.click(h.form_to_editor, [p.form_method, p.form_base, p.form_models, p.form_shared, p.form_dtype],
+                         [p.editor, p.editor_note], api_name=False)
 
     demo.queue(default_concurrency_limit=CONCURRENT_EVENTS)
-    return demo
+    return demo, h
