@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("gradio_client")
 
 # The API's outputs of /submit and /follow, in order (buttons, tabs and session state are not part of it).
-SUBMIT = ("status", "job_id", "stored_job", "job", "result", "log", "timer", "jobs")
-FOLLOW = ("job_id", "stored_job", "job", "result", "log", "timer", "jobs")
+SUBMIT = ("status", "job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs", "curves")
+FOLLOW = ("job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,16 @@ from sqlalchemy.engine import RowMapping
 from ..errors import Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError
 from ..recipe.refs import ModelRef
 from .hubapi import HubClient
-from .planning import dedup_key, estimate_seconds, folder_fingerprint, parse_recipe, plan_recipe, source_revisions
+from .planning import (
+    dedup_key,
+    estimate_seconds,
+    folder_fingerprint,
+    parse_recipe,
+    plan_problems,
+    plan_recipe,
+    source_problems,
+    source_revisions,
+)
 from .settings import Settings
 from .store import FINAL, QUEUED, Store, new_id, now
 
@@ -88,7 +97,7 @@ class Service:
         try:
             recipe = parse_recipe(self.settings, recipe_text)
         except RecipeError as exc:
-            return _invalid(str(exc), exc.problems, [])
+            return _invalid(str(exc), [*exc.problems, *source_problems(self.settings, recipe_text, token)], [])
         models = [{"ref": str(r), "revision": r.revision} for r in recipe.model_refs()]
         try:
             plan = plan_recipe(self.settings, recipe, token)
@@ -97,7 +106,7 @@ class Service:
         except HubbotError as exc:
             return _invalid(str(exc), [str(exc)], models)
         return Validation(
-            ok=not plan.problems, summary=plan.summary(), problems=list(plan.problems), warnings=list(plan.warnings),
+            ok=not plan.problems, summary=plan.summary(), problems=plan_problems(plan), warnings=list(plan.warnings),
             models=[{"ref": s.label, "revision": s.revision} for s in plan.models],
             output_bytes=plan.output_bytes, input_bytes=plan.input_bytes,
             peak_bytes=plan.peak_bytes(), est_seconds=estimate_seconds(plan), curves=plan.param_curves(),

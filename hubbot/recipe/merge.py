@@ -178,7 +178,7 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
         random_seed=seed if isinstance(seed, int) else None,
         name=data.get("name"),
     )
-    if method and not c.problems:
+    if method and (models or slices):  # method checks still run beside other fields' problems
         c.problems += check_recipe(recipe)
     if c.problems:
         raise RecipeError(c.problems)
