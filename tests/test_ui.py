@@ -125,9 +125,9 @@ def test_unknown_job_and_bad_target_are_readable(client, tiny):
 
 
 def test_gallery_search_lists_the_configured_folder(client):
-    table = client.predict("soup", "All tags", api_name="/gallery")
+    table = client.predict("soup", "All tags", api_name="/gallery")[0]
     assert [r[0] for r in table["data"]] == ["Tiny llama soup"]
-    table = client.predict("", "slerp", api_name="/gallery")
+    table = client.predict("", "slerp", api_name="/gallery")[0]
     assert [r[1] for r in table["data"]] == ["slerp"]
 
 
