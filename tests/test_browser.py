@@ -64,8 +64,8 @@ def test_gallery_validate_merge_follow(page, space_app):
     assert "title: Tiny llama soup" in editor_text(page)
 
     page.locator("#validate-button").click()
-    expect(page.locator("#validation")).to_contain_text("Ready to merge")
-    expect(page.locator("#validation")).to_contain_text("Estimated time")
+    expect(page.locator("#status")).to_contain_text("Ready to merge")
+    expect(page.locator("#status")).to_contain_text("Estimated time")
     shot(page, "03-validated")
 
     page.locator("#submit-button").click()
@@ -94,10 +94,10 @@ def test_bad_recipe_shows_readable_problems(page, space_app):
     page.keyboard.press("Delete")
     page.keyboard.insert_text("merge_method: slerpp\nmodels:\n  - model: ./nowhere\n")
     page.locator("#validate-button").click()
-    expect(page.locator("#validation")).to_contain_text("to fix")
-    expect(page.locator("#validation")).to_contain_text("did you mean 'slerp'")
+    expect(page.locator("#status")).to_contain_text("to fix")
+    expect(page.locator("#status")).to_contain_text("did you mean 'slerp'")
     page.locator("#submit-button").click()
-    expect(page.locator("#submit-status")).to_contain_text("Not submitted")
+    expect(page.locator("#status")).to_contain_text("Not submitted")
     assert "Traceback" not in page.content()
     shot(page, "06-bad-recipe")
 
@@ -110,7 +110,196 @@ def test_validation_plots_per_layer_curves(page, space_app):
     page.locator("#use-recipe").click()
     expect(page.locator("#recipe-editor .cm-content")).to_contain_text("merge_method: slerp")
     page.locator("#validate-button").click()
-    expect(page.locator("#validation")).to_contain_text("Ready to merge")
+    expect(page.locator("#status")).to_contain_text("Ready to merge")
     expect(page.locator("#curves")).to_be_visible()
     expect(page.locator("#curves")).to_contain_text("Per-layer parameters")
     shot(page, "07-curves")
+
+
+# ---- the Space as people use it ------------------------------------------------------------------
+
+BAD_EVERYWHERE = """merge_method: ties
+base_model: ./nowhere/base
+models:
+  - model: ./nowhere/a
+    parameters: {wieght: 1, density: 2}
+  - model: ./nowhere/b
+    parameters: {weight: 1, density: 0.5}
+dtype: bfloat17
+"""
+
+
+def set_editor(page, text: str) -> None:
+    page.locator("#recipe-editor .cm-content").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(text)
+
+
+def soup_text(space_app) -> str:
+    return (Path(space_app.recipes_dir) / "tiny-soup.yml").read_text()
+
+
+def test_first_load_shows_validate_and_merge_without_scrolling(page, space_app):
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    expect(page.locator("#submit-button")).to_be_visible()
+    for button in ("#validate-button", "#submit-button"):
+        box = page.locator(button).bounding_box()
+        assert box["y"] + box["height"] <= 1000, f"{button} is below the fold at 1400x1000: {box}"
+
+
+def test_status_follows_the_editor(page, space_app):
+    """Validate a good recipe, then point a model at a missing folder: the status says the check
+    is stale at once, and Merge's answer replaces it in the same place (no green badge beside it)."""
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    text = soup_text(space_app)
+    set_editor(page, text)
+    page.locator("#validate-button").click()
+    expect(page.locator("#status")).to_contain_text("Ready to merge")
+    set_editor(page, text.replace("llama-ft2", "no-such-folder"))
+    expect(page.locator("#status")).to_contain_text("Edited since the last check")
+    expect(page.locator("#status")).not_to_contain_text("Ready to merge")
+    expect(page.locator("#curves")).to_be_hidden()
+    page.locator("#submit-button").click()
+    expect(page.locator("#status")).to_contain_text("Not submitted")
+    expect(page.locator("#status")).to_contain_text("no such folder")
+    expect(page.get_by_text("Ready to merge")).to_have_count(0)
+
+
+def test_every_problem_at_once(page, space_app):
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    set_editor(page, BAD_EVERYWHERE)
+    page.locator("#validate-button").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text("6 problems to fix")
+    for text in ("bfloat17", "did you mean 'weight'", "density: 2 is outside", "nowhere/base", "nowhere/a",
+                 "nowhere/b"):
+        expect(status).to_contain_text(text)
+    shot(page, "08-all-problems")
+
+
+def test_reload_keeps_the_editor(page, space_app):
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    set_editor(page, "merge_method: linear\n# half-written, kept across a reload\n")
+    page.wait_for_timeout(500)
+    page.reload()
+    expect(page.locator("#recipe-editor .cm-content")).to_contain_text("kept across a reload")
+    expect(page.locator("#editor-note")).to_contain_text("Restored the recipe")
+
+
+def test_merge_result_resubmit_and_edit_a_copy(page, space_app):
+    """The result view lists the files with a download and a snippet; submitting the same merge
+    again names the existing job; the job's recipe reopens in the editor (asking first, since the
+    editor holds other edits)."""
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    text = soup_text(space_app).replace("weight: 0.5\n  - model", "weight: 0.4\n  - model", 1)
+    set_editor(page, text)
+    page.locator("#submit-button").click()
+    expect(page.locator("#job-view [data-state='done']")).to_be_visible(timeout=180_000)
+    result = page.locator("#job-result")
+    expect(result).to_contain_text("config.json")
+    expect(result).to_contain_text("model.safetensors")
+    expect(result).to_contain_text("from_pretrained")
+    page.locator("#download-button").click()
+    expect(page.locator("#job-files")).to_contain_text("config.json")
+    shot(page, "09-result")
+
+    page.get_by_role("tab", name="Recipe").click()
+    page.locator("#submit-button").click()
+    expect(page.locator("#status")).to_contain_text("Identical merge exists")
+    expect(page.locator("#status a[href*='?job=']")).to_have_count(1)
+
+    page.get_by_role("tab", name="Recipe").click()
+    set_editor(page, "merge_method: linear\n# something else of mine\n")
+    page.get_by_role("tab", name="Jobs").click()
+    page.locator("#job-recipe-box").get_by_text("The recipe this job ran").click()
+    expect(page.locator("#job-recipe")).to_contain_text("weight: 0.4")
+    page.locator("#edit-copy").click()
+    expect(page.locator("#confirm-replace")).to_be_visible()
+    page.locator("#confirm-replace-yes").click()
+    expect(page.locator("#recipe-editor .cm-content")).to_contain_text("weight: 0.4")
+
+
+def test_form_row_buttons_and_fixed_headers(page, space_app):
+    from playwright.sync_api import expect
+
+    page.goto(space_app.url)
+    page.locator("#form").get_by_text("Build a recipe with a form").click()
+    rows = page.locator("#form-models tbody tr")
+    expect(rows).to_have_count(2)
+    page.locator("#add-model").click()
+    expect(rows).to_have_count(3)
+    page.locator("#remove-model").click()
+    expect(rows).to_have_count(2)
+    header = page.locator("#form-models thead th").first
+    assert header.evaluate("el => getComputedStyle(el).pointerEvents") == "none"
+
+
+def test_tab_leaves_the_editor_and_controls_have_names(page, space_app):
+    from playwright.sync_api import expect
+
+    from hubbot.app.ui import EDITOR_NAME
+
+    page.goto(space_app.url)
+    editor = page.get_by_role("textbox", name=EDITOR_NAME)
+    expect(editor).to_be_visible()
+    editor.click()
+    page.keyboard.press("Tab")
+    inside = page.evaluate("() => !!document.activeElement.closest('#recipe-editor')")
+    assert not inside, "Tab stayed inside the editor"
+    page.get_by_role("tab", name="Gallery").click()
+    expect(page.get_by_label("Search the gallery")).to_be_visible()
+    page.get_by_text("Import the recipe of a merged model on the Hub").click()
+    expect(page.get_by_label("Merged model on the Hub")).to_be_visible()
+
+
+BROKEN_WORDS = """(selector) => {
+  const broken = [];
+  for (const cell of document.querySelectorAll(selector)) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const re = /\\S+/g;
+      let m;
+      while ((m = re.exec(node.textContent))) {
+        const range = document.createRange();
+        range.setStart(node, m.index);
+        range.setEnd(node, m.index + m[0].length);
+        const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+        if (lines.size > 1) broken.push(m[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
+def test_mobile_tables_break_no_word(space_app):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            page.set_default_timeout(60_000)
+            page.goto(space_app.url)
+            sync_api.expect(page.locator("#validate-button")).to_be_visible()
+            shot(page, "m1-recipe")
+            page.get_by_role("tab", name="Jobs").click()
+            sync_api.expect(page.locator("#jobs-table [role=gridcell]").first).to_be_visible()
+            assert page.evaluate(BROKEN_WORDS, "#jobs-table td") == []
+            shot(page, "m2-jobs")
+            page.get_by_role("tab", name="Gallery").click()
+            sync_api.expect(page.locator("#gallery-table [role=gridcell]").first).to_be_visible()
+            assert page.evaluate(BROKEN_WORDS, "#gallery-table td") == []
+            shot(page, "m3-gallery")
+        finally:
+            browser.close()

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("gradio_client")
 
 # The API's outputs of /submit and /follow, in order (buttons, tabs and session state are not part of it).
-SUBMIT = ("status", "job_id", "stored_job", "job", "result", "log", "timer", "jobs")
-FOLLOW = ("job_id", "stored_job", "job", "result", "log", "timer", "jobs")
+SUBMIT = ("status", "job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs", "curves")
+FOLLOW = ("job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs")
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +125,9 @@ def test_unknown_job_and_bad_target_are_readable(client, tiny):
 
 
 def test_gallery_search_lists_the_configured_folder(client):
-    table = client.predict("soup", "All tags", api_name="/gallery")
+    table = client.predict("soup", "All tags", api_name="/gallery")[0]
     assert [r[0] for r in table["data"]] == ["Tiny llama soup"]
-    table = client.predict("", "slerp", api_name="/gallery")
+    table = client.predict("", "slerp", api_name="/gallery")[0]
     assert [r[1] for r in table["data"]] == ["slerp"]
 
 

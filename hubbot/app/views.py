@@ -16,18 +16,25 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..jobs.service import Job, Validation
+    from .estimates import Estimate
     from .gallery import Entry
 
 ACTIVE_STATES = (QUEUED, *ACTIVE)  # the page keeps following these
 STATE_LABELS = {state: "Merging" if state == "running" else state.capitalize() for state in STATES}
-JOB_COLUMNS = ["job", "state", "method", "target", "submitted"]
+JOB_COLUMNS = ["job", "state", "method", "target", "submitted (UTC)"]
 GALLERY_COLUMNS = ["recipe", "method", "tags"]
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|])")
+_CODE_SPAN = re.compile(r"(`[^`]+`)")
 
 
 def md(text: Any) -> str:
     """Text shown literally inside Markdown (tensor names such as self_attn keep their underscores)."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def md_code(text: Any) -> str:
+    """Our own prose (method summaries) in Markdown: `code spans` render as code, the rest literally."""
+    return "".join(part if _CODE_SPAN.fullmatch(part) else md(part) for part in _CODE_SPAN.split(str(text)))
 
 
 def notice(kind: str, title: str, body: str = "") -> str:
@@ -61,9 +68,10 @@ def _ago(when: datetime | None, now: datetime | None = None) -> str:
 # ---- validation -----------------------------------------------------------------------------
 
 
-def validation_markdown(v: "Validation") -> str:
+def validation_markdown(v: "Validation", estimate: "Estimate | None" = None) -> str:
     """The plan from headers: verdict, sizes, time and memory, models with revisions, then every
-    problem and warning (each already says what to do)."""
+    problem and warning (each already says what to do). `estimate` replaces the service's rough
+    time with one measured on this machine."""
     n = len(v.problems)
     if v.ok:
         head = notice("ok", "Ready to merge", "Nothing is downloaded until you merge.")
@@ -79,9 +87,12 @@ def validation_markdown(v: "Validation") -> str:
             rev = m.get("revision")
             out.append(f"| {md(m.get('ref', '?'))} | {f'`{rev[:12]}`' if rev else 'local folder'} |")
     if v.ok or v.output_bytes:
+        seconds = estimate.seconds if estimate else v.est_seconds
         out += ["", "| Output | Reads | Peak memory | Estimated time |", "|---|---|---|---|",
                 f"| {human_bytes(v.output_bytes)} | {human_bytes(v.input_bytes)} | {human_bytes(v.peak_bytes)} "
-                f"| {human_seconds(v.est_seconds)} |"]
+                f"| about {human_seconds(seconds)} |"]
+        if estimate:
+            out.append(f"\n<span class=\"hb-note\">The time is an estimate, {md(estimate.basis)}.</span>")
     if v.warnings:
         out += ["", "**Warnings**", *(f"- {md(w)}" for w in v.warnings)]
     if v.summary and v.summary.strip():
@@ -89,11 +100,41 @@ def validation_markdown(v: "Validation") -> str:
     return "\n".join(out)
 
 
+def stale_markdown() -> str:
+    """The status once the editor changed after a validation: the old plan no longer applies."""
+    return notice("warn", "Edited since the last check", "Validate again to check the recipe as it is now.")
+
+
+def waiting_markdown(action: str, models: list[str], seconds: float, endpoint: str) -> str:
+    """What a check that takes more than a second is waiting for."""
+    hub = [m for m in models if not ModelRef.parse(m).local]
+    local = [m for m in models if ModelRef.parse(m).local]
+    lines = [notice("warn", f"{action}… {seconds:.0f} s")]
+    if hub:
+        lines += ["", f"Waiting for {endpoint}: `config.json`, the weights index and the safetensors headers "
+                      "(byte ranges only) of", *(f"- {md(m)}" for m in hub)]
+    if local:
+        lines += ["", "Reading the headers in the local folders", *(f"- `{m}`" for m in local)]
+    if not models:
+        lines += ["", "Checking the recipe."]
+    return "\n".join(lines)
+
+
+def curve_label(label: str, filters: list[str]) -> str:
+    """A plot legend entry named by the recipe's filter the curve's tensors match (`t · self_attn`)
+    rather than by the first tensor of the group."""
+    name, _, tensor = label.partition(" · ")
+    for f in filters:
+        if f and f in tensor:
+            return f"{name} · {f}"
+    return f"{name} · other tensors" if filters else name
+
+
 def curves_frame(curves: dict[str, list[float]]) -> "pd.DataFrame":
     """Per-layer parameter curves as a long table (layer, value, parameter) for a line plot."""
     import pandas as pd
 
-    rows = [(layer, float(value), name) for name, values in curves.items() for layer, value in enumerate(values)]
+    rows = [(int(layer), float(value), name) for name, values in curves.items() for layer, value in enumerate(values)]
     return pd.DataFrame(rows, columns=["layer", "value", "parameter"])
 
 
@@ -152,8 +193,9 @@ def job_html(job: "Job | None") -> str:
             f'{"".join(bars)}</div>')
 
 
-def result_markdown(job: "Job | None") -> str:
-    """Where the result is (repo, pull request, card or folder), or why there is none."""
+def result_markdown(job: "Job | None", files: list[tuple[str, int]] | None = None) -> str:
+    """Where the result is and how to use it: for a Hub result the repo, the commit and a loading
+    snippet; for a local folder its files and sizes and a snippet; or why there is none."""
     if job is None:
         return ""
     if job.state == "failed":
@@ -170,15 +212,36 @@ def result_markdown(job: "Job | None") -> str:
         commit = f" · commit `{r['commit'][:12]}`" if r.get("commit") else ""
         lines.append(f"**Published:** [{md(job.target or r['url'])}]({r['url']}){commit}. "
                      "Its model card documents the recipe, the sources and their revisions.")
+        revision = f', revision="{r["commit"]}"' if r.get("commit") else ""
+        lines.append(_snippet(f'"{job.target}"{revision}' if job.target else f'"{r["url"]}"'))
     if r.get("folder"):
         lines.append(f"**Saved to** `{r['folder']}`, ready for `from_pretrained`.")
+        if files:
+            rows = "\n".join(f"| `{name}` | {human_bytes(size)} |" for name, size in files)
+            total = human_bytes(sum(size for _, size in files))
+            lines.append(f"| File | Size |\n|---|---|\n{rows}\n| **{len(files)} files** | **{total}** |")
+        lines.append(_snippet(f'"{r["folder"]}"'))
     return "\n\n".join(lines) or "**Done.**"
+
+
+def _snippet(where: str) -> str:
+    return ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({where})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({where})\n```")
+
+
+def duplicate_markdown(job: "Job") -> str:
+    """A submission that matched an existing job: say so, and link it."""
+    state = STATE_LABELS.get(job.state, job.state).lower()
+    return notice("warn", "Identical merge exists",
+                  f"job [`{job.id}`](?job={job.id}) ({state}) has the same recipe, sources and target, so nothing "
+                  "new was queued. It is shown under **Jobs**.")
 
 
 def jobs_rows(jobs: list["Job"]) -> list[list[Any]]:
     rows = []
     for j in jobs:
-        rows.append([j.id, STATE_LABELS.get(j.state, j.state), _method_of(j.recipe),
+        rows.append([j.id, STATE_LABELS.get(j.state, j.state), method_of(j.recipe),
                      j.target or "local folder", _when(j.created_at)])
     return rows
 
@@ -186,7 +249,8 @@ def jobs_rows(jobs: list["Job"]) -> list[list[Any]]:
 KIND_LABELS = {"experts": "moe", "soup": "greedy soup", "evolve": "merge search"}
 
 
-def _method_of(recipe_text: str) -> str:
+def method_of(recipe_text: str) -> str:
+    """A recipe's method (or kind), read without parsing, so even a broken recipe has one."""
     m = re.search(r"^merge_method:\s*([\w-]+)", recipe_text or "", re.MULTILINE)
     if m:
         return m.group(1)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from ..errors import RecipeError
+from ..errors import HubbotError, RecipeError
 from ..hub import HubOptions
 from ..merge.plan import Plan
 from ..merge.run import plan_any
+from ..model import arch
 from ..recipe.kinds import Parsed, parse_any
+from ..recipe.refs import ModelRef
+from ..recipe.text import load_yaml
 from ..sources import LocalSource, Source, open_source
 from .settings import Settings
 
@@ -98,3 +103,74 @@ def estimate_seconds(plan: Plan) -> float:
     hub = any(not isinstance(s, LocalSource) for s in plan.models)
     read = plan.input_bytes / READ_BYTES_PER_S["hub" if hub else "local"]
     return round(read + plan.output_bytes / MERGE_BYTES_PER_S, 1)
+
+
+_SHAPES_DIFFER = re.compile(r"^tensor '(?P<name>[^']+)': shapes differ \((?P<desc>.*)\); ")
+
+
+def plan_problems(plan: Plan) -> list[str]:
+    """The plan's problems as a person reads them: "shapes differ" repeated for every tensor
+    becomes one line (naming the hidden sizes when those differ), and embedding shapes are not
+    reported when a tokenizer problem already explains them."""
+    shape_lines = [(m["name"], m["desc"]) for m in map(_SHAPES_DIFFER.match, plan.problems) if m]
+    if not shape_lines:
+        return list(plan.problems)
+    tokenizer_trouble = any(p.startswith("tokenizer") or "tokenizer." in p for p in plan.problems
+                            if not _SHAPES_DIFFER.match(p))
+    if tokenizer_trouble:
+        shape_lines = [(n, d) for n, d in shape_lines if not arch.on_vocabulary(n)]
+    out = [p for p in plan.problems if not _SHAPES_DIFFER.match(p)]
+    if len(shape_lines) == 1:
+        name, desc = shape_lines[0]
+        out.append(f"tensor '{name}': shapes differ ({desc}); these models cannot be merged tensor by tensor")
+    elif shape_lines:
+        sizes = {s.label: s.config().get("hidden_size") for s in plan.models}
+        why = ("hidden size " + " vs ".join(str(v) for v in dict.fromkeys(sizes.values()))
+               + " (" + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")"
+               if len(set(sizes.values())) > 1 else "the models' shapes differ")
+        name, desc = shape_lines[0]
+        out.append(f"{why}: {len(shape_lines)} tensors cannot be merged tensor by tensor, e.g. '{name}' ({desc})")
+    return out
+
+
+def source_problems(settings: Settings, text: str, token: str | None = None) -> list[str]:
+    """Problems opening the models a recipe names, for a recipe that does not parse: a typo
+    elsewhere should not hide a missing model. Reads config.json only; unreadable YAML or
+    references give nothing here (the recipe's own problems already name them)."""
+    problems = []
+    open_ref = partial(open_source, allow_local=settings.local, hub=hub_options(settings, token))
+    for raw in model_refs_of(text):
+        try:
+            ref = ModelRef.parse(raw)
+        except (HubbotError, ValueError, TypeError):
+            continue
+        if ref.local and not settings.local:
+            continue  # the recipe's problems already say that service mode reads no local paths
+        try:
+            open_ref(ref).config()
+        except HubbotError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def model_refs_of(text: str) -> list[str]:
+    """Every model reference written in a merge recipe's YAML, however malformed the rest (none
+    when the YAML itself does not load)."""
+    try:
+        data = load_yaml(text)
+    except RecipeError:
+        return []
+    return list(dict.fromkeys(_model_refs(data)))
+
+
+def _model_refs(data: Any) -> list[str]:
+    """Every model reference written in a merge recipe's YAML, however malformed the rest."""
+    if not isinstance(data, dict):
+        return []
+    refs = [data.get("base_model")]
+    entries = list(data.get("models") or []) if isinstance(data.get("models"), list) else []
+    for sl in data.get("slices") or [] if isinstance(data.get("slices"), list) else []:
+        if isinstance(sl, dict) and isinstance(sl.get("sources"), list):
+            entries += sl["sources"]
+    refs += [e.get("model") if isinstance(e, dict) else e for e in entries]
+    return [r for r in refs if isinstance(r, str) and r.strip()]

@@ -34,7 +34,9 @@ from .planning import (
     folder_fingerprint,
     hub_options,
     parse_recipe,
+    plan_problems,
     plan_recipe,
+    source_problems,
     source_revisions,
 )
 from .settings import Settings
@@ -116,7 +118,7 @@ class Service:
         try:
             recipe = parse_recipe(self.settings, recipe_text)
         except RecipeError as exc:
-            return _invalid(str(exc), exc.problems, [])
+            return _invalid(str(exc), [*exc.problems, *source_problems(self.settings, recipe_text, token)], [])
         models = [{"ref": str(r), "revision": r.revision} for r in recipe.model_refs()]
         try:
             plan = plan_recipe(self.settings, recipe, token)
@@ -125,7 +127,7 @@ class Service:
         except HubbotError as exc:
             return _invalid(str(exc), [str(exc)], models)
         return Validation(
-            ok=not plan.problems, summary=plan.summary(), problems=list(plan.problems), warnings=list(plan.warnings),
+            ok=not plan.problems, summary=plan.summary(), problems=plan_problems(plan), warnings=list(plan.warnings),
             models=[{"ref": s.label, "revision": s.revision} for s in plan.models],
             output_bytes=plan.output_bytes, input_bytes=plan.input_bytes,
             peak_bytes=plan.peak_bytes(), est_seconds=estimate_seconds(plan), curves=plan.param_curves(),

@@ -183,7 +183,7 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
         random_seed=seed,
         name=name,
     )
-    if method and not c.problems:
+    if method and (models or slices):  # method checks still run beside other fields' problems
         c.problems += check_recipe(recipe)
     if c.problems:
         raise RecipeError(c.problems)

@@ -1,0 +1,122 @@
+"""The page's handlers called directly, without a browser or a server: each returns (or, while it
+waits, yields) the updates of the components it changes, keyed by the page's components."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from hubbot.app import views  # noqa: E402
+from hubbot.app.estimates import estimate  # noqa: E402
+from hubbot.app.ui import STARTER, build_app  # noqa: E402
+from hubbot.jobs.settings import Settings  # noqa: E402
+from tests.fake_service import FakeService  # noqa: E402
+
+RECIPE = ("merge_method: linear\nmodels:\n  - {model: org/a, parameters: {weight: 1}}\n"
+          "  - {model: org/b, parameters: {weight: 1}}\n")
+
+
+@pytest.fixture
+def app(tmp_path):
+    service = FakeService(steps_per_poll=100)
+    demo, handlers = build_app(service, Settings.from_env({}, data_dir=tmp_path))
+    return service, handlers, handlers.p
+
+
+def last(updates):
+    """The final update of a handler that yields progress first."""
+    out = None
+    for out in updates:
+        pass
+    return out
+
+
+def test_validate_updates_the_one_status_and_the_plot(app):
+    _, h, p = app
+    out = last(h.validate(RECIPE))
+    assert "Ready to merge" in out[p.status] and out[p.checked] == RECIPE
+    assert out[p.curves].visible is False
+
+
+def test_an_edit_marks_the_status_stale_once(app):
+    _, h, p = app
+    assert h.edited(RECIPE, RECIPE) == {}  # nothing changed
+    out = h.edited(RECIPE + "# more\n", RECIPE)
+    assert "Edited since the last check" in out[p.status] and out[p.checked] is None
+    assert out[p.curves].visible is False
+    assert h.edited(RECIPE + "# more still\n", None) == {}  # already stale
+
+
+def test_submit_then_follow_to_done(app):
+    service, h, p = app
+    out = last(h.submit(RECIPE, "", False, False, None, None))
+    assert "Submitted" in out[p.status] and out[p.job_id] == out[p.job_store]
+    assert out[p.job_recipe] == RECIPE  # the job view shows the recipe it runs
+    job_id = out[p.job_id]
+    for _ in range(3):
+        out = h.follow(job_id, out[p.logs_state], None)
+    assert 'data-state="done"' in out[p.job_view] and "Saved to" in out[p.result]
+    assert out[p.timer].active is False
+
+
+def test_resubmitting_names_the_identical_job(app):
+    service, h, p = app
+    first = last(h.submit(RECIPE, "", False, False, None, None))[p.job_id]
+    service.submit = lambda *a, **k: service.jobs[first]  # the real service returns the existing job
+    service.jobs[first].created_at -= timedelta(minutes=5)
+    out = last(h.submit(RECIPE, "", False, False, None, None))
+    assert "Identical merge exists" in out[p.status] and f"?job={first}" in out[p.status]
+    assert "Submitted" not in out[p.status]
+
+
+def test_follow_an_unknown_job(app):
+    _, h, p = app
+    out = h.follow("nope", None, None)
+    assert "No such job" in out[p.result] and out[p.timer].active is False
+
+
+def test_loading_a_recipe_asks_before_replacing_edits(app):
+    _, h, p = app
+    out = h.form_to_editor("linear", "", [["org/a", "1", ""], ["org/b", "1", ""]], [["", "", ""]], "bfloat16",
+                           STARTER, STARTER)
+    assert "merge_method: linear" in out[p.editor]  # the starter untouched: replaced at once
+    out = h.form_to_editor("linear", "", [["org/a", "1", ""]], [["", "", ""]], "bfloat16",
+                           "merge_method: ties  # mine\n", STARTER)
+    assert p.editor not in out and out[p.confirm_box].visible is True
+    out = h.replace(out[p.pending])
+    assert "merge_method: linear" in out[p.editor] and out[p.confirm_box].visible is False
+    assert out[p.pristine] == out[p.editor]
+
+
+def test_form_row_buttons_keep_the_columns(app):
+    _, h, p = app
+    rows = [["org/a", "1", ""]]
+    added = h.add_model(rows, "linear")[p.form_models]
+    assert len(added.value["data"]) == 2 and added.value["headers"] == ["model", "weight", "layers"]
+    assert len(h.remove_model(added.value["data"], "linear")[p.form_models].value["data"]) == 1
+    assert len(h.remove_model(rows, "linear")[p.form_models].value["data"]) == 1  # one row always stays
+
+
+def test_gallery_search_without_match_says_so_and_forgets_the_pick(app):
+    _, h, p = app
+    out = h.search_gallery("no such recipe anywhere", "All tags", "some-slug")
+    assert out[p.gallery_table] == [] and "No recipe matches" in out[p.gallery_note]
+    assert out[p.picked_slug] == ""
+
+
+def test_method_summaries_render_code_spans():
+    assert views.md_code("keeps `t` of a_b") == "keeps `t` of a\\_b"
+
+
+def test_estimates_use_the_machines_past_jobs():
+    now = datetime.now(timezone.utc)
+    job = SimpleNamespace(recipe="merge_method: ties\n", state="done", progress={"bytes_total": 1_000_000_000},
+                          started_at=now - timedelta(seconds=50), finished_at=now)
+    guess = estimate("ties", 2_000_000_000, 2.0, [job])
+    assert guess.seconds == pytest.approx(100) and "1 recent ties merge" in guess.basis
+    rough = estimate("slerp", 2_000_000_000, 2.0, [job])
+    assert rough.seconds == 2.0 and "rough" in rough.basis
