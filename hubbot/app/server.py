@@ -32,6 +32,7 @@ class SubmitBody(BaseModel):
     target: str | None = None
     private: bool = False
     pr: bool = False
+    flavor: str | None = None  # run on Hugging Face Jobs on this hardware (one the service allows)
 
 
 class ValidateBody(BaseModel):
@@ -90,7 +91,7 @@ def create_app(settings: Settings, *, service: Service | None = None, background
     def submit(body: SubmitBody, request: Request) -> dict:
         owner, token = caller(request)
         return asdict(service.submit(body.recipe, owner=owner, target=body.target, private=body.private,
-                                     pr=body.pr, token=token))
+                                     pr=body.pr, token=token, flavor=body.flavor))
 
     @app.post("/api/validate")
     def validate(body: ValidateBody, request: Request) -> dict:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable
 
+from .remote import worker_module
 from .service import LOST_TOKEN
 from .settings import Settings
 from .store import Store, new_id
@@ -76,7 +77,7 @@ class Supervisor:
         work.mkdir(parents=True, exist_ok=True)
         log_file = open(work / "worker.log", "ab")
         token = self.tokens(job_id) if row["token_source"] == "user" and self.tokens else None
-        proc = subprocess.Popen([sys.executable, "-m", "hubbot.jobs.worker", "--job", job_id], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", worker_module(row), "--job", job_id], stdin=subprocess.PIPE,
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.runs[claim] = _Run(job_id, claim, proc, log_file)
         try:  # one line, then stdin stays open: it is the worker's lifeline
