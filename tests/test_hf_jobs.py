@@ -133,6 +133,23 @@ def test_a_service_job_runs_on_hf_jobs_and_publishes_with_its_card(jobs_hub, fam
             assert CANARY.encode() not in path.read_bytes(), f"the token is in {path}"
 
 
+def test_the_api_takes_a_flavor(jobs_hub, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from hubbot.app.server import create_app
+
+    service = Service(service_settings(tmp_path, jobs_hub))
+    client = TestClient(create_app(service.settings, service=service, background=False))
+    auth = {"Authorization": f"Bearer {CANARY}"}
+    body = {"recipe": linear("alice/ft1", "alice/ft2"), "target": "carol/api"}
+    refused = client.post("/api/jobs", json={**body, "flavor": "h200x8"}, headers=auth)
+    assert refused.status_code == 400 and "is not offered by this service" in refused.json()["error"]
+    made = client.post("/api/jobs", json={**body, "flavor": "a10g-small"}, headers=auth)
+    assert made.status_code == 201 and made.json()["options"]["flavor"] == "a10g-small"
+    assert made.json()["options"]["backend"] == "hf-jobs" and CANARY not in made.text
+    service.close()
+
+
 def test_a_remote_failure_fails_the_job_with_hubbots_message(jobs_hub, tmp_path):
     service = Service(service_settings(tmp_path, jobs_hub))
     job = service.submit(linear("alice/ft1", "alice/ft2"), owner=CAROL, target="bob/not-carols", token=CANARY,
