@@ -26,10 +26,16 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import __version__
 from ..errors import HubbotError, RequestError
+
+if TYPE_CHECKING:
+    from ..merge.plan import Plan
+    from ..recipe.kinds import Parsed
+    from .settings import Settings
+    from .store import Store
 
 BACKEND = "hf-jobs"
 REMOTE_KEY = "remote"  # in a job's progress: {"id", "namespace", "flavor", "url"} of its job on Hugging Face Jobs
@@ -91,13 +97,16 @@ class Need:
     seconds: float
 
 
-def need_of(plan: Any, shard_bytes: int) -> Need:
-    """Memory for the tensors in flight plus the runtime; disk for the install plus two shards (one being uploaded
-    while the next is written: publishing deletes each shard once it is uploaded)."""
+def need_of(plan: Plan, shard_bytes: int) -> Need:
+    """Memory for the tensors in flight plus the runtime. Disk for the install, two shards (one being uploaded
+    while the next is written: publishing deletes each shard once it is uploaded) and the Hub range cache (which
+    keeps up to `HubOptions.cache_bytes` of what is read)."""
+    from ..hub import HubOptions
     from .planning import estimate_seconds
 
+    cache = min(HubOptions().cache_bytes, plan.input_bytes)
     return Need(memory=plan.peak_bytes() + RUNTIME_BYTES,
-                disk=INSTALL_BYTES + 2 * min(shard_bytes, max(plan.output_bytes, 1)),
+                disk=INSTALL_BYTES + 2 * min(shard_bytes, max(plan.output_bytes, 1)) + cache,
                 seconds=estimate_seconds(plan))
 
 
@@ -105,12 +114,12 @@ def local_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def exceeds_local(plan: Any) -> bool:
+def exceeds_local(plan: Plan) -> bool:
     """`auto`: whether this machine is too small for the merge."""
     return plan.peak_bytes() + RUNTIME_BYTES > LOCAL_SHARE * local_memory_bytes()
 
 
-def remote_obstacle(parsed: Any, plan: Any, target: str | None) -> str | None:
+def remote_obstacle(parsed: Parsed, plan: Plan, target: str | None) -> str | None:
     """Why a job cannot run on Hugging Face Jobs, or None."""
     from ..recipe.request import SearchRequest
     from ..sources import LocalSource
@@ -128,7 +137,7 @@ def remote_obstacle(parsed: Any, plan: Any, target: str | None) -> str | None:
     return None
 
 
-def placement(settings: Any, parsed: Any, plan: Any, target: str | None, flavor: str | None = None) -> dict:
+def placement(settings: Settings, parsed: Parsed, plan: Plan, target: str | None, flavor: str | None = None) -> dict:
     """The job options that send a job to Hugging Face Jobs ({"backend", "flavor"}), or {} for a local worker.
 
     A flavour the user picked must be one the service allows, and the job must be able to run remotely
@@ -285,7 +294,7 @@ def failure_of(info: Any, lines: list[str]) -> str:
 
 # --- the service's follower process ---------------------------------------------------------------------------
 
-def follow(settings: Any, store: Any, job_id: str, claim: str, *, token: str | None = None,
+def follow(settings: Settings, store: Store, job_id: str, claim: str, *, token: str | None = None,
            cancel: threading.Event | None = None) -> str:
     """Run a claimed job on Hugging Face Jobs (or attach to the one it already has) and follow it to its end;
     returns the job's state ("lost" if it was taken from this run)."""
@@ -397,7 +406,7 @@ class _Lost(Exception):
     """The job was taken from this run while it followed the remote job."""
 
 
-def _lost(store: Any, job_id: str, remote: RemoteJob) -> str:
+def _lost(store: Store, job_id: str, remote: RemoteJob) -> str:
     """The job is no longer this run's: if it was cancelled meanwhile, so is its remote job."""
     row = store.get(job_id)
     if row is not None and row["state"] == "cancelled":
@@ -443,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
 
 # --- the command line: `hubbot merge --on hf-jobs` -------------------------------------------------------------
 
-def run_from_cli(plan: Any, *, target: str, private: bool, pr: bool, shard_bytes: int, flavor: str | None,
+def run_from_cli(plan: Plan, *, target: str, private: bool, pr: bool, shard_bytes: int, flavor: str | None,
                  echo: Callable[[str], None] = print) -> int:
     """Start the merge on Hugging Face Jobs with this machine's token, print its log as it comes, and return
     0 once it has published; Ctrl-C cancels the remote job."""
