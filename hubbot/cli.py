@@ -65,7 +65,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import engine
     from .merge.run import MergeOptions, merge_to_folder
 
-    engine.pick_device(args.device)  # device and target are checked before planning or merging
+    if args.on == "hf-jobs" and not args.push:
+        raise HubbotError("--on hf-jobs publishes the merge to the Hub: add --push ORG/NAME")
+    if args.flavor and args.on != "hf-jobs":
+        raise HubbotError("--flavor picks the hardware of a job on Hugging Face Jobs: add --on hf-jobs")
+    if args.on != "hf-jobs":
+        engine.pick_device(args.device)  # device and target are checked before planning or merging
     if args.push:
         from .hub import HubOptions, check_push_target
 
@@ -74,14 +79,25 @@ def cmd_merge(args: argparse.Namespace) -> int:
         engine.check_output_folder(Path(args.out))
     plan = _plan_any(args.recipe, kinds=args.kinds, device=args.device)
     plan.raise_for_problems()
+    if args.on == "hf-jobs":
+        from .jobs.remote import run_from_cli
+
+        return run_from_cli(plan, target=args.push, private=args.private, pr=args.pr, shard_bytes=args.shard_size,
+                            flavor=args.flavor, echo=lambda line: print(line, flush=True))
     options = MergeOptions(device=args.device, shard_bytes=args.shard_size)
-    bar = None
+    bar = lines = None
     if sys.stderr.isatty() and not args.quiet:
         from tqdm import tqdm
 
         bar = tqdm(total=plan.output_bytes, unit="B", unit_scale=True, desc="merging")
+    elif not args.quiet:  # a log (a batch job, Hugging Face Jobs): a plain line now and then
+        from .jobs.remote import ProgressLines
+
+        lines = ProgressLines()
 
     def progress(p: engine.Progress) -> None:
+        if lines is not None:
+            lines(p)
         if bar is not None:
             bar.n = p.bytes_done
             bar.set_postfix_str(f"{p.tensors_done}/{p.tensors_total} tensors", refresh=False)
@@ -343,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--on", choices=("local", "hf-jobs"), default="local",
+                       help="where to merge: this machine (default), or a job on Hugging Face Jobs billed to your "
+                            "account (needs --push; prints the job's log)")
+        p.add_argument("--flavor", default=None,
+                       help="with --on hf-jobs: the hardware, e.g. cpu-upgrade or a10g-small (default: the cheapest "
+                            "allowed one with enough memory and disk)")
         p.set_defaults(func=cmd_merge, kinds=kinds)
 
     p = sub.add_parser("evaluate", help="perplexity on held-out texts and a generation smoke test")

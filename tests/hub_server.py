@@ -3,7 +3,10 @@
 No machine running the test suite reaches the real Hub, so tests start a `HubServer` on 127.0.0.1 and point
 `HF_ENDPOINT` at it (`tests/hub_fixtures.py` does the wiring). It answers the part of the Hub's HTTP API that
 `huggingface_hub` 2.4 uses to read repos, upload files (regular and LFS), open and merge pull requests, discuss,
-and manage webhooks, with the Hub's auth rules and typed errors (`X-Error-Code`). On top of that, tests get:
+and manage webhooks, with the Hub's auth rules and typed errors (`X-Error-Code`). It also answers the Jobs API
+(`run_job`, `inspect_job`, `list_jobs`, `fetch_job_logs` as server-sent events, `cancel_job`, `list_jobs_hardware`):
+a job's command runs as a local subprocess (with `jobs_path` put first on its PATH, so tests can stand in for
+installers such as `uv`), its secrets only in that subprocess's environment. On top of that, tests get:
 
 - direct helpers to seed and inspect repos without going through HTTP (`create_repo_direct`, `repo_files`, ...);
 - a request log with exact byte counters (`bytes_served`, `tensor_bytes_served`, `requests`, `reset_stats`);
@@ -18,8 +21,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
 import threading
 import time
 import traceback
@@ -49,6 +55,30 @@ LFS_MIN_SIZE = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES).encode()
 DISCUSSIONS_PAGE_SIZE = 50
 CHUNK_SIZE = 1 << 20
+
+KEEP_ALIVE_S = 10.0  # the Jobs log stream sends a comment this often while a job is silent (the Hub: every 30 s)
+CANCEL_GRACE_S = 5.0  # a cancelled job's process gets SIGTERM, then SIGKILL after this long
+TERMINAL_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+# What `GET /api/jobs/hardware` lists: shaped like the Hub's answer. The figures are test data only (the first entry
+# is the example in huggingface_hub's docs); the Hub's own list, with its prices, is `HfApi.list_jobs_hardware()`.
+JOB_HARDWARE: tuple[dict[str, Any], ...] = (
+    {"name": "cpu-basic", "prettyName": "CPU Basic", "cpu": "2 vCPU", "ram": "16 GB", "ephemeralStorage": "20 GB",
+     "accelerator": None, "unitCostMicroUSD": 167, "unitCostUSD": 0.000167, "unitLabel": "minute"},
+    {"name": "cpu-upgrade", "prettyName": "CPU Upgrade", "cpu": "8 vCPU", "ram": "32 GB", "ephemeralStorage": "50 GB",
+     "accelerator": None, "unitCostMicroUSD": 500, "unitCostUSD": 0.0005, "unitLabel": "minute"},
+    {"name": "a10g-small", "prettyName": "Nvidia A10G - small", "cpu": "4 vCPU", "ram": "15 GB",
+     "ephemeralStorage": "110 GB", "accelerator": {"type": "gpu", "model": "A10G", "quantity": "1", "vram": "24 GB",
+                                                   "manufacturer": "Nvidia"},
+     "unitCostMicroUSD": 16667, "unitCostUSD": 0.016667, "unitLabel": "minute"},
+    {"name": "a10g-large", "prettyName": "Nvidia A10G - large", "cpu": "12 vCPU", "ram": "46 GB",
+     "ephemeralStorage": "200 GB", "accelerator": {"type": "gpu", "model": "A10G", "quantity": "1", "vram": "24 GB",
+                                                   "manufacturer": "Nvidia"},
+     "unitCostMicroUSD": 25000, "unitCostUSD": 0.025, "unitLabel": "minute"},
+    {"name": "a100-large", "prettyName": "Nvidia A100 - large", "cpu": "12 vCPU", "ram": "142 GB",
+     "ephemeralStorage": "1000 GB", "accelerator": {"type": "gpu", "model": "A100", "quantity": "1", "vram": "80 GB",
+                                                    "manufacturer": "Nvidia"},
+     "unitCostMicroUSD": 41667, "unitCostUSD": 0.041667, "unitLabel": "minute"},
+)
 
 FaultKind = Literal["status", "drop", "slow"]
 Gating = Literal[False, "auto", "manual"]
@@ -201,6 +231,57 @@ class Delivery:
 
 
 @dataclass
+class HubJob:
+    """A job of the Jobs API: its spec as posted, its process, its stage and its output lines (timestamp, text).
+
+    `secrets` reach the process's environment only: the job's JSON lists their names, never their values.
+    """
+
+    id: str
+    owner: str
+    owner_type: str
+    spec: dict[str, Any]
+    created_at: str = field(default_factory=_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    stage: str = "SCHEDULING"
+    message: str | None = None
+    lines: list[tuple[str, str]] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    stop_reason: str | None = None  # "cancel" or "timeout", once the job was told to stop
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def finished(self) -> bool:
+        return self.stage in TERMINAL_STAGES
+
+    @property
+    def command(self) -> list[str]:
+        return [*self.spec.get("command", []), *self.spec.get("arguments", [])]
+
+    def json(self, endpoint: str) -> dict[str, Any]:
+        spec = self.spec
+        info: dict[str, Any] = {
+            "id": self.id,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "command": spec.get("command"),
+            "arguments": spec.get("arguments", []),
+            "environment": spec.get("environment", {}),
+            "secrets": {name: None for name in spec.get("secrets") or {}},
+            "flavor": spec.get("flavor"),
+            "labels": spec.get("labels"),
+            "timeoutSeconds": spec.get("timeoutSeconds"),
+            "status": {"stage": self.stage, "message": self.message},
+            "owner": {"id": _name_id(self.owner), "name": self.owner, "type": self.owner_type},
+            "url": f"{endpoint}/jobs/{self.owner}/{self.id}",
+        }
+        info["spaceId" if "spaceId" in spec else "dockerImage"] = spec.get("spaceId") or spec.get("dockerImage")
+        return info
+
+
+@dataclass
 class RequestRecord:
     """One request as the server saw it.
 
@@ -263,6 +344,7 @@ class _Response:
     file: Path | None = None  # when set, send `length` bytes of this file from `offset` instead of `body`
     offset: int = 0
     length: int = 0
+    stream: Iterator[bytes] | None = None  # when set, send these chunks (chunked encoding) instead of `body`
 
 
 def _json(obj: Any, status: int = 200, content_type: str = "application/json") -> _Response:
@@ -448,9 +530,14 @@ class HubServer:
         self._httpd: _HubHTTPServer | None = None
         self._deliverer: ThreadPoolExecutor | None = None
         self._routes = self._route_table()
+        self.jobs_path: list[Path] = []  # folders put first on the PATH of job commands
+        self._jobs: dict[str, HubJob] = {}
         self._clear_state()
 
     def _clear_state(self) -> None:
+        for job in getattr(self, "_jobs", {}).values():
+            self._stop_job(job, "cancel", grace=0.0)
+        self._jobs = {}
         self._users: dict[str, User] = {}  # by token
         self._repos: dict[tuple[str, str], Repo] = {}  # by (repo type, repo id)
         self._webhooks: dict[str, Webhook] = {}
@@ -472,6 +559,8 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        for job in list(self._jobs.values()):
+            self._stop_job(job, "cancel", grace=0.0)
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -572,6 +661,11 @@ class HubServer:
             return (repo_type, repo_id) in self._repos
 
     # Observability
+
+    def jobs(self) -> list[HubJob]:
+        """The jobs run so far, oldest first (their spec, stage and output lines)."""
+        with self._lock:
+            return list(self._jobs.values())
 
     def requests(
         self, method: str | None = None, path_regex: str | None = None, repo: str | None = None
@@ -723,11 +817,19 @@ class HubServer:
         handler.send_response(response.status)
         for name, value in response.headers.items():
             handler.send_header(name, value)
-        handler.send_header("Content-Length", str(response.length if response.file else len(response.body)))
+        if response.stream is not None:
+            handler.send_header("Transfer-Encoding", "chunked")
+        else:
+            handler.send_header("Content-Length", str(response.length if response.file else len(response.body)))
         handler.end_headers()
         if record.method == "HEAD":
             return
         writer = _BodyWriter(handler.wfile, record, budget)
+        if response.stream is not None:
+            for chunk in response.stream:
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            writer.write(b"0\r\n\r\n")
+            return
         if response.file is None:
             writer.write(response.body)
             return
@@ -745,6 +847,8 @@ class HubServer:
         rev = r"(?P<rev>refs/pr/\d+|[^/]+)"  # clients quote revisions; a raw "refs/pr/N" is accepted too
         name = r"(?P<name>[^/]+)"
         hook = r"/api/settings/webhooks/(?P<hook_id>\w+)"
+        jobs = r"/api/jobs/(?P<namespace>[^/]+)"
+        job = rf"{jobs}/(?P<job_id>\w+)"
         table: list[tuple[str, str, Callable[..., _Response]]] = [
             ("GET", rf"{api}(?:/revision/{rev})?", self._repo_info),
             ("GET", rf"{api}/tree/{rev}(?:/(?P<path>.*))?", self._tree),
@@ -776,10 +880,19 @@ class HubServer:
             ("HEAD", rf"{files}/resolve/{rev}/(?P<path>.+)", self._resolve),
             ("GET", rf"{files}/resolve/{rev}/(?P<path>.+)", self._resolve),
             ("POST", rf"{files}\.git/info/lfs/objects/batch", self._lfs_batch),
+            ("GET", r"/api/jobs/hardware", self._jobs_hardware),
+            ("POST", rf"{jobs}", self._run_job),
+            ("GET", rf"{jobs}", self._list_jobs),
+            ("GET", rf"{job}", self._inspect_job),
+            ("POST", rf"{job}/cancel", self._cancel_job),
         ]
         upload = r"/lfs-upload/(?P<t>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)/(?P<oid>[0-9a-f]{64})"
         routes = [(method, re.compile(path), endpoint, False) for method, path, endpoint in table]
-        return [*routes, ("PUT", re.compile(upload), self._lfs_upload, True)]  # streams the body to disk
+        return [
+            *routes,
+            ("PUT", re.compile(upload), self._lfs_upload, True),  # streams the body to disk
+            ("GET", re.compile(rf"{job}/logs"), self._job_logs, True),  # streams events while the job runs
+        ]
 
     # Auth and lookups (called with the lock held)
 
@@ -1460,6 +1573,154 @@ class HubServer:
         pull_request.merge_commit = merge.sha
         self._set_status(found, pull_request, user.name, "merged")
         return _json({})
+
+    # Jobs
+
+    def _jobs_hardware(self, call: _Call) -> _Response:
+        return _json(list(JOB_HARDWARE))
+
+    def _job_namespace(self, call: _Call, namespace: str) -> User:
+        user = self._require_user(call)
+        if not self._can_write_namespace(user, namespace):
+            raise HubError(403, f"You don't have the rights to run jobs in {namespace}")
+        return user
+
+    def _job(self, call: _Call, namespace: str, job_id: str) -> HubJob:
+        self._job_namespace(call, namespace)
+        job = self._jobs.get(job_id)
+        if job is None or job.owner != namespace:
+            raise HubError(404, f"Job {job_id} not found")
+        return job
+
+    def _run_job(self, call: _Call, namespace: str) -> _Response:
+        user = self._job_namespace(call, namespace)
+        spec = call.json()
+        if not spec.get("command") or not isinstance(spec["command"], list):
+            raise HubError(400, "A job needs a command (a list of strings)")
+        if not (spec.get("dockerImage") or spec.get("spaceId")):
+            raise HubError(400, "A job needs a dockerImage or a spaceId")
+        flavors = [hw["name"] for hw in JOB_HARDWARE]
+        if spec.get("flavor") not in flavors:
+            raise HubError(400, f"Invalid flavor {spec.get('flavor')!r}; expected one of {', '.join(flavors)}")
+        job = HubJob(_new_id(), namespace, "user" if namespace == user.name else "org", spec)
+        self._jobs[job.id] = job
+        self._start_job(job)
+        return _json(job.json(self.url))
+
+    def _list_jobs(self, call: _Call, namespace: str) -> _Response:
+        self._job_namespace(call, namespace)
+        return _json([job.json(self.url) for job in self._jobs.values() if job.owner == namespace])
+
+    def _inspect_job(self, call: _Call, namespace: str, job_id: str) -> _Response:
+        job = self._job(call, namespace, job_id)
+        with job.changed:
+            return _json(job.json(self.url))
+
+    def _cancel_job(self, call: _Call, namespace: str, job_id: str) -> _Response:
+        self._stop_job(self._job(call, namespace, job_id), "cancel")
+        return _json({})
+
+    def _job_logs(self, call: _Call, namespace: str, job_id: str) -> _Response:
+        """Server-sent events, as the Hub streams them: every line so far, then new ones until the job ends
+        (a keep-alive comment while it is silent). `tail=N` starts at the last N lines."""
+        with self._lock:
+            job = self._job(call, namespace, job_id)
+        tail = call.param("tail")
+        with job.changed:
+            first = max(0, len(job.lines) - int(tail)) if tail else 0
+
+        def events() -> Iterator[bytes]:
+            sent = first
+            while True:
+                with job.changed:
+                    if sent >= len(job.lines) and not job.finished:
+                        job.changed.wait(KEEP_ALIVE_S)
+                    lines, finished = job.lines[sent:], job.finished
+                sent += len(lines)
+                if lines:
+                    yield b"".join(b"data: %s\n\n" % json.dumps({"timestamp": at, "data": text}).encode()
+                                   for at, text in lines)
+                elif finished:
+                    return
+                else:
+                    yield b": keep-alive\n\n"
+
+        return _Response(200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+                         stream=events())
+
+    def _start_job(self, job: HubJob) -> None:
+        """Run the command in a folder of its own; environment variables and secrets go to its environment."""
+        spec = job.spec
+        folder = self.root / "jobs" / job.id
+        folder.mkdir(parents=True)
+        env = {**os.environ, **{k: str(v) for k, v in (spec.get("environment") or {}).items()},
+               **{k: str(v) for k, v in (spec.get("secrets") or {}).items()}}
+        env["PATH"] = os.pathsep.join([*map(str, self.jobs_path), env.get("PATH", "")])
+        with job.changed:
+            job.lines.append((_now(), f"===== Job started at {_now()} ====="))
+            try:
+                job.process = subprocess.Popen(job.command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                               start_new_session=True)
+            except OSError as err:
+                self._finish_job(job, "ERROR", f"Could not start the command: {err}")
+                return
+            job.stage, job.started_at = "RUNNING", _now()
+        threading.Thread(target=self._follow_job, args=(job,), name=f"hub-job-{job.id}", daemon=True).start()
+        if timeout := spec.get("timeoutSeconds"):
+            timer = threading.Timer(float(timeout), self._stop_job, args=(job, "timeout"))
+            timer.daemon = True
+            timer.start()
+
+    def _follow_job(self, job: HubJob) -> None:
+        process = job.process
+        assert process is not None and process.stdout is not None
+        for raw in process.stdout:
+            with job.changed:
+                job.lines.append((_now(), raw.decode(errors="replace").rstrip("\r\n")))
+                job.changed.notify_all()
+        code = process.wait()
+        with job.changed:
+            if job.stop_reason == "cancel":
+                self._finish_job(job, "CANCELED", None)
+            elif job.stop_reason == "timeout":
+                self._finish_job(job, "ERROR", f"Job timed out after {job.spec['timeoutSeconds']} seconds")
+            elif code == 0:
+                self._finish_job(job, "COMPLETED", None)
+            else:
+                self._finish_job(job, "ERROR", f"Job failed with exit code: {code}")
+
+    @staticmethod
+    def _finish_job(job: HubJob, stage: str, message: str | None) -> None:
+        """(With `job.changed` held.)"""
+        job.stage, job.message, job.finished_at = stage, message, _now()
+        job.changed.notify_all()
+
+    @staticmethod
+    def _stop_job(job: HubJob, reason: str, grace: float = CANCEL_GRACE_S) -> None:
+        """SIGTERM to the job's process group, SIGKILL after `grace`; the stage follows when the process ends."""
+        with job.changed:
+            if job.finished or job.stop_reason is not None:
+                return
+            job.stop_reason = reason
+            if job.process is None:
+                HubServer._finish_job(job, "CANCELED", None)
+                return
+            pid = job.process.pid
+
+        def kill(sig: int) -> None:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                pass
+
+        if grace <= 0:
+            kill(signal.SIGKILL)
+            return
+        kill(signal.SIGTERM)
+        timer = threading.Timer(grace, lambda: None if job.finished else kill(signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
 
     # Webhooks
 

@@ -75,6 +75,7 @@ class SubmitBody(Body):
     target: str | None = None
     private: bool = False
     pr: bool = False
+    flavor: str | None = None  # run on Hugging Face Jobs on this hardware (one the service allows)
 
 
 class ValidateBody(Body):
@@ -169,7 +170,7 @@ def create_app(settings: Settings, *, service: Service | None = None, background
         owner, token = caller(request)
         throttle("submit", request, owner)
         return asdict(service.submit(body.recipe, owner=owner, target=body.target, private=body.private,
-                                     pr=body.pr, token=token))
+                                     pr=body.pr, token=token, flavor=body.flavor))
 
     @app.post("/api/validate")
     def validate(body: ValidateBody, request: Request) -> dict:

@@ -39,6 +39,7 @@ from .planning import (
     source_problems,
     source_revisions,
 )
+from .remote import placement
 from .settings import Settings
 from .store import FINAL, QUEUED, Store, new_id, now
 
@@ -167,8 +168,11 @@ class Service:
 
     def submit(self, recipe_text: str, *, owner: str | None = None, target: str | None = None,
                private: bool = False, pr: bool = False, token: str | None = None,
-               notify: dict | None = None) -> Job:
+               notify: dict | None = None, flavor: str | None = None) -> Job:
         """Check, plan and queue a recipe; an identical live request returns the existing job.
+
+        `flavor` runs it on Hugging Face Jobs on that hardware (one of `Settings.jobs_flavors`); without it,
+        `Settings.backend` decides where it runs (hubbot.jobs.remote.placement).
 
         Raises RecipeError or PlanError for a recipe that cannot run (nothing is queued),
         RequestError for a bad target and LimitError when a queue limit is reached. `notify`
@@ -186,7 +190,8 @@ class Service:
             "id": new_id(), "owner": owner, "recipe": recipe_text, "recipe_hash": recipe.hash,
             "dedup_key": dedup_key(recipe.hash, sources, target), "target": target,
             "options": {"private": bool(private), "pr": bool(pr), "device": self.settings.device,
-                        "shard_bytes": self.settings.shard_bytes},
+                        "shard_bytes": self.settings.shard_bytes,
+                        **placement(self.settings, recipe, plan, target, flavor)},
             "sources": sources, "token_source": "user" if token else ("service" if target else None),
             "notify": notify,
         }

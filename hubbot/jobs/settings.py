@@ -7,6 +7,7 @@ hands it to the store, the scheduler and (as JSON over a pipe) to each worker pr
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -16,6 +17,11 @@ from ..merge.writer import DEFAULT_SHARD_BYTES
 from ..recipe.text import MAX_RECIPE_BYTES
 
 Mode = Literal["local", "service"]
+Backend = Literal["local", "hf-jobs", "auto"]
+BACKENDS: tuple[str, ...] = ("local", "hf-jobs", "auto")
+# Hugging Face Jobs flavours a job may run on unless HUBBOT_JOBS_FLAVORS says otherwise: CPU for small merges,
+# single GPUs for large ones (prices: `hf jobs hardware`, or HfApi.list_jobs_hardware()).
+JOBS_FLAVORS: tuple[str, ...] = ("cpu-basic", "cpu-upgrade", "a10g-small", "a10g-large", "a100-large")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class Settings:
     recipes_dataset: str | None = None  # the Hub dataset that sharing a recipe opens pull requests on
     space_id: str | None = None  # owner/name of the Space this runs on, where recipes can also be proposed
     ray_address: str | None = None  # soups' and searches' candidates fan out over this Ray cluster ("auto" or an address)
+    backend: Backend = "local"  # where jobs merge: this machine's workers, Hugging Face Jobs, or Jobs when too big
+    jobs_flavors: tuple[str, ...] = JOBS_FLAVORS  # the Jobs hardware flavours jobs may use, cheapest picked first
+    jobs_package: str | None = None  # what a remote job installs (pip requirement); None: hubbot==<this version>
 
     @property
     def local(self) -> bool:
@@ -129,6 +138,9 @@ class Settings:
             recipes_dataset=env.get("HUBBOT_RECIPES_DATASET") or None,
             space_id=env.get("SPACE_ID") or None,
             ray_address=env.get("HUBBOT_RAY_ADDRESS") or None,
+            backend=r.choice("HUBBOT_BACKEND", BACKENDS, "local"),
+            jobs_flavors=r.names("HUBBOT_JOBS_FLAVORS", JOBS_FLAVORS),
+            jobs_package=env.get("HUBBOT_JOBS_PACKAGE") or None,
         )
         return replace(settings, **overrides) if overrides else settings
 
@@ -145,6 +157,7 @@ class Settings:
         data["data_dir"] = Path(data["data_dir"])
         data["recipes_dir"] = Path(data["recipes_dir"]) if data.get("recipes_dir") else None
         data["limits"] = Limits(**data["limits"])
+        data["jobs_flavors"] = tuple(data["jobs_flavors"])
         return cls(**data)
 
 
@@ -172,6 +185,17 @@ class _Reader:
         if maximum is not None and value > maximum:
             raise HubbotError(f"{name}={raw!r} must be at most {maximum}, hubbot's own limit")
         return value
+
+    def names(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated list of lower-case names such as hardware flavours."""
+        raw = self.env.get(name)
+        if not raw:
+            return default
+        names = tuple(n.strip() for n in raw.split(",") if n.strip())
+        bad = [n for n in names if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", n)]
+        if bad or not names:
+            raise HubbotError(f"{name}={raw!r} must be a comma-separated list of names such as cpu-basic,a10g-small")
+        return names
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str) -> Any:
         raw = self.env.get(name)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from ..redact import redact, remember
+from .remote import worker_module
 from .service import LOST_TOKEN
 from .settings import Settings
 from .store import Store, new_id
@@ -86,7 +87,7 @@ class Supervisor:
         work = self.settings.jobs_dir / job_id
         work.mkdir(parents=True, exist_ok=True)
         token = self.tokens(job_id) if row["token_source"] == "user" and self.tokens else None
-        proc = subprocess.Popen([sys.executable, "-m", "hubbot.jobs.worker", "--job", job_id], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", worker_module(row), "--job", job_id], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=worker_env(os.environ, local=self.settings.local))
         pump = threading.Thread(target=_pump, args=(proc.stdout, work / "worker.log"), name=f"hubbot-log-{job_id}",

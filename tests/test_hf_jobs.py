@@ -1,0 +1,307 @@
+"""Merges on Hugging Face Jobs, against the Hub stand-in's Jobs API with the real huggingface_hub client.
+
+The stand-in runs a job's command as a local subprocess; a `uv` on its PATH stands in for the installer
+(`uv tool run --from hubbot==VERSION hubbot ...` runs this checkout's hubbot), so the remote merge really
+happens and pushes to the stand-in. A canary token checks that no token reaches a log, a command, the
+job's environment or anything the service stores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load
+
+from hubbot import __version__
+from hubbot.errors import HubbotError, RequestError
+from hubbot.jobs import remote
+from hubbot.jobs.service import Service
+from hubbot.jobs.settings import Settings
+from hubbot.jobs.supervisor import Supervisor
+from tests.hub_fixtures import ALICE_TOKEN
+from tests.jobkit import linear, make_settings, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CAROL, CANARY = "carol", "hf_canary_0123456789abcdef"
+DELAY_ENV = "HUBBOT_TEST_JOB_DELAY"  # seconds the stand-in's `uv` waits before merging
+
+
+@pytest.fixture
+def jobs_hub(hub, tmp_path, families):
+    """The Hub stand-in with carol (the canary token), alice's two fine-tunes and a `uv` for job commands."""
+    hub.add_user(CAROL, CANARY)
+    from huggingface_hub import HfApi
+
+    alice = HfApi(token=ALICE_TOKEN)
+    base, ft1, ft2 = families("llama")
+    for folder, name in ((ft1, "alice/ft1"), (ft2, "alice/ft2")):
+        alice.create_repo(name)
+        alice.upload_folder(folder_path=str(folder), repo_id=name)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "uv").write_text(f"""#!/bin/sh
+# stands in for `uv tool run --from SPEC hubbot ARGS`: notes SPEC, runs this checkout's hubbot
+[ "$1 $2 $3 $5" = "tool run --from hubbot" ] || {{ echo "unexpected uv call: $*" >&2; exit 64; }}
+echo "$4" >> {shim / "specs"}
+echo "installing $4"
+shift 5
+sleep "${{{DELAY_ENV}:-0}}"
+exec {sys.executable} -m hubbot.cli "$@"
+""")
+    (shim / "uv").chmod(0o755)
+    hub.jobs_path = [shim]
+    yield hub
+    hub.jobs_path = []
+
+
+def service_settings(tmp_path: Path, hub, **overrides) -> Settings:
+    overrides.setdefault("shard_bytes", 120_000)
+    return make_settings(tmp_path, service=True, hub_endpoint=hub.url, ui=False, **overrides)
+
+
+def drive(service: Service, done, timeout: float = 120.0, what: str = "the job") -> Supervisor:
+    """Tick a supervisor (its followers are subprocesses) until `done()`; returns it still running."""
+    sup = Supervisor(service.settings, service.store, tokens=service.token_for, held=service.held_tokens)
+    try:
+        wait_for(lambda: (sup.tick(), done())[1], timeout, every=0.2, what=what)
+    except BaseException:
+        sup.stop()
+        raise
+    return sup
+
+
+def local_merge(recipe: str, out: Path) -> dict:
+    from hubbot.merge import engine
+    from hubbot.merge.run import plan_any
+    from hubbot.recipe.kinds import parse_any
+
+    engine.run(plan_any(parse_any(recipe)), out, shard_bytes=120_000)
+    return {f.name: f.read_bytes() for f in out.glob("*.safetensors")}
+
+
+def canary_free(*texts: str) -> None:
+    for text in texts:
+        assert CANARY not in text
+
+
+def test_a_service_job_runs_on_hf_jobs_and_publishes_with_its_card(jobs_hub, families, tmp_path):
+    hub = jobs_hub
+    service = Service(service_settings(tmp_path, hub))
+    recipe = linear("alice/ft1", "alice/ft2", 0.3)
+    job = service.submit(recipe, owner=CAROL, target="carol/merged", token=CANARY, flavor="cpu-upgrade")
+    assert job.options["backend"] == "hf-jobs" and job.options["flavor"] == "cpu-upgrade"
+    sup = drive(service, lambda: service.get(job.id).state in ("done", "failed", "cancelled"))
+    sup.stop()
+    job = service.get(job.id)
+    log = "\n".join(service.log(job.id))
+    assert job.state == "done", (job.error, log)
+
+    (run,) = hub.jobs()
+    assert run.owner == CAROL and run.spec["flavor"] == "cpu-upgrade" and run.stage == "COMPLETED"
+    assert (tmp_path / "bin" / "specs").read_text().split() == [f"hubbot[moe]=={__version__}"]
+    assert "hubbot merge - --push carol/merged" in run.command[-1]
+    assert job.progress["remote"]["id"] == run.id and run.id in log
+    assert job.result["commit"] == hub.head_sha("carol/merged") and job.result["url"].endswith("/carol/merged")
+    assert job.progress["tensors_done"] == job.progress["tensors_total"] > 0
+    assert any(line.split(" ", 1)[1].startswith(remote.LOG_PREFIX + "published carol/merged")
+               for line in service.log(job.id)), "the remote log is copied into the job's log"
+
+    files = hub.repo_files("carol/merged")
+    card = files["README.md"].decode()
+    for name in ("alice/ft1", "alice/ft2"):
+        assert f"{name}@{hub.head_sha(name)}" in card, "the card names each source at its pinned revision"
+    assert "merge_method: linear" in card
+    _, ft1, ft2 = families("llama")
+    expected = local_merge(linear(ft1, ft2, 0.3), tmp_path / "local")
+    assert expected.keys() == {n for n in files if n.endswith(".safetensors")}
+    for name, data in expected.items():
+        mine, theirs = load(files[name]), load(data)
+        assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+
+    # the canary: nowhere in the job's command, environment or output, the service's store or its files
+    info = hub.jobs()[0].json(hub.url)
+    assert info["secrets"] == {"HF_TOKEN": None}
+    canary_free(repr(run.spec["command"]), repr(run.spec.get("environment")), repr(run.spec.get("labels")),
+                "\n".join(text for _, text in run.lines), log, repr(service.get(job.id)))
+    service.close()
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), f"the token is in {path}"
+
+
+def test_the_api_takes_a_flavor(jobs_hub, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from hubbot.app.server import create_app
+
+    service = Service(service_settings(tmp_path, jobs_hub))
+    client = TestClient(create_app(service.settings, service=service, background=False))
+    auth = {"Authorization": f"Bearer {CANARY}"}
+    body = {"recipe": linear("alice/ft1", "alice/ft2"), "target": "carol/api"}
+    refused = client.post("/api/jobs", json={**body, "flavor": "h200x8"}, headers=auth)
+    assert refused.status_code == 400 and "is not offered by this service" in refused.json()["error"]
+    made = client.post("/api/jobs", json={**body, "flavor": "a10g-small"}, headers=auth)
+    assert made.status_code == 201 and made.json()["options"]["flavor"] == "a10g-small"
+    assert made.json()["options"]["backend"] == "hf-jobs" and CANARY not in made.text
+    service.close()
+
+
+def test_a_remote_failure_fails_the_job_with_hubbots_message(jobs_hub, tmp_path):
+    service = Service(service_settings(tmp_path, jobs_hub))
+    job = service.submit(linear("alice/ft1", "alice/ft2"), owner=CAROL, target="bob/not-carols", token=CANARY,
+                         flavor="cpu-basic")
+    sup = drive(service, lambda: service.get(job.id).state in ("done", "failed", "cancelled"))
+    sup.stop()
+    job = service.get(job.id)
+    assert job.state == "failed" and "cannot write to 'bob'" in job.error and jobs_hub.jobs()[0].stage == "ERROR"
+    assert "Traceback" not in "\n".join(service.log(job.id))
+
+
+def test_cancel_cancels_the_remote_job(jobs_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv(DELAY_ENV, "60")
+    service = Service(service_settings(tmp_path, jobs_hub))
+    job = service.submit(linear("alice/ft1", "alice/ft2"), owner=CAROL, target="carol/cancelled", token=CANARY,
+                         flavor="cpu-basic")
+    sup = drive(service, lambda: service.get(job.id).state == "running" and jobs_hub.jobs(), what="the remote job")
+    try:
+        service.cancel(job.id, owner=CAROL)
+        wait_for(lambda: (sup.tick(), service.get(job.id).state == "cancelled")[1], 30, what="the cancel")
+    finally:
+        sup.stop()
+    assert service.get(job.id).error == "cancelled on request"
+    wait_for(lambda: jobs_hub.jobs()[0].stage == "CANCELED", 10, what="the remote job to be cancelled")
+    assert not jobs_hub.repo_exists("carol/cancelled")
+
+
+def test_a_restarted_service_attaches_to_the_running_remote_job(jobs_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv(DELAY_ENV, "4")
+    settings = service_settings(tmp_path, jobs_hub, hub_token=ALICE_TOKEN, backend="hf-jobs")
+    first = Service(settings)
+    job = first.submit(linear("alice/ft1", "alice/ft2", 0.7), owner="alice", target="alice/reattached")
+    assert (job.options["backend"], job.options["flavor"]) == ("hf-jobs", None)
+    sup = drive(first, lambda: any(remote.LOG_PREFIX + "installing" in line for line in first.log(job.id)),
+                what="the remote job to start")
+    sup.stop()  # the service stops; its job goes back to the queue, the remote job runs on
+    first.close()
+    (run,) = jobs_hub.jobs()
+    assert run.stage == "RUNNING" and run.spec["flavor"] == "cpu-basic", "the cheapest flavour that fits"
+
+    second = Service(settings)
+    sup = drive(second, lambda: second.get(job.id).state in ("done", "failed"))
+    sup.stop()
+    done = second.get(job.id)
+    log = "\n".join(second.log(job.id))
+    assert done.state == "done", (done.error, log)
+    assert len(jobs_hub.jobs()) == 1, "the remote job was not started twice"
+    assert f"attaching again to Hugging Face job {run.id}" in log
+    copied = [line.split(" ", 1)[1] for line in second.log(job.id) if remote.LOG_PREFIX in line]
+    assert copied == [remote.LOG_PREFIX + text for _, text in run.lines[1:]], \
+        "each remote line is copied once, those from before the restart too"
+    assert done.result["commit"] == jobs_hub.head_sha("alice/reattached")
+    second.close()
+
+
+def test_the_cli_runs_a_merge_on_hf_jobs_and_prints_its_log(jobs_hub, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(linear("alice/ft1", "alice/ft2", 0.6))
+    env = {**os.environ, "HF_TOKEN": ALICE_TOKEN, "PYTHONPATH": str(ROOT)}
+
+    def hubbot(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hubbot.cli", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=240)
+
+    out = hubbot("merge", str(recipe), "--push", "alice/from-cli", "--on", "hf-jobs", "--flavor", "a10g-small")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run,) = jobs_hub.jobs()
+    assert run.spec["flavor"] == "a10g-small" and run.stage == "COMPLETED"
+    assert f"started Hugging Face job {run.id} on a10g-small" in out.stdout
+    assert "published alice/from-cli at" in out.stdout, "the remote log is printed"
+    assert "alice/ft1@" in jobs_hub.repo_files("alice/from-cli")["README.md"].decode()
+    assert ALICE_TOKEN not in repr(run.spec["command"]) + repr(run.spec.get("environment"))
+
+    out = hubbot("merge", str(recipe), "--out", str(tmp_path / "x"), "--on", "hf-jobs")
+    assert out.returncode == 2 and "add --push" in out.stderr and "Traceback" not in out.stderr
+
+
+# --- placement, flavours, settings ----------------------------------------------------------------------------
+
+class _Plan:
+    """Just what placement and the flavour choice read of a plan."""
+
+    def __init__(self, peak: int, models=(), output: int = 10**6, seconds: float = 1.0):
+        self.peak, self.models, self.output_bytes, self.input_bytes, self.seconds = peak, list(models), output, output, seconds
+
+    def peak_bytes(self) -> int:
+        return self.peak
+
+
+def test_choose_flavor_takes_the_cheapest_that_fits(jobs_hub):
+    from huggingface_hub import HfApi
+
+    hardware = HfApi(token=ALICE_TOKEN).list_jobs_hardware()
+    allowed = Settings.from_env({}, data_dir="/tmp").jobs_flavors
+    small = remote.Need(memory=4 * 10**9, disk=12 * 10**9, seconds=60)
+    assert remote.choose_flavor(hardware, allowed, small) == "cpu-basic"
+    assert remote.choose_flavor(hardware, allowed, remote.Need(40 * 10**9, 12 * 10**9, 60)) == "a10g-large"
+    assert remote.choose_flavor(hardware, allowed, remote.Need(4 * 10**9, 12 * 10**9, 7200)) == "a10g-small", \
+        "a long merge takes the cheapest GPU"
+    assert remote.choose_flavor(hardware, ("cpu-upgrade",), small) == "cpu-upgrade"
+    with pytest.raises(RequestError, match="no Hugging Face Jobs flavour allowed here has 200 GB"):
+        remote.choose_flavor(hardware, allowed, remote.Need(200 * 10**9, 12 * 10**9, 60))
+
+
+def test_placement(families, tmp_path, monkeypatch):
+    from hubbot.recipe.kinds import parse_any
+
+    settings = make_settings(tmp_path)
+    parsed = parse_any(linear("alice/ft1", "alice/ft2"))
+    plan = _Plan(peak=10**6)
+    assert remote.placement(settings, parsed, plan, "a/b") == {}
+    assert remote.placement(settings, parsed, plan, "a/b", "cpu-basic") == {"backend": "hf-jobs", "flavor": "cpu-basic"}
+    with pytest.raises(RequestError, match="flavor 'h200' is not offered by this service; choose one of cpu-basic"):
+        remote.placement(settings, parsed, plan, "a/b", "h200")
+    with pytest.raises(RequestError, match="give a target repo"):
+        remote.placement(settings, parsed, plan, None, "cpu-basic")
+    on_jobs = make_settings(tmp_path, backend="hf-jobs")
+    assert remote.placement(on_jobs, parsed, plan, "a/b") == {"backend": "hf-jobs", "flavor": None}
+    assert remote.placement(on_jobs, parsed, plan, None) == {}, "a local result stays on this machine"
+    auto = make_settings(tmp_path, backend="auto")
+    assert remote.placement(auto, parsed, plan, "a/b") == {}
+    monkeypatch.setattr(remote, "local_memory_bytes", lambda: 2 * 10**9)
+    assert remote.placement(auto, parsed, plan, "a/b") == {"backend": "hf-jobs", "flavor": None}
+
+    base, ft1, ft2 = families("llama")
+    service = Service(make_settings(tmp_path / "svc"))
+    with pytest.raises(RequestError, match="reads local folders"):
+        service.submit(linear(ft1, ft2), target="alice/x", flavor="cpu-basic")
+    service.close()
+
+
+def test_backend_settings():
+    env = {"HUBBOT_BACKEND": "auto", "HUBBOT_JOBS_FLAVORS": "cpu-basic, a10g-small", "HUBBOT_JOBS_PACKAGE": "hubbot"}
+    s = Settings.from_env(env, data_dir="/tmp/x")
+    assert (s.backend, s.jobs_flavors, s.jobs_package) == ("auto", ("cpu-basic", "a10g-small"), "hubbot")
+    assert Settings.from_dict(s.to_dict()) == s
+    assert Settings.from_env({}, data_dir="/tmp/x").backend == "local"
+    with pytest.raises(HubbotError, match="HUBBOT_BACKEND='ray' must be one of local, hf-jobs, auto"):
+        Settings.from_env({"HUBBOT_BACKEND": "ray"}, data_dir="/tmp/x")
+    with pytest.raises(HubbotError, match="HUBBOT_JOBS_FLAVORS"):
+        Settings.from_env({"HUBBOT_JOBS_FLAVORS": "A10G!"}, data_dir="/tmp/x")
+
+
+def test_the_job_command_keeps_the_recipe_and_token_out_of_argv():
+    need = remote.Need(10**9, 10**10, 10.0)
+    spec = remote.job_spec(recipe="merge_method: linear\n", target="me/out", private=True, pr=True, shard_bytes=5,
+                           endpoint="https://huggingface.co", package=None, need=need, label="job1")
+    assert spec["env"] == {"HUBBOT_RECIPE": "merge_method: linear\n"}, "the default endpoint is not passed"
+    assert spec["command"][:2] == ["sh", "-c"] and "merge_method" not in spec["command"][2]
+    assert spec["command"][2].endswith(
+        f"uv tool run --from 'hubbot[moe]=={__version__}' hubbot merge - --push me/out --shard-size 5 --private --pr")
+    assert spec["timeout"] >= remote.TIMEOUT_MIN_S and spec["labels"] == {"hubbot-job": "job1"}
+    assert remote.parse_progress("progress 3/9 tensors 30/90 bytes") == {
+        "tensors_done": 3, "tensors_total": 9, "bytes_done": 30, "bytes_total": 90}
+    assert remote.parse_progress("merging") is None
