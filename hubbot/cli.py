@@ -62,10 +62,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import engine
     from .merge.run import MergeOptions, merge_to_folder
 
+    hub = None
     if args.push:
         from .hub import HubOptions, check_push_target
 
-        check_push_target(args.push, HubOptions.from_env())  # refuse before planning or merging
+        hub = HubOptions.from_env()
+        check_push_target(args.push, hub)  # refuse before planning or merging
     plan = _plan_any(args.recipe, kinds=args.kinds, device=args.device)
     plan.raise_for_problems()
     options = MergeOptions(device=args.device, shard_bytes=args.shard_size)
@@ -83,7 +85,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     try:
         if args.push:
-            return _push(args, plan, options, progress)
+            return _push(args, plan, hub, options, progress)
         result = merge_to_folder(plan, Path(args.out), options, progress=progress)
     finally:
         if bar is not None:
@@ -99,14 +101,13 @@ def _fetched(plan) -> str:
     return f"; fetched {human_bytes(sum(s.bytes_fetched for s in hub))} from the Hub" if hub else ""
 
 
-def _push(args: argparse.Namespace, plan, options, progress) -> int:
+def _push(args: argparse.Namespace, plan, hub, options, progress) -> int:
     import tempfile
 
-    from .hub import HubOptions
     from .merge.publish import merge_and_push
 
     with tempfile.TemporaryDirectory(prefix="hubbot-", dir=args.work_dir) as work:
-        pub = merge_and_push(plan, Path(work), args.push, HubOptions.from_env(), options=options,
+        pub = merge_and_push(plan, Path(work), args.push, hub, options=options,
                              private=args.private, create_pr=args.pr, progress=progress)
     where = pub.pr_url or pub.url
     print(f"published {args.push} at {where} (commit {pub.commit[:12]}): {pub.run.tensors} tensors, "
