@@ -71,10 +71,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise HubbotError("--flavor picks the hardware of a job on Hugging Face Jobs: add --on hf-jobs")
     if args.on != "hf-jobs":
         engine.pick_device(args.device)  # device and target are checked before planning or merging
+    hub = None
     if args.push:
         from .hub import HubOptions, check_push_target
 
-        check_push_target(args.push, HubOptions.from_env())
+        hub = HubOptions.from_env()
+        check_push_target(args.push, hub)
     else:
         engine.check_output_folder(Path(args.out))
     plan = _plan_any(args.recipe, kinds=args.kinds, device=args.device)
@@ -105,7 +107,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     try:
         if args.push:
-            return _push(args, plan, options, progress)
+            return _push(args, plan, hub, options, progress)
         result = merge_to_folder(plan, Path(args.out), options, progress=progress)
     finally:
         if bar is not None:
@@ -121,14 +123,13 @@ def _fetched(plan) -> str:
     return f"; fetched {human_bytes(sum(s.bytes_fetched for s in hub))} from the Hub" if hub else ""
 
 
-def _push(args: argparse.Namespace, plan, options, progress) -> int:
+def _push(args: argparse.Namespace, plan, hub, options, progress) -> int:
     import tempfile
 
-    from .hub import HubOptions
     from .merge.publish import merge_and_push
 
     with tempfile.TemporaryDirectory(prefix="hubbot-", dir=args.work_dir) as work:
-        pub = merge_and_push(plan, Path(work), args.push, HubOptions.from_env(), options=options,
+        pub = merge_and_push(plan, Path(work), args.push, hub, options=options,
                              private=args.private, create_pr=args.pr, progress=progress)
     where = pub.pr_url or pub.url
     print(f"published {args.push} at {where} (commit {pub.commit[:12]}): {pub.run.tensors} tensors, "

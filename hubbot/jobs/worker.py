@@ -58,7 +58,7 @@ def run_job(settings: Settings, store: Store, job_id: str, claim: str, *, token:
     work.mkdir(parents=True, exist_ok=True)
     try:
         parsed = parse_recipe(settings, row["recipe"])
-        options = merge_options(row["options"])
+        options = _merge_options(row["options"])
         hub = hub_options(settings, token)
         plan = plan_with(settings, parsed, hub, options.device)
         plan.raise_for_problems()
@@ -118,7 +118,7 @@ def _start_or_resume(work: Path, key: str, say: Callable[[str], None], key_name:
     key_file.write_text(key)
 
 
-def merge_options(options: dict) -> MergeOptions:
+def _merge_options(options: dict) -> MergeOptions:
     """How a job's merge runs (fixed at submission); a job always resumes what it can."""
     return MergeOptions(device=options.get("device"), shard_bytes=options["shard_bytes"], resume=True)
 
