@@ -15,7 +15,7 @@ from hubbot.app.server import create_app
 from hubbot.errors import RecipeError, RequestError
 from hubbot.jobs.ratelimit import Rate, RateLimiter
 from hubbot.jobs.service import Service
-from tests.hub_fixtures import ALICE, ALICE_TOKEN, BOB, BOB_TOKEN
+from tests.hub_fixtures import ALICE, ALICE_TOKEN, BOB, BOB_TOKEN, ORG
 from tests.jobkit import linear, make_settings, wait_for
 from tests.test_jobs_hub import run_next
 
@@ -27,12 +27,13 @@ ANONYMOUS: dict[str, str] = {}
 
 @pytest.fixture
 def sources(hub, alice_api, families):
-    """Two public fine-tunes on the stand-in, and a bot account for the service's own token."""
+    """Two public fine-tunes on the stand-in, and a bot account for the service's own token (a
+    member of alice's org, so watches there can re-run)."""
     base, ft1, ft2 = families("llama")
     for folder, name in ((ft1, "alice/ft1"), (ft2, "alice/ft2")):
         alice_api.create_repo(name)
         alice_api.upload_folder(folder_path=str(folder), repo_id=name)
-    hub.add_user(BOT, BOT_TOKEN)
+    hub.add_user(BOT, BOT_TOKEN, orgs=[ORG])
     return "alice/ft1", "alice/ft2"
 
 
@@ -109,9 +110,12 @@ def test_watches_and_schedules_belong_to_their_owner(hub, sources, tmp_path):
     client, service = service_app(hub, tmp_path)
     recipe = linear(*sources, 0.6)
     r = client.post("/api/watches", json={"recipe": recipe, "target": "alice/watched"}, headers=AS_ALICE)
+    assert r.status_code == 403 and "this service's account (merge-bot) cannot write" in r.json()["error"], \
+        "its re-runs could never publish there"
+    r = client.post("/api/watches", json={"recipe": recipe, "target": f"{ORG}/watched"}, headers=AS_ALICE)
     assert r.status_code == 201, r.text
     watch = r.json()
-    twice = client.post("/api/watches", json={"recipe": recipe, "target": "alice/watched"}, headers=AS_ALICE).json()
+    twice = client.post("/api/watches", json={"recipe": recipe, "target": f"{ORG}/watched"}, headers=AS_ALICE).json()
     assert twice["id"] == watch["id"] and twice["existing"] is True, "a second click is the same watch"
     assert len(service.watches()) == 1 and len(service.list()) == 1
     r = client.post("/api/schedules", json={"recipe": recipe, "cron": "0 3 * * *", "target": f"{BOT}/nightly"},

@@ -221,13 +221,13 @@ def build_ui(service: "Service", settings: "Settings", gallery: Gallery | None =
             return ("", "", views.job_html(None), "", gr.Button(visible=False), "",
                     {"job": "", "lines": []}, gr.Timer(active=False), gr.skip())
         try:
-            job = service.get(job_id)
+            job = service.get(job_id, owner=_owner(profile))
         except JobNotFound:
             missing = views.notice("error", "No such job", f"`{job_id}`: check the id, or pick one under *My jobs*.")
             return (job_id, "", views.job_html(None), missing, gr.Button(visible=False), "", {"job": "", "lines": []},
                     gr.Timer(active=False), gr.skip())
         logs = logs if logs and logs.get("job") == job.id else {"job": job.id, "lines": []}
-        lines = list(logs["lines"]) + list(service.log(job.id, since=len(logs["lines"])))
+        lines = list(logs["lines"]) + list(service.log(job.id, since=len(logs["lines"]), owner=_owner(profile)))
         changed = logs.get("state") != job.state
         return (*follow_updates(job, {"lines": lines}), jobs_rows(profile) if changed else gr.skip())
 
