@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -240,3 +241,31 @@ def test_cli_jobs_and_submit_wait_without_a_worker(families, tmp_path, monkeypat
     assert cli.main(["jobs", "cancel", job_id, "--data", data]) == 2, "a finished job cannot be cancelled"
     assert "already ended" in capsys.readouterr().err
     assert cli.main(["jobs", "show", "nope", "--data", data]) == 2
+
+
+def test_a_tokenizer_naming_custom_code_never_prompts_or_runs_it(families, tmp_path, monkeypatch):
+    """transformers would ask on stdin whether to run a repo's own tokenizer code; hubbot says no
+    without asking, and the code never runs."""
+    import builtins
+    import json
+    import shutil
+
+    from hubbot.errors import SourceError
+    from hubbot.merge.gates import _tokenize
+    from hubbot.recipe.refs import ModelRef
+    from hubbot.sources import LocalSource
+
+    base = Path(shutil.copytree(families("llama")[0], tmp_path / "custom"))
+    marker = tmp_path / "the-custom-code-ran"
+    (base / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom transformers import "
+                                  "PreTrainedTokenizerFast as EvilTokenizer\n")
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(builtins, "input", lambda *a: pytest.fail("transformers asked on stdin"))
+    try:
+        ids = _tokenize(LocalSource(ModelRef.parse(str(base))), ["hello there"])
+        assert ids and ids[0], "the plain tokenizer files serve"
+    except SourceError as exc:
+        assert "could not be loaded" in str(exc)
+    assert not marker.exists()
