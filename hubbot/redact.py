@@ -17,7 +17,7 @@ from typing import Any
 MASK = "***"
 MIN_SECRET = 6  # shorter strings would blank ordinary words
 PATTERNS = (
-    re.compile(r"\bhf_[A-Za-z0-9]{6,}"),
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}"),  # Hub tokens: hf_ and 34 letters or digits
     re.compile(r"(?i)(bearer\s+)(?!<)[^\s'\",;}]+"),
     re.compile(r"(?i)(x-webhook-secret['\"]?\s*[:=]\s*['\"]?)[^\s'\",;}]+"),
 )

@@ -93,7 +93,7 @@ class FakeService:
                           else {"folder": f"/data/results/{job.id}"})
             self.logs[job.id].append("done")
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner=None) -> Job:
         if job_id not in self.jobs:
             raise JobNotFound(f"no job {job_id!r}")
         job = self.jobs[job_id]
@@ -111,7 +111,7 @@ class FakeService:
             self.logs[job_id].append("cancelled")
         return job
 
-    def log(self, job_id, since=0) -> list[str]:
+    def log(self, job_id, since=0, owner=None) -> list[str]:
         return self.logs[job_id][since:]
 
     def watch(self, recipe_text, *, owner, target, pr=False, private=False, token=None) -> dict:

@@ -157,6 +157,22 @@ def test_conflicts_limits_and_auth_have_their_status(families, tmp_path):
     assert "cannot write to 'someone-else'" in body["error"]
 
 
+def test_a_hub_that_does_not_answer_is_a_503_not_a_bad_recipe(tmp_path, monkeypatch):
+    from hubbot.errors import SourceError
+
+    client, service = make_client(tmp_path)
+
+    def unreachable(*args, **kwargs):
+        exc = SourceError("org/a: the Hub did not answer after 6 tries (ConnectError)")
+        exc.transient = True
+        raise exc
+
+    monkeypatch.setattr(service, "submit", unreachable)
+    r = client.post("/api/jobs", json={"recipe": "merge_method: linear"})
+    assert_contract(r, 503)
+    assert int(r.headers["retry-after"]) > 0
+
+
 def test_an_internal_error_is_a_500_in_the_same_shape(tmp_path, monkeypatch):
     client, service = make_client(tmp_path)
     monkeypatch.setattr(service, "list", lambda *a, **k: 1 / 0)

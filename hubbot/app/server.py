@@ -44,7 +44,7 @@ from ..jobs.scheduler import Runtime
 from ..jobs.service import Service
 from ..jobs.settings import Settings
 from ..jobs.webhooks import parse_payload, plan_delivery
-from ..redact import install_log_redaction, redact
+from ..redact import install_log_redaction, redact, remember
 
 log = logging.getLogger("hubbot")
 
@@ -121,6 +121,8 @@ def create_app(settings: Settings, *, service: Service | None = None, background
     async def _hubbot_error(_request: Request, exc: HubbotError) -> JSONResponse:
         status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
         retry = getattr(exc, "retry_after", None)
+        if getattr(exc, "transient", False):  # the Hub did not answer while planning: not the recipe's fault
+            status, retry = 503, retry or 30
         return error_response(status, str(exc), getattr(exc, "problems", None),
                               {"Retry-After": str(int(retry))} if retry is not None else None)
 
@@ -141,9 +143,10 @@ def create_app(settings: Settings, *, service: Service | None = None, background
 
     def caller(request: Request, *, required: bool = True) -> tuple[str | None, str | None]:
         """(owner, token) of an API request. Service mode knows callers by their Hub token
-        (checked with whoami, cached briefly); without one a caller is anonymous (owner None),
-        which only reads public results unless `required` is False."""
+        (checked with whoami, cached briefly). Without a token, a `required` caller gets 401;
+        otherwise the caller is anonymous (owner None) and reads public results only."""
         token = bearer(request)
+        remember(token)
         if settings.local:
             return None, token
         if not token:
@@ -153,8 +156,7 @@ def create_app(settings: Settings, *, service: Service | None = None, background
         return service.hub.whoami(token), token
 
     def throttle(action: str, request: Request, owner: str | None) -> None:
-        who = f"user {owner}" if owner else f"address {request.client.host if request.client else 'unknown'}"
-        limiter.check(action, who)
+        limiter.check(action, f"user {owner}" if owner else f"address {client_address(request, settings)}")
 
     @app.get("/api/health")
     def health() -> dict:
@@ -270,6 +272,15 @@ def _describe_validation(error: dict) -> str:
     if kind == "model_attributes_type" or (kind == "dict_type" and where == "body"):
         return "the body must be a JSON object such as {\"recipe\": \"<the recipe YAML as a string>\"}"
     return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def client_address(request: Request, settings: Settings) -> str:
+    """The caller's address. On a Space every request comes through the Hub's proxy, which puts
+    the client first in X-Forwarded-For; elsewhere that header is anyone's to forge."""
+    forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+    if settings.space_id and forwarded:
+        return forwarded
+    return request.client.host if request.client else "unknown"
 
 
 def bearer(request: Request) -> str | None:

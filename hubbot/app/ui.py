@@ -458,12 +458,12 @@ class Handlers:
         if not job_id:
             return self.no_job()
         try:
-            job = self.service.get(job_id)
+            job = self.service.get(job_id, owner=_owner(profile))
         except JobNotFound:
             return self.no_job(job_id, views.notice("error", "No such job",
                                                     f"`{job_id}`: check the id, or pick one under *My jobs*."))
         logs = logs if logs and logs.get("job") == job.id else {"job": job.id, "lines": []}
-        lines = list(logs["lines"]) + list(self.service.log(job.id, since=len(logs["lines"])))
+        lines = list(logs["lines"]) + list(self.service.log(job.id, since=len(logs["lines"]), owner=_owner(profile)))
         out = self.show_job(job, lines)
         if logs.get("state") != job.state:
             out[self.p.jobs_table] = self.jobs_rows(profile)
@@ -482,9 +482,9 @@ class Handlers:
         return {**self.follow(job_id, logs, profile), self.p.cancel_box: gr.Group(visible=False)}
 
     @_friendly
-    def download(self, job_id: str) -> dict:
+    def download(self, job_id: str, profile: gr.OAuthProfile | None) -> dict:
         """The result folder's files, offered one by one (only on request: they can be large)."""
-        job = self.service.get((job_id or "").strip())
+        job = self.service.get((job_id or "").strip(), owner=_owner(profile))
         files = self._result_files(job)
         if not files:
             raise gr.Error("This job has no local result folder to download.", print_exception=False)

@@ -17,7 +17,7 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from sqlalchemy.engine import RowMapping
 
 from ..errors import Conflict, Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError, Unauthorized
 from ..recipe.refs import ModelRef, is_repo_id
-from ..redact import redact_value, remember
+from ..redact import install_log_redaction, redact, redact_value, remember
 from .hubapi import HubClient
 from .planning import (
     dedup_key,
@@ -101,6 +101,7 @@ class Service:
     def __init__(self, settings: Settings, *, hub: HubClient | None = None):
         self.settings = settings
         remember(settings.hub_token, settings.webhook_secret)
+        install_log_redaction()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_url)
         self.hub = hub or HubClient(settings)
@@ -113,7 +114,8 @@ class Service:
         """Parse and plan from headers; bad recipes come back as problems, never as exceptions.
         `token` lets a signed-in user's private sources be read."""
         remember(token)
-        return redact_value(self._validate(recipe_text, token))
+        v = self._validate(recipe_text, token)
+        return replace(v, summary=redact(v.summary), problems=redact_value(v.problems), warnings=redact_value(v.warnings))
 
     def _validate(self, recipe_text: str, token: str | None) -> Validation:
         try:
@@ -151,10 +153,10 @@ class Service:
                                "or run 'hf auth login', or leave the target empty to keep the merge in a local folder")
         return target
 
-    def _check_writable(self, target: str | None, token: str | None) -> None:
+    def _check_writable(self, target: str | None, token: str | None, pr: bool = False) -> None:
         """Refuse at submission a target the publishing token cannot write (asks the Hub who the
-        token is; cached briefly)."""
-        if target is None:
+        token is; cached briefly). A pull request needs no write access to the namespace."""
+        if target is None or pr:
             return
         publisher = hub_options(self.settings, token, write=True).token
         user, allowed = self.hub.namespaces(publisher)
@@ -182,7 +184,7 @@ class Service:
         remember(token)
         target = self._check_target(target, token)
         recipe = parse_recipe(self.settings, recipe_text)
-        self._check_writable(target, token)
+        self._check_writable(target, token, pr)
         plan = plan_recipe(self.settings, recipe, token)
         plan.raise_for_problems()
         sources = source_revisions(plan)
@@ -298,6 +300,7 @@ class Service:
         if all(not r.local and r.revision and SHA.match(r.revision) for r in refs):
             raise RequestError("every source of this recipe is pinned to a commit, so a watch would never run "
                                "again; name a branch (org/name or org/name@branch) to follow")
+        self._check_writable(target, None, pr)  # re-runs publish with the service's token
         first = self.submit(recipe_text, owner=owner, target=target, private=private, pr=pr, token=token)
         sources = {s["ref"]: s["revision"] for s in self.store.get(first.id)["sources"]}
         row = self.store.add_watch({"owner": owner, "recipe": recipe_text, "target": first.target, "pr": bool(pr),
@@ -332,7 +335,7 @@ class Service:
         trigger = cron_trigger(cron)
         target = self._check_target(target, None)
         recipe = parse_recipe(self.settings, recipe_text)
-        self._check_writable(target, None)
+        self._check_writable(target, None, pr)
         plan_recipe(self.settings, recipe).raise_for_problems()
         row = self.store.add_schedule({"owner": owner, "recipe": recipe_text, "cron": cron.strip(), "target": target,
                                        "pr": bool(pr), "private": bool(private)})

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Callable
 
-from ..redact import redact, remember
+from ..redact import install_log_redaction, redact, remember
 from .remote import worker_module
 from .service import LOST_TOKEN
 from .settings import Settings
@@ -60,6 +60,7 @@ class Supervisor:
                  held: Callable[[], set[str]] | None = None):
         self.settings, self.store = settings, store
         remember(settings.hub_token, settings.webhook_secret)
+        install_log_redaction()
         self.tokens, self.held = tokens, held
         self.runs: dict[str, _Run] = {}  # by claim
         self._lock = threading.Lock()
