@@ -119,8 +119,8 @@ RECIPES: list[tuple[str, str | bytes, str]] = [
      "out of range"),
     ("gradient-nan", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: [0, .nan, 1]}}}}\n"
                      "  - {b}\n", "weight[1]: nan is not a finite number"),
-    ("filter-inf", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: [{{filter: mlp, value: .inf}}, "
-                   "{{value: 1}}]}}}}\n  - {b}\n", "value: inf is not a finite number"),
+    ("filter-inf", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: "
+                   "[{{filter: mlp, value: .inf}}, {{value: 1}}]}}}}\n  - {b}\n", "value: inf is not a finite number"),
     ("slerp-t-inf", "merge_method: slerp\nbase_model: {a}\nmodels: [{a}, {b}]\nparameters: {{t: .inf}}\n",
      "parameters.t: inf is not a finite number"),
     ("seed-huge", "merge_method: linear\nmodels: [{a}, {b}]\nrandom_seed: 1" + "0" * 30 + "\n", "random_seed"),

@@ -131,7 +131,8 @@ def check_output_folder(out: Path) -> None:
         raise MergeError(f"{out} already exists and is not empty; choose a new --out folder or remove it")
     parent = next(p for p in Path(os.path.abspath(out)).parents if p.exists())
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".hubbot-probe-", dir=parent))  # permissions alone miss /proc, read-only mounts
+        # a real try: permission bits alone miss /proc and read-only mounts
+        os.rmdir(tempfile.mkdtemp(prefix=".hubbot-probe-", dir=parent))
     except OSError as exc:
         raise MergeError(f"{out} cannot be created: {parent} is not a folder this process may write to "
                          f"({exc.strerror}); choose another --out folder") from None
