@@ -212,6 +212,52 @@ def api_client(tmp_path: Path, mode: str, monkeypatch) -> TestClient:
     return TestClient(create_app(settings, service=Service(settings), background=False))
 
 
+def evolve_request(low: str = "0", high: str = "1", seed: str = "0", sigma: str = "0.25") -> str:
+    return (f"evolve:\n  budget: 4\n  seed: {seed}\n  sigma: {sigma}\n  recipe:\n    merge_method: linear\n"
+            f"    models:\n      - {{{{model: {{a}}, parameters: {{{{weight: {{{{search: [{low}, {high}]}}}}}}}}}}}}\n"
+            "      - {b}\neval: {{data: texts.txt}}\n")
+
+
+# soup and search requests: `hubbot merge` refuses them as requests, validate and the API check them
+REQUESTS: list[tuple[str, str, str]] = [
+    ("evolve-range-nan", evolve_request(low=".nan"), "weight.search: expected [low, high]"),
+    ("evolve-range-inf", evolve_request(high=".inf"), "weight.search: expected [low, high]"),
+    ("evolve-range-400-digits", evolve_request(high="1" + "0" * 400), "weight.search: expected [low, high]"),
+    ("evolve-seed-huge", evolve_request(seed="1" + "0" * 40), "evolve.seed: expected a number in"),
+    ("evolve-sigma-nan", evolve_request(sigma=".nan"), "evolve.sigma: expected a number in"),
+    ("evolve-bomb", bomb() + evolve_request(), "aliases are expanded"),
+    ("soup-bomb-candidates", bomb() + "soup: *l8\neval: {{data: texts.txt}}\n", "aliases are expanded"),
+    ("soup-max-documents-nan", "soup: [{a}, {b}]\neval: {{data: texts.txt, max_documents: .nan}}\n",
+     "eval.max_documents"),
+    ("moe-seed-nan", "base_model: {a}\ngate_mode: random\nexperts:\n  - {{source_model: {a}}}\n"
+                     "  - {{source_model: {b}}}\nrandom_seed: .nan\n", "random_seed"),
+    ("moe-top-k-inf", "base_model: {a}\ngate_mode: random\nexperts:\n  - {{source_model: {a}}}\n"
+                      "  - {{source_model: {b}}}\nexperts_per_token: .inf\n", "experts_per_token"),
+    ("moe-top-k-400-digits", "base_model: {a}\ngate_mode: random\nexperts:\n  - {{source_model: {a}}}\n"
+                             "  - {{source_model: {b}}}\nexperts_per_token: 1" + "0" * 400 + "\n", "experts_per_token"),
+]
+
+
+@pytest.mark.parametrize("case, text, expect", REQUESTS, ids=[c[0] for c in REQUESTS])
+def test_request_through_validate_merge_and_api(case, text, expect, good, tmp_path, capsys, monkeypatch):
+    no_walk_of_the_disk(monkeypatch)
+    path = recipe_file(tmp_path, text, good)
+    (tmp_path / "texts.txt").write_text("the sea is calm\n")
+    monkeypatch.chdir(tmp_path)
+    code, output = run_cli(["validate", str(path)], capsys)
+    assert_clear(code, output, expect)
+    code, output = run_cli(["merge", str(path), "--out", str(tmp_path / "out"), "-q"], capsys)
+    assert_clear(code, output, expect if "bomb" in case or "moe" in case else "request")  # merge runs MoE recipes
+    assert not (tmp_path / "out").exists()
+    for mode in ("local", "service"):
+        client = api_client(tmp_path, mode, monkeypatch)
+        with within():
+            answer = client.post("/api/validate", json={"recipe": path.read_text()}).json()
+        assert answer.get("ok") is not True and answer.get("problems"), answer
+        if mode == "local":
+            assert expect.lower() in json.dumps(answer).lower(), answer
+
+
 # --- model files ---------------------------------------------------------------------------
 
 def header_of(folder: Path) -> tuple[dict, bytes]:
