@@ -333,3 +333,26 @@ def test_hub_client_warnings_are_printed_once(hub, hub_models, tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("502") == 1, out.stderr
+
+
+def test_damaged_headers_on_the_hub_are_refused_at_planning(hub, families, tmp_path):
+    """The same checks as for local files, with the file's length from the range answers."""
+    import json
+    import struct
+
+    base = families("llama")[0]
+    files = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    raw = files["model.safetensors"]
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    begin, end = header[last]["data_offsets"]
+    header[last]["data_offsets"] = [begin + 64, end + 64]
+    body = json.dumps(header).encode()
+    hub.create_repo_direct("merge-lab/damaged", {**files, "model.safetensors": struct.pack("<Q", len(body)) + body
+                                                 + raw[8 + n:]})
+    hub.reset_stats()
+    with pytest.raises(PlanError, match=rf"merge-lab/damaged/model.safetensors: tensor '{last}' ends at byte .* "
+                                        "past the end of the file"):
+        plan_for("merge_method: linear\nmodels: [{model: merge-lab/damaged, parameters: {weight: 1}}]\n", tmp_path)
+    assert hub.tensor_bytes_served() == 0
