@@ -229,3 +229,135 @@ def test_cli_push(hub, hub_models, tmp_path):
     assert "published alice/from-cli" in out.stdout and hub.repo_exists("alice/from-cli")
     out = subprocess.run(cli + ["--push", "bob/not-mine"], capture_output=True, text=True, env=env)
     assert out.returncode == 2 and "cannot write to 'bob'" in out.stderr and not hub.repo_exists("bob/not-mine")
+
+
+def merge_commits(api, repo_id: str, revision: str | None = None) -> list:
+    return [c for c in api.list_repo_commits(repo_id, revision=revision) if c.title.startswith("Merge ")]
+
+
+def test_a_commit_whose_answer_was_lost_is_not_made_twice(hub, hub_models, alice_api, tmp_path):
+    """The commit lands, then the connection drops before the answer: the retry finds the
+    commit by its marker instead of publishing the merge a second time."""
+    _, names = hub_models
+    text = RECIPES["linear"].format(b=names[0], f1=names[1], f2=names[2])
+    hub.inject("POST", r"/commit/", "drop", after_bytes=0)
+    opts = HubOptions(token=ALICE_TOKEN, backoff=0.01)
+    pub = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w1", "alice/once", token=None, options=opts)
+    tries, looked = hub.requests("POST", r"alice/once/commit/"), hub.requests("GET", r"alice/once/commits/")
+    assert len(tries) == 1 and looked, "the retry looked for the commit and found it"
+    assert [c.commit_id for c in merge_commits(alice_api, "alice/once")] == [pub.commit]
+    assert pub.commit == hub.head_sha("alice/once")
+
+    hub.inject("POST", r"/commit/", "status", status=503)  # refused before it landed: committed again
+    pub = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w0", "alice/twice", token=None, options=opts)
+    assert len(hub.requests("POST", r"alice/twice/commit/")) == 2
+    assert [c.commit_id for c in merge_commits(alice_api, "alice/twice")] == [pub.commit]
+
+    hub.inject("POST", r"/commit/", "drop", after_bytes=0)
+    remix = text.replace("weight: 0.5", "weight: 0.6")
+    pr = merge_and_push(plan_for(remix, tmp_path / "c"), tmp_path / "w2", "alice/once", token=None, options=opts,
+                        create_pr=True)
+    prs = list(alice_api.get_repo_discussions("alice/once", discussion_type="pull_request"))
+    assert len(prs) == 1 and pr.pr_url == prs[0].url
+    assert [c.commit_id for c in merge_commits(alice_api, "alice/once", f"refs/pr/{prs[0].num}")][0] == pr.commit
+
+
+def test_retries_only_for_failures_that_pass(hub, hub_models, tmp_path, monkeypatch):
+    import httpx
+    from huggingface_hub import constants, get_session
+
+    from hubbot.errors import SourceError
+    from hubbot.hub import with_retries
+    from hubbot.jobs.worker import is_transient
+
+    _, names = hub_models
+    opts = HubOptions(token=ALICE_TOKEN, backoff=0.01, retries=3)
+    calls = []
+
+    def counted(fn):
+        def wrapped():
+            calls.append(1)
+            return fn()
+        return wrapped
+
+    unreachable = (("http://127.0.0.1:9", "connection was refused"), ("http://hub.invalid", "does not resolve"))
+    for endpoint, advice in unreachable:
+        calls.clear()
+        with pytest.raises(SourceError, match=advice):
+            with_retries(counted(lambda: get_session().get(f"{endpoint}/api/models/a/b", timeout=5)), "a/b",
+                         HubOptions(endpoint=endpoint, backoff=0.01, retries=3))
+        assert len(calls) == 1, "an unreachable Hub is not retried"
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise httpx.ReadTimeout("slow")
+        return "ok"
+
+    calls.clear()
+    assert with_retries(flaky, "x", opts) == "ok" and len(calls) == 3, "timeouts are retried"
+
+    hub.reset_stats()
+    with pytest.raises(PlanError, match="not found on the Hub"):
+        plan_for("merge_method: linear\nmodels: [{model: alice/nope, parameters: {weight: 1}}]\n", tmp_path,
+                 backoff=0.01)
+    assert len(hub.requests("GET", r"/api/models/alice/nope")) == 1, "a 404 is not retried"
+
+    hub.inject("GET", r"/api/models/alice/base", "status", times=2, status=429)
+    plan_for(f"merge_method: linear\nmodels: [{{model: {names[0]}, parameters: {{weight: 1}}}}]\n", tmp_path / "a",
+             backoff=0.01)
+    assert len(hub.requests("GET", r"/api/models/alice/base")) == 3, "429 is retried"
+
+    hub.inject("GET", r"/api/models/alice/base", "status", times=None, status=503)
+    hub.reset_stats()
+    with pytest.raises(TransientError, match="did not answer after 2 tries") as failure:
+        plan_for(f"merge_method: linear\nmodels: [{{model: {names[0]}, parameters: {{weight: 1}}}}]\n", tmp_path / "b",
+                 backoff=0.01, retries=1)
+    assert is_transient(failure.value), "the job service runs it again later"
+    assert len(hub.requests("GET", r"/api/models/alice/base")) == 2
+    hub.clear_faults()
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.reset_stats()
+    with pytest.raises(PlanError, match="HF_HUB_OFFLINE is set") as offline:
+        plan_for(f"merge_method: linear\nmodels: [{{model: {names[0]}, parameters: {{weight: 1}}}}]\n", tmp_path / "d")
+    assert not hub.requests("GET", r"/api/models/") and "try again later" not in str(offline.value)
+
+
+def test_hub_client_warnings_are_printed_once(hub, hub_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, names = hub_models
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(RECIPES["slerp"].format(b=names[0], f1=names[1], f2=names[2]))
+    hub.inject("POST", r"/preupload/", "status", times=1, status=502)
+    env = {**os.environ, "HF_TOKEN": ALICE_TOKEN, "HUBBOT_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "hubbot.cli", "merge", str(recipe), "--push", "alice/warned"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("502") == 1, out.stderr
+
+
+def test_damaged_headers_on_the_hub_are_refused_at_planning(hub, families, tmp_path):
+    """The same checks as for local files, with the file's length from the range answers."""
+    import json
+    import struct
+
+    base = families("llama")[0]
+    files = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    raw = files["model.safetensors"]
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    last = max((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][1])
+    begin, end = header[last]["data_offsets"]
+    header[last]["data_offsets"] = [begin + 64, end + 64]
+    body = json.dumps(header).encode()
+    hub.create_repo_direct("merge-lab/damaged", {**files, "model.safetensors": struct.pack("<Q", len(body)) + body
+                                                 + raw[8 + n:]})
+    hub.reset_stats()
+    with pytest.raises(PlanError, match=rf"merge-lab/damaged/model.safetensors: tensor '{last}' ends at byte .* "
+                                        "past the end of the file"):
+        plan_for("merge_method: linear\nmodels: [{model: merge-lab/damaged, parameters: {weight: 1}}]\n", tmp_path)
+    assert hub.tensor_bytes_served() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from hubbot.errors import RecipeError
@@ -99,3 +101,46 @@ def test_malformed(text, needle):
 def test_service_mode_refuses_local_paths():
     ps = problems("merge_method: linear\nmodels: [{model: /etc}, {model: org/b}]\n", allow_local=False)
     assert "models[0].model" in ps[0] and "local path" in ps[0]
+
+
+def test_yaml_is_bounded_before_anything_reads_it(tmp_path):
+    from hubbot.errors import HubbotError
+    from hubbot.jobs.settings import Settings
+    from hubbot.recipe.text import MAX_RECIPE_BYTES, load_yaml, text_hash
+
+    nine = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    for read in (load_yaml, text_hash):
+        with pytest.raises(RecipeError, match="more than .* values once its aliases are expanded"):
+            read(nine)
+    assert load_yaml("a: &x [1, 2]\nb: *x\n") == {"a": [1, 2], "b": [1, 2]}, "ordinary anchors still work"
+    with pytest.raises(RecipeError, match="limit is 100 bytes"):
+        load_yaml("x: " + "1" * 200, limit=100)
+    with pytest.raises(RecipeError, match=f"limit is {MAX_RECIPE_BYTES} bytes"):
+        load_yaml("x: " + "1" * (MAX_RECIPE_BYTES + 1), limit=10 * MAX_RECIPE_BYTES)
+    with pytest.raises(HubbotError, match="HUBBOT_MAX_RECIPE_BYTES.*at most"):
+        Settings.from_env({"HUBBOT_MAX_RECIPE_BYTES": str(MAX_RECIPE_BYTES + 1)}, data_dir=tmp_path)
+    assert Settings.from_env({"HUBBOT_MAX_RECIPE_BYTES": "1000"}, data_dir=tmp_path).limits.recipe_bytes == 1000
+
+
+def test_every_error_type_lives_in_errors_and_carries_problems():
+    from hubbot import errors, hub
+    from hubbot.search import evaluate
+
+    assert hub.HubError is errors.HubError and evaluate.EvalError is errors.EvalError
+    assert errors.HubError("push target x: no").problems == ["push target x: no"]
+    assert RecipeError(["a: bad", "b: bad"]).problems == ["a: bad", "b: bad"]
+    assert issubclass(errors.TransientError, errors.HubbotError)
+
+
+@pytest.mark.parametrize("value, why", [
+    ("1" + "0" * 400, "an integer of 401 digits is out of range"),
+    (".nan", "nan is not a finite number"),
+    ("-.inf", "-inf is not a finite number"),
+    ("1.0e+400", "inf is not a finite number"),
+    ("[0, 1.0e+39]", "weight[1]: 1e+39 is out of range"),
+])
+def test_numbers_are_finite_and_in_range(value, why):
+    text = f"merge_method: linear\nmodels:\n  - {{model: org/a, parameters: {{weight: {value}}}}}\n  - org/b\n"
+    with pytest.raises(RecipeError, match=re.escape(why)):
+        parse(text)

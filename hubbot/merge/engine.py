@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -134,9 +135,12 @@ def check_output_folder(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise MergeError(f"{out} already exists and is not empty; choose a new --out folder or remove it")
     parent = next(p for p in Path(os.path.abspath(out)).parents if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise MergeError(f"{out} cannot be created: {parent} is not a folder this process may write to; "
-                         "choose another --out folder")
+    try:
+        # a real try: permission bits alone miss /proc and read-only mounts
+        os.rmdir(tempfile.mkdtemp(prefix=".hubbot-probe-", dir=parent))
+    except OSError as exc:
+        raise MergeError(f"{out} cannot be created: {parent} is not a folder this process may write to "
+                         f"({exc.strerror}); choose another --out folder") from None
 
 
 def run(

@@ -128,7 +128,8 @@ def merge_and_push(
         for f in sorted(out.iterdir()):
             if f.is_file() and f.name not in uploaded and not f.name.startswith("."):
                 ops.append(CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f)))
-        oid, pr_url = _commit_once(api, repo_id, ops, f"Merge {len(plan.models)} models with {plan.method.name} (hubbot)",
+        title = f"Merge {len(plan.models)} models with {plan.method.name} (hubbot)"
+        oid, pr_url = _commit_once(api, repo_id, ops, title,
                                    "Recipe, sources at pinned revisions and run facts are in the model card.",
                                    create_pr, hub)
     except BaseException as exc:
@@ -165,7 +166,8 @@ def _commit_once(api, repo_id: str, ops: list, title: str, description: str, cre
     return with_retries(attempt, f"committing to {repo_id}", opts, HubError)
 
 
-def _landed(api, repo_id: str, title: str, marker: str, create_pr: bool, recent: int = 5) -> tuple[str, str | None] | None:
+def _landed(api, repo_id: str, title: str, marker: str, create_pr: bool,
+            recent: int = 5) -> tuple[str, str | None] | None:
     """The commit whose description holds `marker`, if an earlier try created it: among the
     newest commits of the main branch, or at the head of the newest pull requests titled `title`."""
     from itertools import islice

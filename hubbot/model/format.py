@@ -53,6 +53,12 @@ class TensorInfo:
         return self.offset + start * row, (stop - start) * row
 
 
+def json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words, for errors about files that hold the wrong kind."""
+    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
 def header_length(first8: bytes, file: str, size: int | None = None) -> int:
     """The header length from a file's first 8 bytes, refused when it cannot be right (`size`:
     the file's length in bytes, where known)."""
@@ -80,7 +86,7 @@ def parse_header(raw: bytes, file: str, label: str,
     except (ValueError, RecursionError) as exc:
         raise SourceError(f"{where}: the safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
-        raise SourceError(f"{where}: the safetensors header is a JSON {type(header).__name__}, not an object of "
+        raise SourceError(f"{where}: the safetensors header is a JSON {json_kind(header)}, not an object of "
                           "tensors; the file is damaged or not a safetensors file")
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
@@ -95,7 +101,7 @@ def _entry(name: str, entry: object, file: str, where: str, base: int) -> Tensor
     """One header entry as a TensorInfo, its dtype, shape and offsets checked against each other."""
     damaged = f"{where}: tensor '{name}'"
     if not isinstance(entry, dict):
-        raise SourceError(f"{damaged}: its header entry is a {type(entry).__name__}, not "
+        raise SourceError(f"{damaged}: its header entry is a {json_kind(entry)}, not "
                           "{dtype, shape, data_offsets}; the file is damaged")
     code = entry.get("dtype")
     if code not in DTYPES:

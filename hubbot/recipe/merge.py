@@ -230,7 +230,8 @@ def _parse_slices(c: Checker, raw: Any) -> tuple[Slice, ...]:
             c.unknown_keys(spath, src, ("model", "layer_range", "parameters"))
             ref = c.model(f"{spath}.model", src["model"])
             lr = src.get("layer_range")
-            if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+            if not (isinstance(lr, list) and len(lr) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
                     and 0 <= lr[0] < lr[1] <= MAX_LAYERS):
                 c.add(f"{spath}.layer_range", f"expected [start, end] with 0 <= start < end <= {MAX_LAYERS} "
                                               f"(end excluded), got {lr!r}")

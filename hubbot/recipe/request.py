@@ -133,7 +133,7 @@ def _evolve(c: Checker, raw: Any) -> dict[str, Any]:
         return {}
     c.unknown_keys("evolve", raw, EVOLVE_FIELDS)
     out: dict[str, Any] = {}
-    checks = {"budget": (int, 1, MAX_BUDGET), "popsize": (int, 2, 1000), "seed": (int, 0, None),
+    checks = {"budget": (int, 1, MAX_BUDGET), "popsize": (int, 2, 1000), "seed": (int, 0, 2**32 - 1),
               "sigma": ((int, float), 1e-3, 1.0)}
     for key, (kind, low, high) in checks.items():
         v = raw.get(key)
@@ -141,8 +141,8 @@ def _evolve(c: Checker, raw: Any) -> dict[str, Any]:
             if key == "budget":
                 c.add("evolve.budget", "missing; say how many candidate merges to evaluate")
             continue
-        if isinstance(v, bool) or not isinstance(v, kind) or v < low or (high is not None and v > high):
-            c.add(f"evolve.{key}", f"expected a number in [{low}, {high if high is not None else 'inf'}], got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, kind) or not low <= v <= high:  # also refuses .nan
+            c.add(f"evolve.{key}", f"expected a number in [{low}, {high}], got {v!r}")
             continue
         out[key] = float(v) if key == "sigma" else v
     if not isinstance(raw.get("recipe"), dict):

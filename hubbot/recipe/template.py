@@ -9,7 +9,6 @@ unit cube (one coordinate per searched number).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ import yaml
 from ..errors import RecipeError
 from .merge import Recipe, parse
 from .text import load_yaml
+from .values import number_problem
 
 MARKER_FIELDS = ("search", "points", "init")
 
@@ -121,7 +121,7 @@ def _marker(node: dict, path: str, where: tuple, problems: list[str]) -> Dim | N
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and number_problem(v) is None
 
 
 def check_template(tpl: Template, allow_local: bool = True) -> Recipe:

@@ -47,8 +47,9 @@ def load_yaml(text: str | bytes, what: str = "recipe", limit: int = MAX_RECIPE_B
     if size > limit:
         raise RecipeError(f"the {what} is {size} bytes; the limit is {limit} bytes. "
                           "Recipes are short YAML files; remove pasted weights or long comments")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # refuses unprintable characters at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -62,7 +63,8 @@ def load_yaml(text: str | bytes, what: str = "recipe", limit: int = MAX_RECIPE_B
     except ValueError as exc:  # a number too long for int() (Python caps its digits)
         raise RecipeError(f"the {what} holds a value that cannot be read ({exc})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class _TooLarge(yaml.YAMLError):

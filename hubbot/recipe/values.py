@@ -62,15 +62,13 @@ def number_problem(raw: Any) -> str | None:
     MAX_MAGNITUDE (an integer of 400 digits overflows a float). None for any other value."""
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         return None
-    try:
-        number = float(raw)
-    except OverflowError:
-        number = math.inf
-    shown = f"an integer of {len(str(abs(raw)))} digits" if isinstance(raw, int) and abs(raw) > 10**15 else repr(raw)
-    if not math.isfinite(number):
-        return f"{shown} is not a finite number; give a number such as 0.5"
-    if abs(number) > MAX_MAGNITUDE:
+    if isinstance(raw, int) and abs(raw) > MAX_MAGNITUDE:
+        shown = f"an integer of {len(str(abs(raw)))} digits" if abs(raw) > 10**15 else repr(raw)
         return f"{shown} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
+    if not math.isfinite(raw):
+        return f"{raw!r} is not a finite number; give a number such as 0.5"
+    if abs(raw) > MAX_MAGNITUDE:
+        return f"{raw!r} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
     return None
 
 

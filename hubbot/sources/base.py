@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from ..errors import SourceError
-from ..model.format import TensorInfo, decode, header_length, parse_header
+from ..model.format import TensorInfo, decode, header_length, json_kind, parse_header
 from ..recipe.refs import ModelRef
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -69,7 +69,7 @@ class Source(ABC):
             except (ValueError, RecursionError) as exc:
                 raise SourceError(f"{self.label}: config.json is not valid JSON ({exc})") from None
             if not isinstance(config, dict):
-                raise SourceError(f"{self.label}: config.json holds a JSON {type(config).__name__}, not an object "
+                raise SourceError(f"{self.label}: config.json holds a JSON {json_kind(config)}, not an object "
                                   "of settings; is it a transformers model?")
             self._config = config
         return self._config
