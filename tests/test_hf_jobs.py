@@ -232,8 +232,8 @@ def test_the_cli_runs_a_merge_on_hf_jobs_and_prints_its_log(jobs_hub, tmp_path):
 class _Plan:
     """Just what placement and the flavour choice read of a plan."""
 
-    def __init__(self, peak: int, models=(), output: int = 10**6, seconds: float = 1.0):
-        self.peak, self.models, self.output_bytes, self.input_bytes, self.seconds = peak, list(models), output, output, seconds
+    def __init__(self, peak: int, models=()):
+        self.peak, self.models = peak, list(models)
 
     def peak_bytes(self) -> int:
         return self.peak

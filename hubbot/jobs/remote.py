@@ -177,8 +177,8 @@ def choose_flavor(hardware: Iterable[Any], allowed: Iterable[str], need: Need) -
             and (_bytes(offered[name].ephemeral_storage) or float("inf")) >= need.disk]
     if not fits:
         raise RequestError(f"no Hugging Face Jobs flavour allowed here has {need.memory / 1e9:.0f} GB of memory and "
-                           f"{need.disk / 1e9:.0f} GB of disk for this merge (allowed: {', '.join(allowed) or 'none'}); "
-                           "allow a larger flavour (HUBBOT_JOBS_FLAVORS) or pick one")
+                           f"{need.disk / 1e9:.0f} GB of disk for this merge "
+                           f"(allowed: {', '.join(allowed) or 'none'}); allow a larger flavour (HUBBOT_JOBS_FLAVORS)")
     gpus = [hw for hw in fits if hw.accelerator is not None]
     pool = gpus if need.seconds > GPU_AFTER_S and gpus else fits
     return min(pool, key=lambda hw: hw.unit_cost_micro_usd).name
