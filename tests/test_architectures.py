@@ -1,0 +1,98 @@
+"""Architectures beyond Llama: a representative part of the matrix in tests/architectures.py (the
+full matrix writes docs/architectures.md), and vision-language models planned over their
+language model's layers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubbot.merge import coverage, engine
+from hubbot.merge.plan import build
+from hubbot.recipe.merge import parse
+from tests.architectures import DOC, forward_finite, run_arch
+from tests.models import ARCHS, load_state, make_arch_family
+
+# A vision-language model of each layout, a mixture of experts with shared experts and layers of
+# two kinds, a dense decoder mergekit cannot merge, and an encoder.
+REPRESENTATIVE = ("llava", "qwen2_vl", "qwen3_next", "falcon", "bert")
+
+
+@pytest.fixture(scope="module")
+def arch_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("archs")
+
+
+@pytest.mark.parametrize("name", REPRESENTATIVE)
+def test_architecture_matrix_row(name, arch_root):
+    row = run_arch(name, arch_root, parity=name in ("qwen3_next",))
+    assert row.ok, row.failures
+
+
+def test_doc_lists_every_architecture():
+    doc = DOC.read_text()
+    rows = {m[1] for m in re.finditer(r"^\| (\w+) \| ", doc, re.M)} - {"architecture"}
+    assert rows == set(ARCHS), "rerun `python -m tests.architectures --write-doc`"
+
+
+@pytest.fixture(scope="module")
+def llava(arch_root) -> list[Path]:
+    return make_arch_family(arch_root / "llava-slices", "llava")
+
+
+def test_vlm_slices_apply_to_the_language_model(llava, tmp_path):
+    """Slices over the text model's layers (2), while the vision tower has 3: the vision tower and
+    projector come whole from the first slice's source, the config's text layer count follows
+    the slices and the vision config keeps its own."""
+    base, ft1, _ = llava
+    text = f"""merge_method: passthrough
+slices:
+  - sources: [{{model: {base}, layer_range: [0, 2]}}]
+  - sources: [{{model: {ft1}, layer_range: [1, 2]}}]
+dtype: float32
+"""
+    plan = build(parse(text))
+    assert not plan.problems and plan.coverage.complete and plan.out_layers == 3
+    out = engine.run(plan, tmp_path / "out", device="cpu").folder
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 3 and cfg["vision_config"]["num_hidden_layers"] == 3
+    state, b, f = load_state(out), load_state(base), load_state(ft1)
+    assert torch.equal(state["language_model.model.layers.2.mlp.up_proj.weight"],
+                       f["language_model.model.layers.1.mlp.up_proj.weight"])
+    vision = [n for n in b if n.startswith(("vision_tower.", "multi_modal_projector."))]
+    assert vision and all(torch.equal(state[n], b[n]) for n in vision)
+    assert not any(n.startswith("language_model.model.layers.3") for n in state)
+    ft1_cov = next(c for c in plan.coverage.sources if c.label == str(ft1))
+    assert len(ft1_cov.left_out[coverage.OTHER_SLICE]) == len(vision) + 1  # + the embedding
+    assert forward_finite(out, ARCHS["llava"][2])
+
+
+def test_vlm_layer_ranges_count_the_text_layers(llava):
+    base, _, _ = llava
+    plan = build(parse(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {base}, layer_range: [0, 3]}}]\n"))
+    assert any("[0, 3] goes past" in p and "which has 2 layers" in p for p in plan.problems)
+
+
+def test_vlm_layer_gradients_and_filters(llava, tmp_path):
+    """A gradient over the layers runs over the text model's layers; a filter reaches the vision tower."""
+    base, ft1, _ = llava
+    plan = build(parse(f"""merge_method: slerp
+base_model: {base}
+models: [{{model: {base}}}, {{model: {ft1}}}]
+parameters:
+  t:
+    - filter: vision_tower
+      value: 0
+    - value: [0, 1]
+dtype: float32
+"""))
+    assert not plan.problems
+    by_name = {t.name: t for t in plan.tasks}
+    assert by_name["language_model.model.layers.0.mlp.up_proj.weight"].params["t"] == 0
+    assert by_name["language_model.model.layers.1.mlp.up_proj.weight"].params["t"] == 1
+    assert by_name["vision_tower.encoder.layers.2.mlp.fc1.weight"].params["t"] == 0
+    assert by_name["vision_tower.encoder.layers.2.mlp.fc1.weight"].layer is None
