@@ -96,3 +96,21 @@ dtype: float32
     assert by_name["language_model.model.layers.1.mlp.up_proj.weight"].params["t"] == 1
     assert by_name["vision_tower.encoder.layers.2.mlp.fc1.weight"].params["t"] == 0
     assert by_name["vision_tower.encoder.layers.2.mlp.fc1.weight"].layer is None
+
+
+def test_moe_sources_merge_expert_by_expert(arch_root, tmp_path):
+    """Expert i of each model merges with expert i of the others, routers and shared experts too;
+    a TIES density cut on an expert keeps its share of that expert's own entries."""
+    base, ft1, ft2 = make_arch_family(arch_root / "qwen2_moe-experts", "qwen2_moe")
+    text = (f"merge_method: ties\nbase_model: {base}\nmodels:\n"
+            f"  - {{model: {ft1}, parameters: {{weight: 1.0, density: 0.25}}}}\ndtype: float32\n")
+    plan = build(parse(text))
+    assert not plan.problems and plan.coverage.complete
+    out = load_state(engine.run(plan, tmp_path / "out", device="cpu").folder)
+    b, f = load_state(base), load_state(ft1)
+    for name in ("model.layers.1.mlp.experts.2.up_proj.weight", "model.layers.1.mlp.gate.weight",
+                 "model.layers.1.mlp.shared_expert.down_proj.weight", "model.layers.1.mlp.shared_expert_gate.weight"):
+        changed = (out[name] != b[name]).float().mean().item()
+        assert abs(changed - 0.25) < 0.05, f"{name}: {changed:.0%} of entries moved"
+        moved = out[name] != b[name]
+        assert torch.equal(out[name][moved], f[name][moved])
