@@ -183,6 +183,11 @@ ARCHS: dict[str, tuple[str, dict, str]] = {
                          eos_token_id=1), image_token_id=3, video_token_id=4, vision_start_token_id=5,
         vision_config={"depth": 3, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "mlp_ratio": 2,
                        "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2}), VISION),
+    "gemma3_vl": ("Gemma3Config", dict(
+        text_config=dict(_TEXT, head_dim=16, sliding_window=32), mm_tokens_per_image=4, image_token_index=3,
+        boi_token_index=4, eoi_token_index=5,
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8}), VISION),
     "bert": ("BertConfig", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                 max_position_embeddings=256), ENCODER),
 }

@@ -114,3 +114,20 @@ def test_moe_sources_merge_expert_by_expert(arch_root, tmp_path):
         assert abs(changed - 0.25) < 0.05, f"{name}: {changed:.0%} of entries moved"
         moved = out[name] != b[name]
         assert torch.equal(out[name][moved], f[name][moved])
+
+
+def test_the_language_models_stack_is_found_by_name_and_config():
+    from hubbot.model import arch
+
+    llava = ["vision_tower.encoder.layers.2.mlp.fc1.weight", "language_model.model.layers.1.mlp.up_proj.weight",
+             "language_model.model.embed_tokens.weight", "multi_modal_projector.linear_1.weight",
+             "language_model.lm_head.weight"]
+    assert arch.main_stack({"text_config": {"num_hidden_layers": 2}}, llava) == "language_model.model.layers"
+    assert arch.outside_text_model("multi_modal_projector.linear_1.weight", "language_model.model.layers")
+    assert not arch.outside_text_model("language_model.lm_head.weight", "language_model.model.layers")
+    qwen_vl = ["visual.blocks.2.attn.qkv.weight", "model.layers.1.mlp.up_proj.weight", "visual.merger.mlp.0.weight"]
+    assert arch.main_stack({"num_hidden_layers": 2}, qwen_vl) == "model.layers"
+    neox = ["gpt_neox.layers.0.attention.dense.weight", "embed_out.weight"]
+    assert arch.main_stack({}, neox) == "gpt_neox.layers"
+    assert not arch.outside_text_model("embed_out.weight", "gpt_neox.layers")
+    assert arch.main_stack({}, ["model.norm.weight"]) is None

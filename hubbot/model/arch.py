@@ -20,6 +20,7 @@ LAYER = re.compile(r"^(?P<prefix>(?:[\w-]+\.)*?(?:layers|layer|h|blocks|block|de
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PRE_MARKERS = ("embed", "wte", "wpe", "word_embeddings")
 LM_HEAD = re.compile(r"(^|\.)lm_head\.weight$")
+OUTPUT_HEAD = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$")  # embed_out: GPT-NeoX
 EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings)\.weight$")
 PACKED_CODES = ("F8_E4M3", "F8_E5M2", "I8", "U8", "I32", "I16")
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
@@ -72,8 +73,8 @@ def main_stack(config: dict, names) -> str | None:
 
 def outside_text_model(name: str, stack: str | None) -> bool:
     """Whether a non-layer tensor belongs to another part than the language model (a vision
-    tower, a projector): it is neither under the main stack's parent module nor the lm_head."""
-    if stack is None or LM_HEAD.search(name):
+    tower, a projector): it is neither under the main stack's parent module nor the output head."""
+    if stack is None or OUTPUT_HEAD.search(name):
         return False
     root = stack.rpartition(".")[0]
     return bool(root) and not name.startswith(root + ".")
