@@ -131,3 +131,11 @@ slices:
     assert ft1_out[coverage.OTHER_SLICE] == ["model.embed_tokens.weight"]
     assert sorted(base_out[coverage.OTHER_SLICE]) == ["lm_head.weight", "model.norm.weight"]
     assert any("left out" in line and coverage.OUTSIDE_SLICES in line for line in plan.coverage.lines())
+
+
+def test_model_card_has_a_coverage_section(families):
+    from hubbot.merge.card import build_card
+
+    base, ft1, _ = families("llama")
+    card, _ = build_card(build(parse(linear(base, ft1))), repo_id=None, run=None)
+    assert "## Tensor coverage" in card and "Every tensor of every source is merged" in card
