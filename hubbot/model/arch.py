@@ -14,6 +14,7 @@ is merged or copied whole like the embeddings.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 LAYER = re.compile(r"^(?P<prefix>(?:[\w-]+\.)*?(?:layers|layer|h|blocks|block|decoder_layers))\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -47,7 +48,7 @@ def split_layer(name: str) -> LayerName | None:
     return LayerName(m["prefix"], int(m["index"]), m["rest"]) if m else None
 
 
-def layer_stacks(names) -> dict[str, int]:
+def layer_stacks(names: Iterable[str]) -> dict[str, int]:
     """Each stack of layers among `names`, by prefix: how many layers it holds (highest index + 1)."""
     stacks: dict[str, int] = {}
     for name in names:
@@ -57,7 +58,7 @@ def layer_stacks(names) -> dict[str, int]:
     return stacks
 
 
-def main_stack(config: dict, names) -> str | None:
+def main_stack(config: dict, names: Iterable[str]) -> str | None:
     """The prefix of the language model's layers: the only stack, else the stacks not named like
     a vision or audio encoder, preferring the one whose length the (text) config gives."""
     names = list(names)
@@ -104,6 +105,7 @@ def text_config(config: dict) -> dict:
 
 
 def first_int(config: dict, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` the config sets to an integer (architectures name the same size differently)."""
     return next((config[k] for k in keys if isinstance(config.get(k), int)), None)
 
 
