@@ -31,8 +31,8 @@ PARITY_ATOL = 2e-6  # float32 on both sides: equal up to rounding
 def recipe(method: str, base: Path, ft1: Path, ft2: Path) -> str:
     if method == "linear":
         return (f"merge_method: linear\nmodels:\n  - {{model: {base}, parameters: {{weight: 0.4}}}}\n"
-                f"  - {{model: {ft1}, parameters: {{weight: 0.3}}}}\n  - {{model: {ft2}, parameters: {{weight: 0.3}}}}\n"
-                "dtype: float32\n")
+                f"  - {{model: {ft1}, parameters: {{weight: 0.3}}}}\n"
+                f"  - {{model: {ft2}, parameters: {{weight: 0.3}}}}\ndtype: float32\n")
     if method == "ties":
         return (f"merge_method: ties\nbase_model: {base}\nmodels:\n"
                 f"  - {{model: {ft1}, parameters: {{weight: 0.5, density: 0.5}}}}\n"
@@ -61,7 +61,8 @@ class Row:
             return f"n/a: {self.notes[check]}"
         failed = self.failures[check]
         if not failed:
-            return "yes (experts per expert: see notes)" if check == "parity" and "parity_experts" in self.notes else "yes"
+            per_expert = check == "parity" and "parity_experts" in self.notes
+            return "yes (experts per expert: see notes)" if per_expert else "yes"
         return "; ".join(f"**{m}: {why}**" for m, why in failed.items())
 
 
@@ -90,13 +91,14 @@ def mergekit_parity(text: str, ours: Path, out: Path, auto_class: str, per_exper
         theirs_folder = mergekit_merge(text, out)
     except Exception as exc:  # the reference refusing an architecture is a result, not a crash
         lines = str(exc).strip().splitlines() or [""]
-        raise Unsupported(f"{type(exc).__name__}: ...{lines[-1][-100:]}") from exc
+        raise Unsupported(f"mergekit 0.1.5 fails: {type(exc).__name__}: ...{lines[-1][-100:]}") from exc
     mine, theirs = load_state(ours), load_state(theirs_folder)
     if set(mine) != set(theirs):
         mine, _ = loaded_state(ours, auto_class)
         theirs, missing = loaded_state(theirs_folder, auto_class)
         if missing:
-            raise Unsupported(f"its output lacks {len(missing)} tensors the model needs, e.g. '{missing[0]}'")
+            raise Unsupported(f"mergekit 0.1.5's output lacks {len(missing)} tensors the model needs, "
+                              f"e.g. '{missing[0]}'")
     if set(mine) != set(theirs):
         return f"tensor sets differ ({len(set(mine) ^ set(theirs))} names)"
     for name, ref in theirs.items():
@@ -157,7 +159,7 @@ def run_arch(name: str, root: Path, methods: tuple[str, ...] = METHODS, parity: 
                 why = mergekit_parity(text, folder, root / f"{name}-{method}-mergekit", auto_class,
                                       per_expert=method != "linear" and any(".experts." in n for n in inputs))
             except Unsupported as exc:
-                row.notes["parity"] = f"mergekit 0.1.5 cannot merge it ({str(exc).replace(str(root), '...')})"
+                row.notes["parity"] = str(exc).replace(str(root), "...")
                 continue
             if why:
                 row.fail("parity", method, why)

@@ -90,7 +90,8 @@ def test_tensor_with_no_rule_in_several_sources(families, tmp_path):
 def test_contradicting_config_is_refused_at_planning(families, tmp_path):
     base, ft1, _ = families("llama")
     layers = variant(ft1, tmp_path / "layers", config={"num_hidden_layers": 3})
-    plan = build(parse(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {layers}, layer_range: [0, 2]}}]\n"))
+    plan = build(parse(f"merge_method: passthrough\nslices:\n"
+                       f"  - sources: [{{model: {layers}, layer_range: [0, 2]}}]\n"))
     assert any(f"{layers}: config.json contradicts its tensors: num_hidden_layers is 3 but the tensors hold 4 "
                "layers ('model.layers.N')" in p and "fix the model's config.json" in p for p in plan.problems)
     vocab = variant(ft1, tmp_path / "vocab", config={"vocab_size": 1000, "num_attention_heads": 8})
@@ -130,3 +131,11 @@ slices:
     assert ft1_out[coverage.OTHER_SLICE] == ["model.embed_tokens.weight"]
     assert sorted(base_out[coverage.OTHER_SLICE]) == ["lm_head.weight", "model.norm.weight"]
     assert any("left out" in line and coverage.OUTSIDE_SLICES in line for line in plan.coverage.lines())
+
+
+def test_model_card_has_a_coverage_section(families):
+    from hubbot.merge.card import build_card
+
+    base, ft1, _ = families("llama")
+    card, _ = build_card(build(parse(linear(base, ft1))), repo_id=None, run=None)
+    assert "## Tensor coverage" in card and "Every tensor of every source is merged" in card

@@ -369,7 +369,8 @@ class _Planner:
         tensor of the same name in its own language model's stack."""
         first = slots[0].source
         src_layer = slots[0].start + offset
-        template = [p for n in self.sources[first].tensors() if (p := self._main_layer(first, n)) and p.index == src_layer]
+        template = [p for n in self.sources[first].tensors()
+                    if (p := self._main_layer(first, n)) and p.index == src_layer]
         tasks = []
         for p in template:
             inputs = [(s, p.at(s.start + offset, self.stacks[s.source] or p.prefix)) for s in slots]

@@ -14,12 +14,14 @@ is merged or copied whole like the embeddings.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 LAYER = re.compile(r"^(?P<prefix>(?:[\w-]+\.)*?(?:layers|layer|h|blocks|block|decoder_layers))\.(?P<index>\d+)\.(?P<rest>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PRE_MARKERS = ("embed", "wte", "wpe", "word_embeddings")
 LM_HEAD = re.compile(r"(^|\.)lm_head\.weight$")
+OUTPUT_HEAD = re.compile(r"(^|\.)(lm_head|embed_out)\.weight$")  # embed_out: GPT-NeoX
 EMBED = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings)\.weight$")
 PACKED_CODES = ("F8_E4M3", "F8_E5M2", "I8", "U8", "I32", "I16")
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
@@ -46,7 +48,7 @@ def split_layer(name: str) -> LayerName | None:
     return LayerName(m["prefix"], int(m["index"]), m["rest"]) if m else None
 
 
-def layer_stacks(names) -> dict[str, int]:
+def layer_stacks(names: Iterable[str]) -> dict[str, int]:
     """Each stack of layers among `names`, by prefix: how many layers it holds (highest index + 1)."""
     stacks: dict[str, int] = {}
     for name in names:
@@ -56,7 +58,7 @@ def layer_stacks(names) -> dict[str, int]:
     return stacks
 
 
-def main_stack(config: dict, names) -> str | None:
+def main_stack(config: dict, names: Iterable[str]) -> str | None:
     """The prefix of the language model's layers: the only stack, else the stacks not named like
     a vision or audio encoder, preferring the one whose length the (text) config gives."""
     names = list(names)
@@ -72,8 +74,8 @@ def main_stack(config: dict, names) -> str | None:
 
 def outside_text_model(name: str, stack: str | None) -> bool:
     """Whether a non-layer tensor belongs to another part than the language model (a vision
-    tower, a projector): it is neither under the main stack's parent module nor the lm_head."""
-    if stack is None or LM_HEAD.search(name):
+    tower, a projector): it is neither under the main stack's parent module nor the output head."""
+    if stack is None or OUTPUT_HEAD.search(name):
         return False
     root = stack.rpartition(".")[0]
     return bool(root) and not name.startswith(root + ".")
@@ -103,6 +105,7 @@ def text_config(config: dict) -> dict:
 
 
 def first_int(config: dict, keys: tuple[str, ...]) -> int | None:
+    """The first of `keys` the config sets to an integer (architectures name the same size differently)."""
     return next((config[k] for k in keys if isinstance(config.get(k), int)), None)
 
 
