@@ -9,6 +9,7 @@ all of them are reported together.
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import methods
 from ..errors import PlanError, SourceError
 from ..methods import REQUIRED, Method
-from ..model import arch
-from ..model.dtypes import CODE_NAMES, DTYPE_CODES, FLOAT_CODES
+from ..model import arch, quant
+from ..model.dtypes import CODE_NAMES, DTYPE_CODES, FLOAT_CODES, TERNARY
 from ..model.format import DTYPES, TensorInfo
 from ..recipe import chat_templates
 from ..recipe.merge import Recipe
@@ -25,6 +26,7 @@ from ..recipe.refs import ModelRef
 from ..recipe.values import Params, evaluate
 from ..sizes import human_bytes
 from ..sources import Source, open_source
+from ..sources.unpacked import stores_ternary_floats, unpack
 from . import coverage as cov
 from . import vocab
 from .tokenizer import OutputTokenizer, model_chat_template
@@ -52,6 +54,8 @@ class TensorTask:
     `params` holds shared parameters as scalars and per-model ones as lists aligned with
     `inputs`. `copy` tasks (non-float tensors) take the first input unchanged. `vocab` tasks
     (embeddings, lm_head) have their inputs' rows moved into the output vocabulary first.
+    `ternary` tasks (out_dtype: ternary) are written as packed BitNet b1.58 values with their
+    scale in `dtype` (model/quant.py): `shape` is the merged tensor's, `nbytes` what is stored.
     """
 
     name: str
@@ -64,13 +68,17 @@ class TensorTask:
     t: float = 0.0
     copy: bool = False
     vocab: bool = False
+    ternary: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
-        n = DTYPES[self.dtype].itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        if self.ternary:
+            return quant.ternary_nbytes(self.shape, DTYPES[self.dtype].itemsize)
+        return self.numel * DTYPES[self.dtype].itemsize
 
 
 @dataclass
@@ -109,8 +117,8 @@ class Plan:
     def blocks(self, task: TensorTask, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[tuple[int, int]] | None, int]:
         """How the engine splits `task`: its blocks of rows (None: the whole tensor at once), and
         how many statistics passes read them before the merge (a blockwise method's passes)."""
-        f32_bytes = task.nbytes // DTYPES[task.dtype].itemsize * 4
-        if task.copy or task.vocab or len(task.shape) < 2:
+        f32_bytes = task.numel * 4
+        if task.copy or task.vocab or task.ternary or len(task.shape) < 2:  # ternary: one scale per tensor
             return None, 0
         blockwise = self.method.blockwise_for(task.params)
         if self.method.elementwise or (blockwise is not None and not blockwise.passes):
@@ -125,7 +133,7 @@ class Plan:
         worst = 0
         for t in self.tasks:
             rows, _ = self.blocks(t, chunk_bytes)
-            numel = max(1, t.nbytes // DTYPES[t.dtype].itemsize)
+            numel = max(1, t.numel)
             if rows is not None:
                 numel = numel // t.shape[0] * (rows[0][1] - rows[0][0])
             n_in = len(t.inputs) + (1 if t.base else 0)
@@ -183,7 +191,7 @@ class Plan:
 
 def _rows(task: TensorTask, chunk_bytes: int) -> list[tuple[int, int]]:
     """Blocks of whole rows of about `chunk_bytes` in float32 (at least one row each)."""
-    row = max(1, task.nbytes // DTYPES[task.dtype].itemsize // task.shape[0])
+    row = max(1, task.numel // task.shape[0])
     step = max(1, chunk_bytes // (4 * row))
     return [(a, min(a + step, task.shape[0])) for a in range(0, task.shape[0], step)]
 
@@ -217,7 +225,7 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     problems: list[str] = []
     for ref in refs:
         try:
-            src = opener(ref)
+            src = unpack(opener(ref))  # fp8, mxfp4 and packed ternary weights read as floats
             src.config()
             src.tensors()
         except SourceError as exc:
@@ -253,6 +261,7 @@ class _Planner:
 
     def build(self) -> Plan:
         self._check_configs()
+        self._report_ternary_floats()
         if self.recipe.tokenizer is not None:
             self.vocab = self._vocabulary()
         slices = self._slices()
@@ -312,6 +321,15 @@ class _Planner:
                 for c in arch.config_contradictions(s.config(), {n: i.shape for n, i in s.tensors().items()}):
                     self.problems.append(f"{s.label}: config.json contradicts its tensors: {c}; fix the "
                                          "model's config.json (or its weights) before merging it")
+
+    def _report_ternary_floats(self) -> None:
+        """BitNet b1.58 models stored as plain floats, so the user knows what keeps them ternary."""
+        for i, s in enumerate(self.sources):
+            if self.recipe.out_dtype != TERNARY and stores_ternary_floats(s, self.stacks[i]):
+                self.warnings.append(f"{s.label}: its linear weights take three values each, up to a scale: a BitNet "
+                                     "b1.58 model stored as floats, with no quantization_config; a merge of ternary "
+                                     f"weights is not ternary, so set out_dtype: {TERNARY} to write a packed BitNet "
+                                     "model (or keep a float output on purpose)")
 
     def _vocabulary(self) -> vocab.Vocabulary | None:
         """The output vocabulary, planned from tokenizer.json files and embedding shapes."""
@@ -417,6 +435,7 @@ class _Planner:
         base_pair = next(((s, i) for s, i in found if s.source == self.base), None)
         others = [(s, i) for s, i in found if s.source != self.base]
         params = self._params(out_name, others, slice_params, t) if is_float else {}
+        ternary = is_float and self._ternary(out_name, shape, layer)
         if self.method.seeded:
             params["seed"] = zlib.crc32(f"{self.recipe.random_seed or 0}:{out_name}".encode())
         return TensorTask(
@@ -430,11 +449,24 @@ class _Planner:
             t=t,
             copy=not is_float,
             vocab=aligned,
+            ternary=ternary,
         )
 
     def _out_dtype(self, stored: str) -> str:
-        name = self.recipe.out_dtype or self.recipe.dtype
+        name = self.recipe.out_dtype if self.recipe.out_dtype != TERNARY else None
+        name = name or self.recipe.dtype
         return DTYPE_CODES[name] if name else stored
+
+    def _ternary(self, name: str, shape: tuple[int, ...], layer: int | None) -> bool:
+        """Whether out_dtype: ternary packs this tensor: the linear weights of the language model's
+        layers (norms, embeddings, the head and other parts stay floats)."""
+        if self.recipe.out_dtype != TERNARY or layer is None or len(shape) != 2 or not name.endswith(".weight"):
+            return False
+        if shape[0] % quant.TERNARY_PER_BYTE:
+            self.problems.append(f"tensor '{name}': out_dtype: {TERNARY} packs four rows to a byte, but it has "
+                                 f"{shape[0]} rows; merge to a float out_dtype instead")
+            return False
+        return True
 
     def _params(self, tensor: str, others: list[tuple[_Slot, TensorInfo]], slice_params: Params, t: float) -> dict[str, Any]:
         shared_scopes = (slice_params, self.recipe.parameters)
@@ -537,6 +569,8 @@ class _Planner:
                     c["torch_dtype"] = dtype
         if self.vocab is not None:
             cfg["vocab_size"] = self.vocab.size
+        if any(t.ternary for t in tasks):
+            config["quantization_config"] = dict(quant.BITNET_CONFIG)
         if self.recipe.tokenizer is not None:
             return config
         sizes = {s.label: arch.vocab_size(s.config()) for s in self.sources}
