@@ -351,3 +351,24 @@ def test_ternary_is_an_out_dtype_only():
         parse("merge_method: linear\nmodels: [{model: a/b, parameters: {weight: 1}}]\ndtype: ternary\n")
     recipe = parse("merge_method: linear\nmodels: [{model: a/b, parameters: {weight: 1}}]\nout_dtype: ternary\n")
     assert recipe.out_dtype == "ternary"
+
+
+def test_quantized_sources_are_shown_and_a_missing_dtype_is_warned(families, tmp_path):
+    _, ft1, ft2 = families("llama")
+    q1, _ = fp8_pair(ft1, tmp_path / "a")
+    plan = build(parse(linear_recipe(q1, ft2, "")))
+    assert f"model: {q1} (fp8, read as float32)" in plan.summary()
+    assert any("written as float32" in w and "dtype: bfloat16" in w for w in plan.warnings)
+    assert not any("float32" in w for w in build(parse(linear_recipe(q1, ft2, "dtype: bfloat16"))).warnings)
+
+
+def test_adapter_on_a_quantized_base_corrects_its_floats(families, tmp_path):
+    from hubbot.sources import open_source
+    from tests.test_lora import peft_adapter
+
+    fp8, floats = fp8_pair(families("llama")[0], tmp_path)
+    adapter = peft_adapter(floats, tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"])
+    got, want = (open_source(ModelRef.parse(f"{m}+{adapter}")) for m in (fp8, floats))
+    assert set(got.tensors()) == set(want.tensors())
+    for name in want.tensors():
+        assert torch.equal(got.read(name), want.read(name)), name

@@ -26,7 +26,7 @@ from ..recipe.refs import ModelRef
 from ..recipe.values import Params, evaluate
 from ..sizes import human_bytes
 from ..sources import Source, open_source
-from ..sources.unpacked import stores_ternary_floats, unpack
+from ..sources.unpacked import UnpackedSource, stores_ternary_floats, unpack
 from . import coverage as cov
 from . import vocab
 from .tokenizer import OutputTokenizer, model_chat_template
@@ -172,9 +172,12 @@ class Plan:
         lines = [f"method: {self.method.name} ({self.method.title})"]
         for s in self.sources:
             rev = f" @ {s.revision[:12]}" if s.revision else ""
-            lines.append(f"  {'model' if s.is_model else 'computed'}: {s.label}{rev}")
+            read = f" ({s.method}, read as float32)" if isinstance(s, UnpackedSource) else ""
+            lines.append(f"  {'model' if s.is_model else 'computed'}: {s.label}{rev}{read}")
+        ternary = sum(t.ternary for t in self.tasks)
         lines.append(f"output: {len(self.tasks)} tensors, {self.out_layers} layers, {human_bytes(self.output_bytes)}"
-                     f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
+                     f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'}"
+                     f"{f'; {ternary} linear weights packed {TERNARY}' if ternary else ''})")
         lines.append(f"reads: {human_bytes(self.input_bytes)} of weights; peak memory for tensors about "
                      f"{human_bytes(self.peak_bytes())}")
         if self.vocab is not None:
@@ -261,7 +264,7 @@ class _Planner:
 
     def build(self) -> Plan:
         self._check_configs()
-        self._report_ternary_floats()
+        self._report_low_bit_sources()
         if self.recipe.tokenizer is not None:
             self.vocab = self._vocabulary()
         slices = self._slices()
@@ -322,8 +325,14 @@ class _Planner:
                     self.problems.append(f"{s.label}: config.json contradicts its tensors: {c}; fix the "
                                          "model's config.json (or its weights) before merging it")
 
-    def _report_ternary_floats(self) -> None:
-        """BitNet b1.58 models stored as plain floats, so the user knows what keeps them ternary."""
+    def _report_low_bit_sources(self) -> None:
+        """What a merge of low-bit sources writes when the recipe does not say: quantized sources
+        decode to float32, and BitNet b1.58 models stored as plain floats lose their ternary form."""
+        decoded = [s.label for s in self.sources if isinstance(s, UnpackedSource)]
+        if decoded and not self.recipe.dtype and not self.recipe.out_dtype:
+            self.warnings.append(f"{', '.join(decoded)}: quantized weights are read as float32 and the recipe sets "
+                                 "no dtype, so they are written as float32; set dtype: bfloat16 (or float16) for an "
+                                 "output half that size")
         for i, s in enumerate(self.sources):
             if self.recipe.out_dtype != TERNARY and stores_ternary_floats(s, self.stacks[i]):
                 self.warnings.append(f"{s.label}: its linear weights take three values each, up to a scale: a BitNet "
