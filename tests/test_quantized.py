@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from safetensors.torch import save_file
 
 from hubbot.errors import PlanError, RecipeError
 from hubbot.merge import engine
-from hubbot.merge.plan import build, open_sources
+from hubbot.merge.plan import build, open_sources, ternary_float_warnings
 from hubbot.recipe.merge import parse
 from hubbot.recipe.refs import ModelRef
 from tests.models import load_state, tokenizer
@@ -341,9 +343,15 @@ def test_ternary_floats_without_quantization_config_are_reported(families, tmp_p
     src = families("llama")[1]
     _, floats = bitnet_pair(src, tmp_path)  # ternary values times their scale, stored as plain floats
     plan = build(parse(linear_recipe(floats, src)))
-    assert any("BitNet b1.58 model stored as floats" in w and str(floats) in w for w in plan.warnings)
-    assert not any(str(src) in w for w in plan.warnings if "BitNet" in w)
-    assert "BitNet" not in " ".join(build(parse(linear_recipe(floats, src, "out_dtype: ternary"))).warnings)
+    assert not any("BitNet" in w for w in plan.warnings)  # planning reads headers only
+    [warning] = ternary_float_warnings(plan)
+    assert "BitNet b1.58 model stored as floats" in warning and warning.startswith(str(floats))
+    assert "out_dtype: ternary" in warning
+    assert ternary_float_warnings(build(parse(linear_recipe(floats, src, "out_dtype: ternary")))) == []
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(linear_recipe(floats, src))
+    out = subprocess.run([sys.executable, "-m", "hubbot.cli", "validate", str(recipe)], capture_output=True, text=True)
+    assert out.returncode == 0 and "BitNet b1.58 model stored as floats" in out.stdout, out.stderr
 
 
 def test_ternary_is_an_out_dtype_only():
@@ -372,3 +380,23 @@ def test_adapter_on_a_quantized_base_corrects_its_floats(families, tmp_path):
     assert set(got.tensors()) == set(want.tensors())
     for name in want.tensors():
         assert torch.equal(got.read(name), want.read(name)), name
+
+
+def test_quantized_sources_on_the_hub_merge_as_local_ones(hub, alice_api, families, tmp_path):
+    """Hub sources read the values and scales by range (and blocks of rows) like local ones."""
+    from hubbot.hub import HubOptions
+    from hubbot.sources import open_source
+    from tests.hub_fixtures import ALICE_TOKEN
+
+    _, ft1, ft2 = families("llama")
+    q1, _ = fp8_pair(ft1, tmp_path / "a")
+    p2, _ = bitnet_pair(ft2, tmp_path / "b")
+    for folder, repo in ((q1, "alice/fp8"), (p2, "alice/bitnet")):
+        alice_api.create_repo(repo)
+        alice_api.upload_folder(folder_path=str(folder), repo_id=repo)
+    opts = HubOptions(token=ALICE_TOKEN, cache_dir=tmp_path / "cache")
+    plan = build(parse(linear_recipe("alice/fp8", "alice/bitnet"), allow_local=False),
+                 opener=lambda ref: open_source(ref, allow_local=False, hub=opts))
+    plan.raise_for_problems()
+    got = load_state(engine.run(plan, tmp_path / "hub", chunk_bytes=4096).folder)
+    assert_same(got, merge(linear_recipe(q1, p2), tmp_path / "local"))

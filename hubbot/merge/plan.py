@@ -246,6 +246,18 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     return sources
 
 
+def ternary_float_warnings(plan: Plan) -> list[str]:
+    """BitNet b1.58 models among the sources stored as plain floats (no quantization_config), so the
+    user knows what keeps a merge of them ternary. This reads a few rows of two weights per model,
+    so it is not part of planning (which reads headers only): `hubbot validate` runs it."""
+    if getattr(plan.recipe, "out_dtype", None) == TERNARY:  # a mixture of experts' recipe has none
+        return []
+    return [f"{s.label}: its linear weights take three values each, up to a scale: a BitNet b1.58 model stored as "
+            f"floats, with no quantization_config; a merge of ternary weights is not ternary, so set out_dtype: "
+            f"{TERNARY} to write a packed BitNet model (or keep a float output on purpose)"
+            for s in plan.models if stores_ternary_floats(s, arch.main_stack(s.config(), s.tensors()))]
+
+
 class _Planner:
     def __init__(self, recipe: Recipe, method: Method, sources: list[Source], index: dict[ModelRef, int]):
         self.recipe, self.method, self.sources, self.index = recipe, method, sources, index
@@ -326,19 +338,12 @@ class _Planner:
                                          "model's config.json (or its weights) before merging it")
 
     def _report_low_bit_sources(self) -> None:
-        """What a merge of low-bit sources writes when the recipe does not say: quantized sources
-        decode to float32, and BitNet b1.58 models stored as plain floats lose their ternary form."""
+        """What a merge of quantized sources writes when the recipe does not say: they decode to float32."""
         decoded = [s.label for s in self.sources if isinstance(s, UnpackedSource)]
         if decoded and not self.recipe.dtype and not self.recipe.out_dtype:
             self.warnings.append(f"{', '.join(decoded)}: quantized weights are read as float32 and the recipe sets "
                                  "no dtype, so they are written as float32; set dtype: bfloat16 (or float16) for an "
                                  "output half that size")
-        for i, s in enumerate(self.sources):
-            if self.recipe.out_dtype != TERNARY and stores_ternary_floats(s, self.stacks[i]):
-                self.warnings.append(f"{s.label}: its linear weights take three values each, up to a scale: a BitNet "
-                                     "b1.58 model stored as floats, with no quantization_config; a merge of ternary "
-                                     f"weights is not ternary, so set out_dtype: {TERNARY} to write a packed BitNet "
-                                     "model (or keep a float output on purpose)")
 
     def _vocabulary(self) -> vocab.Vocabulary | None:
         """The output vocabulary, planned from tokenizer.json files and embedding shapes."""

@@ -232,8 +232,8 @@ class UnpackedSource(Source):
 
 def stores_ternary_floats(source: Source, stack: str | None) -> bool:
     """Whether a float model looks like BitNet b1.58 stored as plain floats: a few rows of the
-    smallest linear weights of its first layer each take three values, -s, 0 and s. The one
-    place planning reads weight bytes, a few rows of a few tensors, since no header tells."""
+    smallest linear weights of its first layer each take three values, -s, 0 and s. No header
+    tells, so this reads those rows."""
     if not source.is_model or isinstance(source, UnpackedSource) or stack is None:
         return False
     linear = [i for n, i in source.tensors().items()
