@@ -318,8 +318,10 @@ def test_ternary_out_dtype_writes_packed_absmean_weights(families, tmp_path):
     out = tmp_path / "ternary"
     plan = build(parse(linear_recipe(p1, p2, "dtype: float32\nout_dtype: ternary")))
     plan.raise_for_problems()
-    engine.run(plan, out)
+    engine.run(plan, out, shard_bytes=60_000)
     got = load_state(out)
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index) == set(got) and len(set(index.values())) > 1
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"] == {"quant_method": "bitnet", "linear_class": "autobitlinear",
                                              "quantization_mode": "offline"}
@@ -400,3 +402,12 @@ def test_quantized_sources_on_the_hub_merge_as_local_ones(hub, alice_api, famili
     plan.raise_for_problems()
     got = load_state(engine.run(plan, tmp_path / "hub", chunk_bytes=4096).folder)
     assert_same(got, merge(linear_recipe(q1, p2), tmp_path / "local"))
+
+
+@pytest.mark.parametrize("qc", [{"quant_method": "fbgemm_fp8"}, {"quant_method": "gptq", "bits": 4},
+                                {"quant_method": "bitnet", "quantization_mode": "online"}])
+def test_other_quantized_formats_stay_refused(families, tmp_path, qc):
+    src = families("llama")[0]
+    q = write_model(src, tmp_path / "q", load_state(src), qc)
+    with pytest.raises(PlanError, match=rf"is quantized \({qc['quant_method']}\); merge the original"):
+        build(parse(f"merge_method: linear\nmodels: [{{model: {q}, parameters: {{weight: 1}}}}]\n"))

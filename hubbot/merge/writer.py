@@ -138,7 +138,7 @@ class ShardWriter:
         files = [self.folder / s.name for s in self.shards]
         if len(self.shards) > 1:
             index = {"metadata": {"total_size": self.total_size},
-                     "weight_map": {t: s.name for s in self.shards for t in s.tensors}}
+                     "weight_map": {t: s.name for s in self.shards for t in s.offsets}}  # scales too
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
             files.append(self.folder / INDEX_NAME)
         return files
