@@ -56,6 +56,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(f"problem: {p}", file=sys.stderr)
         return 1
+    if not plan.problems:
+        from .merge.plan import ternary_float_warnings
+
+        plan.warnings += ternary_float_warnings(plan)  # a few rows of a few weights: the one read beyond headers
     print(plan.summary())
     return 1 if plan.problems else 0
 
@@ -340,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="check a recipe and print the merge plan (reads headers only)")
+    p = sub.add_parser("validate", help="check a recipe and print the merge plan (reads headers, and a few rows "
+                                        "of weights to recognise ternary models stored as floats)")
     p.add_argument("recipe", help="recipe YAML file, or - for standard input")
     p.set_defaults(func=cmd_validate)
 

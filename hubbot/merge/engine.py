@@ -269,7 +269,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             writes.append(out.submit(writer.write, task.name, result, row_offset))
             if len(writes) > WRITE_BEHIND:
                 writes.pop(0).result()  # a failed write surfaces here
-            done_bytes += result.numel() * result.element_size()
+            done_bytes += _unit_bytes(unit)
             if unit.block == unit.blocks - 1:
                 done_tensors += 1
                 stats.pop(task.name, None)
@@ -323,7 +323,7 @@ def _compute(task: TensorTask, raw: list[torch.Tensor], dev: torch.device, in_dt
     if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
         raise MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
                          "of this tensor (weights summing to zero, extreme lambda) and the input models")
-    return out.to(DTYPES[task.dtype]).cpu()
+    return (out if task.ternary else out.to(DTYPES[task.dtype])).cpu()  # the writer encodes ternary weights
 
 
 def _write_side_files(plan: Plan, folder: Path) -> list[str]:

@@ -9,6 +9,7 @@ all of them are reported together.
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import methods
 from ..errors import PlanError, SourceError
 from ..methods import REQUIRED, Method
-from ..model import arch
-from ..model.dtypes import CODE_NAMES, DTYPE_CODES, FLOAT_CODES
+from ..model import arch, quant
+from ..model.dtypes import CODE_NAMES, DTYPE_CODES, FLOAT_CODES, TERNARY
 from ..model.format import DTYPES, TensorInfo
 from ..recipe import chat_templates
 from ..recipe.merge import Recipe
@@ -25,6 +26,7 @@ from ..recipe.refs import ModelRef
 from ..recipe.values import Params, evaluate
 from ..sizes import human_bytes
 from ..sources import Source, open_source
+from ..sources.unpacked import UnpackedSource, stores_ternary_floats, unpack
 from . import coverage as cov
 from . import vocab
 from .tokenizer import OutputTokenizer, model_chat_template
@@ -52,6 +54,8 @@ class TensorTask:
     `params` holds shared parameters as scalars and per-model ones as lists aligned with
     `inputs`. `copy` tasks (non-float tensors) take the first input unchanged. `vocab` tasks
     (embeddings, lm_head) have their inputs' rows moved into the output vocabulary first.
+    `ternary` tasks (out_dtype: ternary) are written as packed BitNet b1.58 values with their
+    scale in `dtype` (model/quant.py): `shape` is the merged tensor's, `nbytes` what is stored.
     """
 
     name: str
@@ -64,13 +68,17 @@ class TensorTask:
     t: float = 0.0
     copy: bool = False
     vocab: bool = False
+    ternary: bool = False
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
-        n = DTYPES[self.dtype].itemsize
-        for d in self.shape:
-            n *= d
-        return n
+        if self.ternary:
+            return quant.ternary_nbytes(self.shape, DTYPES[self.dtype].itemsize)
+        return self.numel * DTYPES[self.dtype].itemsize
 
 
 @dataclass
@@ -109,8 +117,8 @@ class Plan:
     def blocks(self, task: TensorTask, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[tuple[int, int]] | None, int]:
         """How the engine splits `task`: its blocks of rows (None: the whole tensor at once), and
         how many statistics passes read them before the merge (a blockwise method's passes)."""
-        f32_bytes = task.nbytes // DTYPES[task.dtype].itemsize * 4
-        if task.copy or task.vocab or len(task.shape) < 2:
+        f32_bytes = task.numel * 4
+        if task.copy or task.vocab or task.ternary or len(task.shape) < 2:  # ternary: one scale per tensor
             return None, 0
         blockwise = self.method.blockwise_for(task.params)
         if self.method.elementwise or (blockwise is not None and not blockwise.passes):
@@ -125,7 +133,7 @@ class Plan:
         worst = 0
         for t in self.tasks:
             rows, _ = self.blocks(t, chunk_bytes)
-            numel = max(1, t.nbytes // DTYPES[t.dtype].itemsize)
+            numel = max(1, t.numel)
             if rows is not None:
                 numel = numel // t.shape[0] * (rows[0][1] - rows[0][0])
             n_in = len(t.inputs) + (1 if t.base else 0)
@@ -164,9 +172,12 @@ class Plan:
         lines = [f"method: {self.method.name} ({self.method.title})"]
         for s in self.sources:
             rev = f" @ {s.revision[:12]}" if s.revision else ""
-            lines.append(f"  {'model' if s.is_model else 'computed'}: {s.label}{rev}")
+            read = f" ({s.method}, read as float32)" if isinstance(s, UnpackedSource) else ""
+            lines.append(f"  {'model' if s.is_model else 'computed'}: {s.label}{rev}{read}")
+        ternary = sum(t.ternary for t in self.tasks)
         lines.append(f"output: {len(self.tasks)} tensors, {self.out_layers} layers, {human_bytes(self.output_bytes)}"
-                     f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'})")
+                     f" ({CODE_NAMES.get(self.tasks[0].dtype, self.tasks[0].dtype) if self.tasks else '-'}"
+                     f"{f'; {ternary} linear weights packed {TERNARY}' if ternary else ''})")
         lines.append(f"reads: {human_bytes(self.input_bytes)} of weights; peak memory for tensors about "
                      f"{human_bytes(self.peak_bytes())}")
         if self.vocab is not None:
@@ -183,7 +194,7 @@ class Plan:
 
 def _rows(task: TensorTask, chunk_bytes: int) -> list[tuple[int, int]]:
     """Blocks of whole rows of about `chunk_bytes` in float32 (at least one row each)."""
-    row = max(1, task.nbytes // DTYPES[task.dtype].itemsize // task.shape[0])
+    row = max(1, task.numel // task.shape[0])
     step = max(1, chunk_bytes // (4 * row))
     return [(a, min(a + step, task.shape[0])) for a in range(0, task.shape[0], step)]
 
@@ -217,7 +228,7 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     problems: list[str] = []
     for ref in refs:
         try:
-            src = opener(ref)
+            src = unpack(opener(ref))  # fp8, mxfp4 and packed ternary weights read as floats
             src.config()
             src.tensors()
         except SourceError as exc:
@@ -233,6 +244,18 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     if problems:
         raise PlanError(problems)
     return sources
+
+
+def ternary_float_warnings(plan: Plan) -> list[str]:
+    """BitNet b1.58 models among the sources stored as plain floats (no quantization_config), so the
+    user knows what keeps a merge of them ternary. This reads a few rows of two weights per model,
+    so it is not part of planning (which reads headers only): `hubbot validate` runs it."""
+    if getattr(plan.recipe, "out_dtype", None) == TERNARY:  # a mixture of experts' recipe has none
+        return []
+    return [f"{s.label}: its linear weights take three values each, up to a scale: a BitNet b1.58 model stored as "
+            f"floats, with no quantization_config; a merge of ternary weights is not ternary, so set out_dtype: "
+            f"{TERNARY} to write a packed BitNet model (or keep a float output on purpose)"
+            for s in plan.models if stores_ternary_floats(s, arch.main_stack(s.config(), s.tensors()))]
 
 
 class _Planner:
@@ -253,6 +276,7 @@ class _Planner:
 
     def build(self) -> Plan:
         self._check_configs()
+        self._report_low_bit_sources()
         if self.recipe.tokenizer is not None:
             self.vocab = self._vocabulary()
         slices = self._slices()
@@ -312,6 +336,14 @@ class _Planner:
                 for c in arch.config_contradictions(s.config(), {n: i.shape for n, i in s.tensors().items()}):
                     self.problems.append(f"{s.label}: config.json contradicts its tensors: {c}; fix the "
                                          "model's config.json (or its weights) before merging it")
+
+    def _report_low_bit_sources(self) -> None:
+        """What a merge of quantized sources writes when the recipe does not say: they decode to float32."""
+        decoded = [s.label for s in self.sources if isinstance(s, UnpackedSource)]
+        if decoded and not self.recipe.dtype and not self.recipe.out_dtype:
+            self.warnings.append(f"{', '.join(decoded)}: quantized weights are read as float32 and the recipe sets "
+                                 "no dtype, so they are written as float32; set dtype: bfloat16 (or float16) for an "
+                                 "output half that size")
 
     def _vocabulary(self) -> vocab.Vocabulary | None:
         """The output vocabulary, planned from tokenizer.json files and embedding shapes."""
@@ -418,6 +450,7 @@ class _Planner:
         base_pair = next(((s, i) for s, i in found if s.source == self.base), None)
         others = [(s, i) for s, i in found if s.source != self.base]
         params = self._params(out_name, others, slice_params, t) if is_float else {}
+        ternary = is_float and self._ternary(out_name, shape, layer)
         if self.method.seeded:
             params["seed"] = zlib.crc32(f"{self.recipe.random_seed or 0}:{out_name}".encode())
         return TensorTask(
@@ -431,11 +464,24 @@ class _Planner:
             t=t,
             copy=not is_float,
             vocab=aligned,
+            ternary=ternary,
         )
 
     def _out_dtype(self, stored: str) -> str:
-        name = self.recipe.out_dtype or self.recipe.dtype
+        name = self.recipe.out_dtype if self.recipe.out_dtype != TERNARY else None
+        name = name or self.recipe.dtype
         return DTYPE_CODES[name] if name else stored
+
+    def _ternary(self, name: str, shape: tuple[int, ...], layer: int | None) -> bool:
+        """Whether out_dtype: ternary packs this tensor: the linear weights of the language model's
+        layers (norms, embeddings, the head and other parts stay floats)."""
+        if self.recipe.out_dtype != TERNARY or layer is None or len(shape) != 2 or not name.endswith(".weight"):
+            return False
+        if shape[0] % quant.TERNARY_PER_BYTE:
+            self.problems.append(f"tensor '{name}': out_dtype: {TERNARY} packs four rows to a byte, but it has "
+                                 f"{shape[0]} rows; merge to a float out_dtype instead")
+            return False
+        return True
 
     def _params(self, tensor: str, others: list[tuple[_Slot, TensorInfo]], slice_params: Params, t: float) -> dict[str, Any]:
         shared_scopes = (slice_params, self.recipe.parameters)
@@ -538,6 +584,8 @@ class _Planner:
                     c["torch_dtype"] = dtype
         if self.vocab is not None:
             cfg["vocab_size"] = self.vocab.size
+        if any(t.ternary for t in tasks):
+            config["quantization_config"] = dict(quant.BITNET_CONFIG)
         if self.recipe.tokenizer is not None:
             return config
         sizes = {s.label: arch.vocab_size(s.config()) for s in self.sources}

@@ -3,7 +3,9 @@
 The plan knows every output tensor's shape and dtype up front, so shard boundaries and each
 shard's header are fixed before the first tensor is computed. Tensors (or blocks of rows) are
 then written straight to their final offsets; a shard is complete, closed and announced the
-moment its last byte lands, so it can be uploaded while the merge goes on.
+moment its last byte lands, so it can be uploaded while the merge goes on. A ternary task
+(out_dtype: ternary) is stored as two tensors, its packed values and their scale, encoded here
+from the merged float weight.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Callable
 import torch
 
 from ..errors import MergeError
-from ..model.format import build_header, to_bytes
+from ..model import quant
+from ..model.format import DTYPES, build_header, to_bytes
 from .plan import TensorTask
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -53,6 +56,7 @@ class ShardWriter:
         self.durable = durable
         self.shards = self._layout(tasks, shard_bytes)
         self.where = {name: s for s in self.shards for name in s.tensors}
+        self.ternary = {t.name: t for t in tasks if t.ternary}
         self.sizes = {t.name: t.nbytes for t in tasks}
         self.total_size = sum(self.sizes.values())
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,8 +79,9 @@ class ShardWriter:
         shards = []
         for i, group in enumerate(groups):
             name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            header, starts = build_header([(t.name, t.dtype, t.shape, t.nbytes) for t in group], {"format": "pt"})
-            shards.append(Shard(name, header, {t.name: s for t, s in zip(group, starts)},
+            entries = [e for t in group for e in _stored(t)]
+            header, starts = build_header(entries, {"format": "pt"})
+            shards.append(Shard(name, header, {e[0]: s for e, s in zip(entries, starts)},
                                 sum(t.nbytes for t in group), tensors=[t.name for t in group]))
         return shards
 
@@ -84,16 +89,23 @@ class ShardWriter:
         return self.where[tensor].done
 
     def write(self, tensor: str, data: torch.Tensor, byte_offset: int = 0) -> None:
-        """Write `data` (CPU, final dtype) at `byte_offset` within the tensor's bytes."""
+        """Write `data` (CPU, final dtype; a ternary task's whole float32 weight) at `byte_offset`
+        within the tensor's bytes."""
         shard = self.where[tensor]
         if shard.done:
             return
         if shard.fd is None:
             shard.fd = os.open(self.folder / shard.name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             self._pwrite(shard, shard.header, 0)
-        raw = to_bytes(data)
-        self._pwrite(shard, raw, shard.offsets[tensor] + byte_offset)
-        shard.remaining -= len(raw)
+        task = self.ternary.get(tensor)
+        parts = [(tensor, data)]
+        if task is not None:
+            packed, scale = quant.encode_ternary(data)
+            parts = [(tensor, packed), (quant.ternary_scale_name(tensor), torch.tensor([scale], dtype=DTYPES[task.dtype]))]
+        for name, part in parts:
+            raw = to_bytes(part)
+            self._pwrite(shard, raw, shard.offsets[name] + byte_offset)
+            shard.remaining -= len(raw)
         if shard.remaining == 0:
             self._finish(shard)
 
@@ -126,7 +138,7 @@ class ShardWriter:
         files = [self.folder / s.name for s in self.shards]
         if len(self.shards) > 1:
             index = {"metadata": {"total_size": self.total_size},
-                     "weight_map": {t: s.name for s in self.shards for t in s.tensors}}
+                     "weight_map": {t: s.name for s in self.shards for t in s.offsets}}  # scales too
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
             files.append(self.folder / INDEX_NAME)
         return files
@@ -136,3 +148,14 @@ class ShardWriter:
             if s.fd is not None:
                 os.close(s.fd)
                 s.fd = None
+
+
+def _stored(task: TensorTask) -> list[tuple[str, str, tuple[int, ...], int]]:
+    """The tensors a task writes, as (name, dtype code, shape, nbytes): one, or a ternary
+    weight's packed values (U8, a quarter of the rows) and its scale."""
+    if not task.ternary:
+        return [(task.name, task.dtype, task.shape, task.nbytes)]
+    packed = (task.shape[0] // quant.TERNARY_PER_BYTE, *task.shape[1:])
+    itemsize = DTYPES[task.dtype].itemsize
+    return [(task.name, "U8", packed, task.nbytes - itemsize),
+            (quant.ternary_scale_name(task.name), task.dtype, (1,), itemsize)]

@@ -11,6 +11,7 @@ FLOATS = (  # (name, safetensors code, other spellings)
     ("float64", "F64", ()),
 )
 RECIPE_DTYPES = ("bfloat16", "float16", "float32")  # what a recipe's dtype and out_dtype may be
+TERNARY = "ternary"  # out_dtype only: linear weights written as packed BitNet b1.58 ternary values
 
 FLOAT_CODES = tuple(code for _, code, _ in FLOATS)
 CODE_NAMES = {code: name for name, code, _ in FLOATS}

@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from ..errors import RecipeError
-from ..model.dtypes import DTYPE_ALIASES, RECIPE_DTYPES
+from ..model.dtypes import DTYPE_ALIASES, RECIPE_DTYPES, TERNARY
 from .checker import Checker
 from .refs import ModelRef
 from .text import KIND_HINTS, kind_of_data, load_yaml, text_hash
@@ -146,9 +146,18 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     dtypes = {}
     for key in ("dtype", "out_dtype"):
         raw = data.get(key)
-        if raw is not None and DTYPE_ALIASES.get(str(raw).lower()) is None:
-            c.add(key, f"unknown dtype {raw!r}; use one of {', '.join(RECIPE_DTYPES)}")
-        dtypes[key] = DTYPE_ALIASES.get(str(raw).lower()) if raw is not None else None
+        lowered = str(raw).lower()
+        if key == "out_dtype" and lowered == TERNARY:
+            dtypes[key] = TERNARY
+            continue
+        if raw is not None and DTYPE_ALIASES.get(lowered) is None:
+            if lowered == TERNARY:
+                c.add(key, f"{TERNARY} is an out_dtype only (the merge reads and computes in floats); set dtype to "
+                           f"one of {', '.join(RECIPE_DTYPES)} and out_dtype: {TERNARY}")
+            else:
+                also = f" (or {TERNARY})" if key == "out_dtype" else ""
+                c.add(key, f"unknown dtype {raw!r}; use one of {', '.join(RECIPE_DTYPES)}{also}")
+        dtypes[key] = DTYPE_ALIASES.get(lowered) if raw is not None else None
 
     seed = data.get("random_seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):

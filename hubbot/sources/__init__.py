@@ -19,8 +19,10 @@ def open_source(ref: ModelRef, *, allow_local: bool = True, hub: object | None =
         if ref.adapter.adapter is not None:
             raise SourceError(f"{ref}: one adapter per model; merge the first adapter, then apply the second")
         from .adapter import AdapterSource
+        from .unpacked import unpack
 
-        return AdapterSource(ref, open_source(ref.weights, allow_local=allow_local, hub=hub),
+        # the adapter corrects the float weights a quantized model encodes, not its packed bytes
+        return AdapterSource(ref, unpack(open_source(ref.weights, allow_local=allow_local, hub=hub)),
                              open_source(ref.adapter, allow_local=allow_local, hub=hub))
     if ref.local:
         if not allow_local:
