@@ -43,6 +43,7 @@ CONCURRENT_EVENTS = 16  # validation reads headers over the network: let several
 LOG_LINES_SHOWN = 400
 WAIT_NOTICE_SECONDS = 1.0  # a check that takes longer says what it is waiting for
 DEFAULT_METHOD = "slerp"
+EDITOR_LINES = 8  # Gradio sizes the editor at about two text lines per "line": room for the starter, no more
 STARTER = """\
 # Write a recipe here, build one with the form below, or start from the gallery.
 # Two small models of one family, so checking and merging take seconds.
@@ -133,7 +134,8 @@ HEAD = """<script>
     const next = all[(all.indexOf(editor) + (event.shiftKey ? all.length - 1 : 1)) %% all.length];
     if (next) next.focus();
   }, true);
-  const name = () => document.querySelectorAll("#recipe-editor .cm-content, #recipe-editor [aria-label]")
+  const name = () => document.querySelectorAll(
+      '#recipe-editor .cm-content, #recipe-editor [aria-label="Code input container"]')
     .forEach((el) => { if (el.getAttribute("aria-label") !== NAME) el.setAttribute("aria-label", NAME); });
   new MutationObserver(name).observe(document.documentElement, {childList: true, subtree: true});
 })();
@@ -366,7 +368,7 @@ class Handlers:
         p = self.p
         if (current or "").strip() in ("", (pristine or "").strip(), text.strip()):
             return self.replace((text, note))
-        return {p.pending: (text, note), p.confirm_box: gr.Group(visible=True),
+        return {p.pending: (text, note), p.confirm_box: gr.Group(visible=True), p.tabs: gr.Tabs(selected="recipe"),
                 p.confirm_text: f"The editor holds edits of yours. Replace them with {note}"}
 
     def replace(self, pending: tuple[str, str] | list | None) -> dict:
@@ -693,7 +695,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
             with gr.Tab("Recipe", id="recipe"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        p.editor = gr.Code(STARTER, language="yaml", lines=12, max_lines=30,
+                        p.editor = gr.Code(STARTER, language="yaml", lines=EDITOR_LINES, max_lines=18,
                                            label="Recipe (mergekit YAML)", elem_id="recipe-editor", wrap_lines=True)
                         p.editor_note = gr.Markdown("Tab moves to the next control; the editor indents with spaces "
                                                     "on Enter.", elem_classes="hb-note", elem_id="editor-note")
