@@ -120,3 +120,34 @@ def test_estimates_use_the_machines_past_jobs():
     assert guess.seconds == pytest.approx(100) and "1 recent ties merge" in guess.basis
     rough = estimate("slerp", 2_000_000_000, 2.0, [job])
     assert rough.seconds == 2.0 and "rough" in rough.basis
+
+
+def test_a_space_without_the_oauth_packages_says_what_is_missing(tmp_path, monkeypatch):
+    from hubbot.app import ui
+    from hubbot.errors import HubbotError
+
+    monkeypatch.setattr(ui, "get_space", lambda: "someone/hubbot")
+    monkeypatch.setattr(ui, "oauth_missing", lambda: ["authlib"])
+    with pytest.raises(HubbotError, match=r"gradio\[oauth\].*authlib"):
+        build_app(FakeService(), Settings.from_env({}, data_dir=tmp_path))
+
+
+def test_a_slow_check_says_what_it_waits_for(app, monkeypatch):
+    import time
+
+    service, h, p = app
+    slow = service.validate
+    monkeypatch.setattr(service, "validate", lambda text: (time.sleep(1.6), slow(text))[1])
+    updates = list(h.validate(RECIPE))
+    waiting = [u[p.status] for u in updates[:-1]]
+    assert waiting and "Checking the recipe" in waiting[0] and "org/a" in waiting[0] and "config.json" in waiting[0]
+    assert "Ready to merge" in updates[-1][p.status]
+
+
+def test_cancel_asks_first(app):
+    service, h, p = app
+    job_id = last(h.submit(RECIPE, "", False, False, None, None))[p.job_id]
+    assert h.ask_cancel()[p.cancel_box].visible is True
+    assert service.jobs[job_id].state != "cancelled"  # only "Yes, cancel it" cancels
+    out = h.cancel(job_id, None, None)
+    assert 'data-state="cancelled"' in out[p.job_view] and out[p.cancel_box].visible is False

@@ -24,7 +24,7 @@ import gradio as gr
 from gradio.utils import get_space
 
 from .. import methods
-from ..errors import HubbotError, JobNotFound, RequestError
+from ..errors import HubbotError, JobNotFound
 from ..jobs.planning import model_refs_of
 from ..recipe import form as recipe_form
 from . import views
@@ -104,10 +104,16 @@ CSS = """
 .hb-pill.hb-error { background: #dc2626; }
 .hb-pill.hb-warn { background: #d97706; }
 .hb-confirm { border: 1px solid #d97706; border-radius: 10px; padding: 8px 12px; }
-/* table cells break between words only; state names never break */
-#jobs-table td, #jobs-table th, #gallery-table td, #gallery-table th {
+/* table cells break between words only, never inside one; on a phone cells keep to one line and
+   what does not fit ends in an ellipsis (the row opens in full when selected) */
+#jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
   word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
-#jobs-table td:nth-child(2) { white-space: nowrap; }
+#jobs-table [data-col="1"] span.text { white-space: nowrap; }
+@media (max-width: 640px) {
+  #jobs-table, #gallery-table { font-size: 0.8rem; }
+  #jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
+    display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap !important; }
+}
 /* the form's column headers are fixed: they name recipe fields */
 .hb-form-table thead th { pointer-events: none; }
 #status table { font-size: 0.9rem; }
@@ -284,7 +290,7 @@ class Handlers:
         self.service_mode = settings.mode == "service"
         self.signin_available = get_space() is not None  # Gradio serves real OAuth only on a Space
         if self.signin_available and oauth_missing():
-            raise RequestError("signing in on a Space needs gradio[oauth]; this server lacks "
+            raise HubbotError("signing in on a Space needs gradio[oauth]; this server lacks "
                                f"{', '.join(oauth_missing())}: pip install 'gradio[oauth]' (space/requirements.txt "
                                "lists it)")
 
@@ -811,7 +817,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                         p.gallery_table = gr.Dataframe(views.gallery_rows(first_entries),
                                                        headers=views.GALLERY_COLUMNS, interactive=False, wrap=True,
                                                        column_count=len(views.GALLERY_COLUMNS), max_height=420,
-                                                       elem_id="gallery-table", column_widths=["50%", "18%", "32%"])
+                                                       elem_id="gallery-table", column_widths=["46%", "22%", "32%"])
                         p.gallery_note = gr.Markdown(elem_id="gallery-note", elem_classes="hb-note")
                         with gr.Accordion("Import the recipe of a merged model on the Hub", open=False):
                             with gr.Row():
