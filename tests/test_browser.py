@@ -51,11 +51,15 @@ def pick_recipe(page, title: str) -> None:
 
 def use_picked(page) -> None:
     """Use this recipe, replacing the editor's text even when it holds earlier tests' edits."""
+    from playwright.sync_api import expect
+
     page.locator("#use-recipe").click()
     replace = page.locator("#confirm-replace-yes")
-    page.wait_for_timeout(500)
+    loaded = page.locator("#status", has_text="Loaded")
+    expect(replace.or_(loaded).first).to_be_visible()
     if replace.is_visible():
         replace.click()
+    expect(loaded).to_be_visible()
 
 
 def editor_text(page) -> str:
@@ -232,7 +236,11 @@ def test_merge_result_resubmit_and_edit_a_copy(page, space_app):
     page.get_by_role("tab", name="Recipe").click()
     page.locator("#submit-button").click()
     expect(page.locator("#status")).to_contain_text("Identical merge exists")
-    expect(page.locator("#status a[href*='?job=']")).to_have_count(1)
+    link = page.locator("#status a[href*='?job=']")
+    expect(link).to_have_count(1)
+    job_id = link.get_attribute("href").split("?job=")[1]
+    page.goto(f"{space_app.url}/?job={job_id}")  # the link opens that job
+    expect(page.locator("#job-view")).to_contain_text(job_id)
 
     page.get_by_role("tab", name="Recipe").click()
     set_editor(page, "merge_method: linear\n# something else of mine\n")

@@ -365,7 +365,7 @@ class Handlers:
     def edited(self, recipe_text: str, checked: str | None) -> dict:
         """The editor changed: a status about another text no longer applies."""
         if checked is None or (recipe_text or "") == checked:
-            return {}
+            return _unchanged(self.p.checked)
         p = self.p
         return {p.status: views.stale_markdown(), p.curves: gr.LinePlot(value=None, visible=False), p.checked: None}
 
@@ -503,7 +503,7 @@ class Handlers:
     def pick_job(self, table: Any, evt: gr.SelectData) -> dict:
         rows, row = _rows(table), _row_index(evt)
         if row is None or row >= len(rows):
-            return {}
+            return _unchanged(self.p.job_id)
         return {self.p.job_id: rows[row][0], self.p.timer: gr.Timer(active=True)}
 
     def edit_copy(self, job_id: str, recipe_text: str, current: str, pristine: str) -> dict:
@@ -531,7 +531,7 @@ class Handlers:
     def pick_recipe(self, slugs: list[str], evt: gr.SelectData) -> dict:
         row = _row_index(evt)
         if row is None or row >= len(slugs):
-            return {}
+            return _unchanged(self.p.picked_slug)
         entry = self.gallery.load(slugs[row])
         p = self.p
         return {p.picked_slug: entry.slug, p.entry_view: views.entry_markdown(entry), p.entry_code: entry.text}
@@ -641,6 +641,11 @@ class Handlers:
         text = recipe_form.to_yaml(method_name, base if methods.get(method_name).base != "none" else "",
                                    _rows(rows), _rows(shared), dtype)
         return self.offer(text, "the recipe written from the form", current, pristine)
+
+
+def _unchanged(component: Any) -> dict:
+    """No update at all (Gradio reads an empty map as one output value, not as none)."""
+    return {component: gr.skip()}
 
 
 def _table(rows: list[list[Any]], columns: list[str]) -> Any:
