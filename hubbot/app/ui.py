@@ -891,7 +891,8 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         p.jobs_table.select(h.pick_job, [p.jobs_table], [p.job_id, p.timer], api_name=False).then(
             h.follow, follow_inputs, follow_outputs, api_name=False, show_progress="hidden")
         demo.load(h.restore, [p.job_store, p.recipe_store],
-                  [p.account, p.jobs_table, p.job_id, p.timer, p.editor, p.editor_note, p.tabs], api_name=False).then(
+                  [p.account, p.jobs_table, p.job_id, p.timer, p.editor, p.editor_note, p.tabs], api_name=False,
+                  show_progress="hidden").then(
             h.follow, follow_inputs, follow_outputs, api_name=False, show_progress="hidden")
 
         gallery_outputs = [p.gallery_table, p.slugs_state, p.gallery_note, p.picked_slug, p.entry_view, p.entry_code]
@@ -909,7 +910,8 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
 
         form_outputs = [p.form_models, p.form_base, p.form_info]
         p.form_method.change(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False)
-        demo.load(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False)
+        demo.load(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False,
+                  show_progress="hidden")
         add_model_btn.click(h.add_model, [p.form_models, p.form_method], [p.form_models], api_name=False)
         remove_model_btn.click(h.remove_model, [p.form_models, p.form_method], [p.form_models], api_name=False)
         add_shared_btn.click(h.add_shared, [p.form_shared], [p.form_shared], api_name=False)
