@@ -151,3 +151,16 @@ def test_cancel_asks_first(app):
     assert service.jobs[job_id].state != "cancelled"  # only "Yes, cancel it" cancels
     out = h.cancel(job_id, None, None)
     assert 'data-state="cancelled"' in out[p.job_view] and out[p.cancel_box].visible is False
+
+
+def test_the_plot_names_filters_and_shows_the_fallback_rule(app, monkeypatch):
+    service, h, p = app
+    text = ("merge_method: slerp\nbase_model: org/a\nmodels:\n  - model: org/a\n  - model: org/b\nparameters:\n"
+            "  t:\n    - filter: self_attn\n      value: [0, 1]\n    - value: 0.5\n")
+    valid = service.validate(text)
+    valid.curves = {"t · self_attn.q_proj.weight (+3)": [0.0, 0.5, 1.0]}
+    monkeypatch.setattr(service, "validate", lambda _: valid)
+    frame = last(h.validate(text))[p.curves].value
+    names = {row[2] for row in frame["data"]}
+    assert names == {"t · self_attn", "t · other tensors"}
+    assert all(isinstance(row[0], int) for row in frame["data"])  # whole layers

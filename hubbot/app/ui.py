@@ -27,6 +27,7 @@ from .. import methods
 from ..errors import HubbotError, JobNotFound
 from ..jobs.planning import model_refs_of
 from ..recipe import form as recipe_form
+from ..recipe.text import load_yaml
 from . import views
 from .estimates import estimate
 from .gallery import Gallery, import_recipe, share
@@ -359,6 +360,7 @@ class Handlers:
         else:
             filters = _filters(text)
             curves = {views.curve_label(label, filters): values for label, values in v.curves.items()}
+            curves = {**_fallback_lines(text, curves), **curves}
             out[p.curves] = gr.LinePlot(value=views.curves_frame(curves), visible=True)
         yield out
 
@@ -658,6 +660,25 @@ def _filters(recipe_text: str) -> list[str]:
     import re
 
     return list(dict.fromkeys(re.findall(r"filter:\s*['\"]?([^'\"\s#}]+)", recipe_text or "")))
+
+
+def _fallback_lines(recipe_text: str, curves: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Flat lines for the fallback rule (`- value: 0.5` without a filter) of a parameter whose
+    filtered rules are plotted: the plan leaves constants out, but the rule applies all the same."""
+    try:
+        data = load_yaml(recipe_text)
+    except HubbotError:
+        return {}
+    layers = max((len(values) for values in curves.values()), default=0)
+    params = data.get("parameters") if isinstance(data, dict) else None
+    out = {}
+    for name, rules in (params or {}).items() if isinstance(params, dict) else ():
+        if not isinstance(rules, list) or f"{name} · other tensors" in curves:
+            continue
+        for rule in rules:
+            if isinstance(rule, dict) and "filter" not in rule and isinstance(rule.get("value"), (int, float)):
+                out[f"{name} · other tensors"] = [float(rule["value"])] * layers
+    return out
 
 
 def _utc(when: datetime) -> datetime:
