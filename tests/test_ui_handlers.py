@@ -44,11 +44,11 @@ def test_validate_updates_the_one_status_and_the_plot(app):
 
 def test_an_edit_marks_the_status_stale_once(app):
     _, h, p = app
-    assert h.edited(RECIPE, RECIPE) == {}  # nothing changed
+    assert p.status not in h.edited(RECIPE, RECIPE)  # nothing changed
     out = h.edited(RECIPE + "# more\n", RECIPE)
     assert "Edited since the last check" in out[p.status] and out[p.checked] is None
     assert out[p.curves].visible is False
-    assert h.edited(RECIPE + "# more still\n", None) == {}  # already stale
+    assert p.status not in h.edited(RECIPE + "# more still\n", None)  # already stale
 
 
 def test_submit_then_follow_to_done(app):
@@ -120,3 +120,47 @@ def test_estimates_use_the_machines_past_jobs():
     assert guess.seconds == pytest.approx(100) and "1 recent ties merge" in guess.basis
     rough = estimate("slerp", 2_000_000_000, 2.0, [job])
     assert rough.seconds == 2.0 and "rough" in rough.basis
+
+
+def test_a_space_without_the_oauth_packages_says_what_is_missing(tmp_path, monkeypatch):
+    from hubbot.app import ui
+    from hubbot.errors import HubbotError
+
+    monkeypatch.setattr(ui, "get_space", lambda: "someone/hubbot")
+    monkeypatch.setattr(ui, "oauth_missing", lambda: ["authlib"])
+    with pytest.raises(HubbotError, match=r"gradio\[oauth\].*authlib"):
+        build_app(FakeService(), Settings.from_env({}, data_dir=tmp_path))
+
+
+def test_a_slow_check_says_what_it_waits_for(app, monkeypatch):
+    import time
+
+    service, h, p = app
+    slow = service.validate
+    monkeypatch.setattr(service, "validate", lambda text: (time.sleep(1.6), slow(text))[1])
+    updates = list(h.validate(RECIPE))
+    waiting = [u[p.status] for u in updates[:-1]]
+    assert waiting and "Checking the recipe" in waiting[0] and "org/a" in waiting[0] and "config.json" in waiting[0]
+    assert "Ready to merge" in updates[-1][p.status]
+
+
+def test_cancel_asks_first(app):
+    service, h, p = app
+    job_id = last(h.submit(RECIPE, "", False, False, None, None))[p.job_id]
+    assert h.ask_cancel()[p.cancel_box].visible is True
+    assert service.jobs[job_id].state != "cancelled"  # only "Yes, cancel it" cancels
+    out = h.cancel(job_id, None, None)
+    assert 'data-state="cancelled"' in out[p.job_view] and out[p.cancel_box].visible is False
+
+
+def test_the_plot_names_filters_and_shows_the_fallback_rule(app, monkeypatch):
+    service, h, p = app
+    text = ("merge_method: slerp\nbase_model: org/a\nmodels:\n  - model: org/a\n  - model: org/b\nparameters:\n"
+            "  t:\n    - filter: self_attn\n      value: [0, 1]\n    - value: 0.5\n")
+    valid = service.validate(text)
+    valid.curves = {"t · self_attn.q_proj.weight (+3)": [0.0, 0.5, 1.0]}
+    monkeypatch.setattr(service, "validate", lambda _: valid)
+    frame = last(h.validate(text))[p.curves].value
+    names = {row[2] for row in frame["data"]}
+    assert names == {"t · self_attn", "t · other tensors"}
+    assert all(isinstance(row[0], int) for row in frame["data"])  # whole layers

@@ -26,7 +26,8 @@ def estimate(method: str, output_bytes: int, rough_seconds: float, jobs: list["J
     """The time a merge of `output_bytes` with `method` should take, and why we think so."""
     rates = [rate for j in jobs if method_of(j.recipe) == method and (rate := _rate(j)) is not None][:RECENT_JOBS]
     if not rates:
-        return Estimate(rough_seconds, f"rough: no {method} merge has finished on this machine yet")
+        return Estimate(rough_seconds, f"a rough figure from typical disk and network speeds (no {method} merge "
+                                       "has finished on this machine yet)")
     runs = f"{len(rates)} recent {method} merge{'s' if len(rates) != 1 else ''}"
     return Estimate(output_bytes / statistics.median(rates), f"measured from {runs} on this machine")
 

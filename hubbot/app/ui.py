@@ -24,9 +24,10 @@ import gradio as gr
 from gradio.utils import get_space
 
 from .. import methods
-from ..errors import HubbotError, JobNotFound, RequestError
+from ..errors import HubbotError, JobNotFound
 from ..jobs.planning import model_refs_of
 from ..recipe import form as recipe_form
+from ..recipe.text import load_yaml
 from . import views
 from .estimates import estimate
 from .gallery import Gallery, import_recipe, share
@@ -43,6 +44,7 @@ CONCURRENT_EVENTS = 16  # validation reads headers over the network: let several
 LOG_LINES_SHOWN = 400
 WAIT_NOTICE_SECONDS = 1.0  # a check that takes longer says what it is waiting for
 DEFAULT_METHOD = "slerp"
+EDITOR_LINES = 8  # Gradio sizes the editor at about two text lines per "line": room for the starter, no more
 STARTER = """\
 # Write a recipe here, build one with the form below, or start from the gallery.
 # Two small models of one family, so checking and merging take seconds.
@@ -103,10 +105,16 @@ CSS = """
 .hb-pill.hb-error { background: #dc2626; }
 .hb-pill.hb-warn { background: #d97706; }
 .hb-confirm { border: 1px solid #d97706; border-radius: 10px; padding: 8px 12px; }
-/* table cells break between words only; state names never break */
-#jobs-table td, #jobs-table th, #gallery-table td, #gallery-table th {
+/* table cells break between words only, never inside one; on a phone cells keep to one line and
+   what does not fit ends in an ellipsis (the row opens in full when selected) */
+#jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
   word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
-#jobs-table td:nth-child(2) { white-space: nowrap; }
+#jobs-table [data-col="1"] span.text { white-space: nowrap; }
+@media (max-width: 640px) {
+  #jobs-table, #gallery-table { font-size: 0.8rem; }
+  #jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
+    display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap !important; }
+}
 /* the form's column headers are fixed: they name recipe fields */
 .hb-form-table thead th { pointer-events: none; }
 #status table { font-size: 0.9rem; }
@@ -133,7 +141,8 @@ HEAD = """<script>
     const next = all[(all.indexOf(editor) + (event.shiftKey ? all.length - 1 : 1)) %% all.length];
     if (next) next.focus();
   }, true);
-  const name = () => document.querySelectorAll("#recipe-editor .cm-content, #recipe-editor [aria-label]")
+  const name = () => document.querySelectorAll(
+      '#recipe-editor .cm-content, #recipe-editor [aria-label="Code input container"]')
     .forEach((el) => { if (el.getAttribute("aria-label") !== NAME) el.setAttribute("aria-label", NAME); });
   new MutationObserver(name).observe(document.documentElement, {childList: true, subtree: true});
 })();
@@ -282,7 +291,7 @@ class Handlers:
         self.service_mode = settings.mode == "service"
         self.signin_available = get_space() is not None  # Gradio serves real OAuth only on a Space
         if self.signin_available and oauth_missing():
-            raise RequestError("signing in on a Space needs gradio[oauth]; this server lacks "
+            raise HubbotError("signing in on a Space needs gradio[oauth]; this server lacks "
                                f"{', '.join(oauth_missing())}: pip install 'gradio[oauth]' (space/requirements.txt "
                                "lists it)")
 
@@ -351,13 +360,14 @@ class Handlers:
         else:
             filters = _filters(text)
             curves = {views.curve_label(label, filters): values for label, values in v.curves.items()}
+            curves = {**_fallback_lines(text, curves), **curves}
             out[p.curves] = gr.LinePlot(value=views.curves_frame(curves), visible=True)
         yield out
 
     def edited(self, recipe_text: str, checked: str | None) -> dict:
         """The editor changed: a status about another text no longer applies."""
         if checked is None or (recipe_text or "") == checked:
-            return {}
+            return _unchanged(self.p.checked)
         p = self.p
         return {p.status: views.stale_markdown(), p.curves: gr.LinePlot(value=None, visible=False), p.checked: None}
 
@@ -366,7 +376,7 @@ class Handlers:
         p = self.p
         if (current or "").strip() in ("", (pristine or "").strip(), text.strip()):
             return self.replace((text, note))
-        return {p.pending: (text, note), p.confirm_box: gr.Group(visible=True),
+        return {p.pending: (text, note), p.confirm_box: gr.Group(visible=True), p.tabs: gr.Tabs(selected="recipe"),
                 p.confirm_text: f"The editor holds edits of yours. Replace them with {note}"}
 
     def replace(self, pending: tuple[str, str] | list | None) -> dict:
@@ -495,7 +505,7 @@ class Handlers:
     def pick_job(self, table: Any, evt: gr.SelectData) -> dict:
         rows, row = _rows(table), _row_index(evt)
         if row is None or row >= len(rows):
-            return {}
+            return _unchanged(self.p.job_id)
         return {self.p.job_id: rows[row][0], self.p.timer: gr.Timer(active=True)}
 
     def edit_copy(self, job_id: str, recipe_text: str, current: str, pristine: str) -> dict:
@@ -523,7 +533,7 @@ class Handlers:
     def pick_recipe(self, slugs: list[str], evt: gr.SelectData) -> dict:
         row = _row_index(evt)
         if row is None or row >= len(slugs):
-            return {}
+            return _unchanged(self.p.picked_slug)
         entry = self.gallery.load(slugs[row])
         p = self.p
         return {p.picked_slug: entry.slug, p.entry_view: views.entry_markdown(entry), p.entry_code: entry.text}
@@ -635,6 +645,11 @@ class Handlers:
         return self.offer(text, "the recipe written from the form", current, pristine)
 
 
+def _unchanged(component: Any) -> dict:
+    """No update at all (Gradio reads an empty map as one output value, not as none)."""
+    return {component: gr.skip()}
+
+
 def _table(rows: list[list[Any]], columns: list[str]) -> Any:
     """A form table update whose columns stay those of the recipe fields."""
     return gr.Dataframe(value=rows, headers=columns, column_count=len(columns))
@@ -645,6 +660,25 @@ def _filters(recipe_text: str) -> list[str]:
     import re
 
     return list(dict.fromkeys(re.findall(r"filter:\s*['\"]?([^'\"\s#}]+)", recipe_text or "")))
+
+
+def _fallback_lines(recipe_text: str, curves: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Flat lines for the fallback rule (`- value: 0.5` without a filter) of a parameter whose
+    filtered rules are plotted: the plan leaves constants out, but the rule applies all the same."""
+    try:
+        data = load_yaml(recipe_text)
+    except HubbotError:
+        return {}
+    layers = max((len(values) for values in curves.values()), default=0)
+    params = data.get("parameters") if isinstance(data, dict) else None
+    out = {}
+    for name, rules in (params or {}).items() if isinstance(params, dict) else ():
+        if not isinstance(rules, list) or f"{name} · other tensors" in curves:
+            continue
+        for rule in rules:
+            if isinstance(rule, dict) and "filter" not in rule and isinstance(rule.get("value"), (int, float)):
+                out[f"{name} · other tensors"] = [float(rule["value"])] * layers
+    return out
 
 
 def _utc(when: datetime) -> datetime:
@@ -693,7 +727,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
             with gr.Tab("Recipe", id="recipe"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        p.editor = gr.Code(STARTER, language="yaml", lines=12, max_lines=30,
+                        p.editor = gr.Code(STARTER, language="yaml", lines=EDITOR_LINES, max_lines=18,
                                            label="Recipe (mergekit YAML)", elem_id="recipe-editor", wrap_lines=True)
                         p.editor_note = gr.Markdown("Tab moves to the next control; the editor indents with spaces "
                                                     "on Enter.", elem_classes="hb-note", elem_id="editor-note")
@@ -809,7 +843,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                         p.gallery_table = gr.Dataframe(views.gallery_rows(first_entries),
                                                        headers=views.GALLERY_COLUMNS, interactive=False, wrap=True,
                                                        column_count=len(views.GALLERY_COLUMNS), max_height=420,
-                                                       elem_id="gallery-table", column_widths=["50%", "18%", "32%"])
+                                                       elem_id="gallery-table", column_widths=["46%", "22%", "32%"])
                         p.gallery_note = gr.Markdown(elem_id="gallery-note", elem_classes="hb-note")
                         with gr.Accordion("Import the recipe of a merged model on the Hub", open=False):
                             with gr.Row():
@@ -878,7 +912,8 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         p.jobs_table.select(h.pick_job, [p.jobs_table], [p.job_id, p.timer], api_name=False).then(
             h.follow, follow_inputs, follow_outputs, api_name=False, show_progress="hidden")
         demo.load(h.restore, [p.job_store, p.recipe_store],
-                  [p.account, p.jobs_table, p.job_id, p.timer, p.editor, p.editor_note, p.tabs], api_name=False).then(
+                  [p.account, p.jobs_table, p.job_id, p.timer, p.editor, p.editor_note, p.tabs], api_name=False,
+                  show_progress="hidden").then(
             h.follow, follow_inputs, follow_outputs, api_name=False, show_progress="hidden")
 
         gallery_outputs = [p.gallery_table, p.slugs_state, p.gallery_note, p.picked_slug, p.entry_view, p.entry_code]
@@ -896,7 +931,8 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
 
         form_outputs = [p.form_models, p.form_base, p.form_info]
         p.form_method.change(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False)
-        demo.load(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False)
+        demo.load(h.form_method_changed, [p.form_method, p.form_models], form_outputs, api_name=False,
+                  show_progress="hidden")
         add_model_btn.click(h.add_model, [p.form_models, p.form_method], [p.form_models], api_name=False)
         remove_model_btn.click(h.remove_model, [p.form_models, p.form_method], [p.form_models], api_name=False)
         add_shared_btn.click(h.add_shared, [p.form_shared], [p.form_shared], api_name=False)

@@ -90,9 +90,9 @@ def validation_markdown(v: "Validation", estimate: "Estimate | None" = None) -> 
         seconds = estimate.seconds if estimate else v.est_seconds
         out += ["", "| Output | Reads | Peak memory | Estimated time |", "|---|---|---|---|",
                 f"| {human_bytes(v.output_bytes)} | {human_bytes(v.input_bytes)} | {human_bytes(v.peak_bytes)} "
-                f"| about {human_seconds(seconds)} |"]
+                f"| {'about ' if seconds >= 1 else ''}{human_seconds(seconds)} |"]
         if estimate:
-            out.append(f"\n<span class=\"hb-note\">The time is an estimate, {md(estimate.basis)}.</span>")
+            out.append(f"\n<span class=\"hb-note\">The time is an estimate: {md(estimate.basis)}.</span>")
     if v.warnings:
         out += ["", "**Warnings**", *(f"- {md(w)}" for w in v.warnings)]
     if v.summary and v.summary.strip():
