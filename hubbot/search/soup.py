@@ -9,7 +9,6 @@ folder, scored and deleted; nothing is published.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from ..recipe.refs import ModelRef
 from ..recipe.request import soup_recipe
 from ..sources import caching_opener
 from .evaluate import Scorer
-from .fanout import Fanout
+from .fanout import Fanout, merge_and_score
 from .history import SearchHistory, SearchProgress, Trial, write_winner
 
 PAPER = "greedy soup, Wortsman et al. 2022, Model soups, arXiv:2203.05482"
@@ -64,29 +63,23 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_
     history = SearchHistory(kind="greedy_soup", title="Greedy soup", paper=PAPER, metric=score.metric,
                             data=score.describe())
     with tempfile.TemporaryDirectory(prefix="hubbot-soup-", dir=work_dir) as tmp:
-        def rate_on_cluster(batch: list[list[str]]) -> list[float]:
+        def rate_all(batch: list[list[str]]) -> list[float]:
+            """Scores of soups that do not depend on each other (on the cluster: at once)."""
             if cancel is not None and cancel.is_set():
                 raise Cancelled("the soup was cancelled")
-            values = []
-            for ingredients, (value, error) in zip(batch, fanout.map([soup_recipe(b) for b in batch])):
+            recipes = [soup_recipe(ingredients) for ingredients in batch]
+            if fanout is not None:
+                outcomes = fanout.map(recipes)
+            else:
+                outcomes = [merge_and_score(r, score, Path(tmp) / "candidate", allow_local=allow_local, opener=opener,
+                                            device=device, cancel=cancel) for r in recipes]
+            for ingredients, (_, error) in zip(batch, outcomes):
                 if error is not None:
                     raise HubbotError(f"the soup of {', '.join(ingredients)} could not be merged and scored: {error}")
-                values.append(value)
-            return values
+            return [value for value, _ in outcomes]
 
         def rate(ingredients: list[str]) -> float:
-            if fanout is not None:
-                return rate_on_cluster([ingredients])[0]
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the soup was cancelled")
-            folder = Path(tmp) / "candidate"
-            shutil.rmtree(folder, ignore_errors=True)
-            plan = build(parse(soup_recipe(ingredients), allow_local=allow_local), opener=opener)
-            engine.run(plan, folder, device=device, cancel=cancel)
-            try:
-                return score(folder)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            return rate_all([ingredients])[0]
 
         total = 2 * len(refs) - 1  # each candidate alone, then each but the first added to the soup
 
@@ -97,7 +90,7 @@ def greedy_soup(candidates: list[str], score: Scorer, out: Path | None, *, work_
                                soup_recipe(leader.params["ingredients"]), score.metric, note=note))
 
         alone = {}
-        at_once = rate_on_cluster([[ref] for ref in refs]) if fanout is not None else None  # independent
+        at_once = rate_all([[ref] for ref in refs]) if fanout is not None else None  # independent
         for k, ref in enumerate(refs):
             alone[ref] = at_once[k] if at_once is not None else rate([ref])
             record([ref], alone[ref], None, "alone")
