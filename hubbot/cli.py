@@ -32,6 +32,16 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; write bytes such as 2000000000 or 2GB") from None
 
 
+def _threads_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, at least 1, got {text!r}")
+    return n
+
+
 def _recipe_text(path: str, what: str = "recipe") -> str:
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -69,7 +79,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
     from .merge import engine
+    from .merge.threads import use_threads
 
+    use_threads(args.threads)
     if args.push:
         from .hub import HubOptions, check_push_target
 
@@ -213,7 +225,8 @@ def _settings(args: argparse.Namespace, **overrides):
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app.server import serve
 
-    serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, ui=False if args.no_ui else None))
+    serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, threads=args.threads,
+                    ui=False if args.no_ui else None))
     return 0
 
 
@@ -224,7 +237,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .jobs.store import Store
     from .jobs.supervisor import Supervisor
 
-    settings = _settings(args, worker_slots=args.workers)
+    settings = _settings(args, worker_slots=args.workers, threads=args.threads)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -285,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--work-dir", default=None, help="with --push: where shards wait for upload (default: temp)")
         p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+        p.add_argument("--threads", type=_threads_arg, default=None,
+                       help="CPU threads for the kernels (default: the CPUs this process may use)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=cmd_merge, kinds=kinds)
 
@@ -331,12 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 in service mode)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860)")
     p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.add_argument("--threads", type=_threads_arg, default=None,
+                   help="CPU threads per merge (default: the available CPUs shared among the workers)")
     p.add_argument("--no-ui", action="store_true", help="serve the API and webhooks without the web UI")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run queued jobs from the store (for running workers apart from the server)")
     service_flags(p)
     p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.add_argument("--threads", type=_threads_arg, default=None,
+                   help="CPU threads per merge (default: the available CPUs shared among the workers)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="queue a recipe for 'hubbot serve' or 'hubbot worker' to run")

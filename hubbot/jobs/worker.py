@@ -25,6 +25,7 @@ from typing import Callable
 
 from ..errors import Cancelled, HubbotError
 from ..hub import RETRY_STATUSES, transport_errors
+from ..merge.threads import use_threads
 from ..recipe.request import SearchRequest
 from ..search.history import FILE_NAME as HISTORY_FILE
 from ..search.history import SearchProgress
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("no start message on stdin; workers are started by 'hubbot serve' or 'hubbot worker'")
     msg = json.loads(line)
     settings = Settings.from_dict(msg["settings"])
+    use_threads(settings.threads, settings.worker_slots)
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     threading.Thread(target=_exit_when_orphaned, name="hubbot-lifeline", daemon=True).start()

@@ -33,7 +33,7 @@ DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 CODE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 MAX_LISTED = 5
 CHUNK_BYTES = 4 << 20  # float32 bytes of one block of rows: small enough to stay in the CPU caches
-WHOLE_BYTES = 64 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
+WHOLE_BYTES = 16 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
 
 
 @dataclass(frozen=True)
