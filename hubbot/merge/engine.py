@@ -249,7 +249,11 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 task_stats = stats.setdefault(task.name, {})
                 base, tensors = _prepare(task, raw, dev, in_dtype)
                 with _refusals(task, dev):
-                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, task_stats, block))
+                    share = step.gather(base, tensors, task.params, task_stats, block)
+                    if step.fold is not None and task.name in shares:  # one running total, not every share
+                        shares[task.name][0] = step.fold(shares[task.name][0], share)
+                    else:
+                        shares.setdefault(task.name, []).append(share)
                     if unit.block == unit.blocks - 1:
                         task_stats.update(step.finish(shares.pop(task.name), task_stats, task.params))
                 continue

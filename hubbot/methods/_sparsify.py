@@ -57,9 +57,9 @@ def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
     it, in index order."""
     bits = _bits(values)
     mask = bits > cut
-    if ties > 0:
-        tied = (bits.reshape(-1) == cut).nonzero().squeeze(1)[:ties]
-        mask.view(-1)[tied] = True
+    if ties > 0:  # a running count rather than nonzero(), whose size would make a GPU wait for it
+        tied = bits == cut
+        mask |= tied & (tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties).reshape(tied.shape)
     return mask
 
 
