@@ -33,9 +33,13 @@ class Shape:
                            architectures=["LlamaForCausalLM"])
 
 
-# about 255 M parameters (the size of the reference figures); "tiny" is for a quick check of the harness
+# about 255 M parameters (the size of the reference figures), about 1.1 B (hidden and MLP widths of
+# TinyLlama's shape); "tiny" is for a quick check of the harness
 SHAPES = {
     "250m": Shape(hidden=1024, intermediate=2752, layers=15, vocab=32000, heads=16),
+    "1b": Shape(hidden=2048, intermediate=5632, layers=19, vocab=32000, heads=32),
+    # Llama-2-7B's widths with 4 of its 32 layers (1.07 B parameters): every tensor at full size
+    "7b": Shape(hidden=4096, intermediate=11008, layers=4, vocab=32000, heads=32),
     "tiny": Shape(hidden=64, intermediate=128, layers=4, vocab=320, heads=4),
 }
 

@@ -11,6 +11,11 @@ the wall time (the fastest run) and the peak RSS (the largest seen).
     python -m bench.run                        # the four headline methods, 250 M-parameter models
     python -m bench.run --methods all          # every method both tools know
     python -m bench.run --size tiny --methods linear --runs 1   # a check of the harness
+    python -m bench.run --size 1b --methods linear,ties --runs 1 --no-cold   # 1.1 B parameters
+    python -m bench.run --load 1               # with one other process keeping a core busy
+
+Each method also gets a floor (`floor.py`: import torch, read the inputs, write the output's
+bytes, merge nothing), and both tools' times are reported as ratios to it.
 
 Writes a Markdown table to stdout and `bench/out/results.json`; tensors of both outputs are
 compared, so a fast but wrong merge shows up in the table.
@@ -25,6 +30,8 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,6 +115,32 @@ def measure(tool: str, method: str, argv: list[str], log: Path) -> Run:
     return Run(tool, method, facts["seconds"], facts["peak_rss"], facts["read_bytes"], ok, error)
 
 
+def floor(recipe: Path, out: Path, log: Path) -> dict:
+    """One run of `floor.py` for this recipe: its phases (import, read, write) in seconds and their sum."""
+    run = measure("floor", recipe.stem, [sys.executable, str(Path(__file__).with_name("floor.py")), str(recipe), str(out)], log)
+    out.unlink(missing_ok=True)
+    if not run.ok:
+        raise RuntimeError(f"the floor run failed: {run.error}")
+    phases = json.loads(log.read_text().strip().splitlines()[-1])
+    return {**phases, "seconds": phases["import"] + phases["read"] + phases["write"]}
+
+
+BUSY = "while True: pass"
+
+
+@contextmanager
+def busy(n: int) -> Iterator[list[subprocess.Popen]]:
+    """`n` other processes, each keeping a core busy, for the duration (the --load option)."""
+    procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
 def agreement(ours: Path, theirs: Path) -> tuple[float, str]:
     """The share of output entries within one step of their dtype of the reference's (1.0 when
     every entry is), over every tensor, and a note of where the reference's dtypes differ from
@@ -139,7 +172,8 @@ def _fmt_bytes(n: int) -> str:
 
 def table(rows: list[dict]) -> str:
     cold = any(r["cold"] for r in rows)
-    head = ["method", "hubbot s", "mergekit s", "speed-up", "hubbot RSS", "mergekit RSS", "RSS ratio"]
+    head = ["method", "hubbot s", "mergekit s", "speed-up", "floor s", "hubbot / floor", "mergekit / floor",
+            "hubbot RSS", "mergekit RSS", "RSS ratio"]
     if cold:
         head += ["hubbot read", "mergekit read", "cold s (hubbot / mergekit)"]
     head += ["entries within 1 bf16 step"]
@@ -150,7 +184,9 @@ def table(rows: list[dict]) -> str:
             failed = "hubbot" if not h["ok"] else "mergekit"
             lines.append(f"| {r['method']} | {failed} failed: {(h['error'] or m['error']).splitlines()[-1:]} |")
             continue
+        f = r["floor"]["seconds"]
         cells = [r["method"], f"{h['seconds']:.1f}", f"{m['seconds']:.1f}", f"{m['seconds'] / h['seconds']:.1f}x",
+                 f"{f:.1f}", f"{h['seconds'] / f:.2f}", f"{m['seconds'] / f:.2f}",
                  _fmt_bytes(h["peak_rss"]), _fmt_bytes(m["peak_rss"]), f"{h['peak_rss'] / m['peak_rss']:.2f}"]
         if cold:
             hc, mc = r["cold"]["hubbot"], r["cold"]["mergekit"]
@@ -171,12 +207,19 @@ def summarize(runs: list[Run]) -> Run:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="250m", choices=["250m", "tiny"])
+    ap.add_argument("--size", default="250m", choices=["250m", "1b", "tiny"])
     ap.add_argument("--methods", default=",".join(HEADLINE), help="comma-separated, or 'all'")
     ap.add_argument("--runs", type=int, default=3, help="warm runs per tool and method (the fastest is reported)")
     ap.add_argument("--work", type=Path, default=OUT, help="where models and outputs go")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold run (and the bytes-read columns)")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="keep N other processes busy (one core each) during every run")
     args = ap.parse_args(argv)
+    with busy(args.load):
+        return _bench(ap, args)
+
+
+def _bench(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from bench.models import SHAPES, make_models
 
@@ -190,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown methods {unknown}; choose from {', '.join(all_recipes)}")
     cold = not args.no_cold and _drop_caches()
     bindir = Path(sys.executable).parent
-    facts = {"size": args.size, "cold_run": cold, "warm_runs": args.runs, "cpus": os.cpu_count(),
+    facts = {"size": args.size, "load": args.load, "cold_run": cold, "warm_runs": args.runs, "cpus": os.cpu_count(),
              "machine": platform.processor() or platform.machine(), "python": platform.python_version()}
     rows: list[dict] = []
     for method in names:
@@ -217,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             for tool in ("mergekit", "hubbot"):
                 runs[tool].append(once(tool, False))
         result = {tool: asdict(summarize(r)) for tool, r in runs.items()}
+        floors = []
+        for _ in range(args.runs):
+            os.sync()
+            floors.append(floor(recipe, work / f"out-{method}-floor.bin", work / f"{method}-floor.log"))
+        result["floor"] = min(floors, key=lambda f: f["seconds"])
         same, note = None, ""
         if result["hubbot"]["ok"] and result["mergekit"]["ok"]:
             same, note = agreement(outs["hubbot"], outs["mergekit"])

@@ -23,6 +23,16 @@ def _size_arg(text: str) -> int:
     return size
 
 
+def _threads_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads, at least 1, got {text!r}")
+    return n
+
+
 def _recipe_text(path: str, what: str = "recipe") -> str:
     from .recipe.text import decode_text
 
@@ -68,6 +78,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Runs either recipe kind: a merge, or a mixture of experts (`hubbot moe` is the same)."""
     from .merge import engine
     from .merge.run import MergeOptions, merge_to_folder
+    from .merge.threads import use_threads
 
     if args.on == "hf-jobs" and not args.push:
         raise HubbotError("--on hf-jobs publishes the merge to the Hub: add --push ORG/NAME")
@@ -75,6 +86,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise HubbotError("--flavor picks the hardware of a job on Hugging Face Jobs: add --on hf-jobs")
     if args.on != "hf-jobs":
         engine.pick_device(args.device)  # device and target are checked before planning or merging
+    use_threads(args.threads)
     hub = None
     if args.push:
         from .hub import HubOptions, check_push_target
@@ -245,7 +257,8 @@ def _settings(args: argparse.Namespace, **overrides):
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app.server import serve
 
-    serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, ui=False if args.no_ui else None))
+    serve(_settings(args, host=args.host, port=args.port, worker_slots=args.workers, threads=args.threads,
+                    ui=False if args.no_ui else None))
     return 0
 
 
@@ -256,7 +269,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .jobs.store import Store, display_url
     from .jobs.supervisor import Supervisor
 
-    settings = _settings(args, worker_slots=args.workers)
+    settings = _settings(args, worker_slots=args.workers, threads=args.threads)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -364,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--work-dir", default=None, help="with --push: where shards wait for upload (default: temp)")
         p.add_argument("--shard-size", type=_size_arg, default="5GB", help="largest shard, e.g. 2GB (default 5GB)")
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+        p.add_argument("--threads", type=_threads_arg, default=None,
+                       help="CPU threads for the kernels (default: the CPUs this process may use)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         p.add_argument("--on", choices=("local", "hf-jobs"), default="local",
                        help="where to merge: this machine (default), or a job on Hugging Face Jobs billed to your "
@@ -420,12 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 in service mode)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860)")
     p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.add_argument("--threads", type=_threads_arg, default=None,
+                   help="CPU threads per merge (default: the available CPUs shared among the workers)")
     p.add_argument("--no-ui", action="store_true", help="serve the API and webhooks without the web UI")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run queued jobs from the store (for running workers apart from the server)")
     service_flags(p)
     p.add_argument("--workers", type=int, default=None, help="merges run at once (default 1)")
+    p.add_argument("--threads", type=_threads_arg, default=None,
+                   help="CPU threads per merge (default: the available CPUs shared among the workers)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="queue a recipe for 'hubbot serve' or 'hubbot worker' to run")

@@ -257,3 +257,130 @@ def test_quantized_models_are_refused(tmp_path, families):
     save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(4, 4).to(torch.float8_e4m3fn)}, fp8 / "model.safetensors")
     with pytest.raises(PlanError, match="packed or quantized tensors"):
         build(parse(f"merge_method: linear\nmodels: [{{model: {fp8}, parameters: {{weight: 1}}}}]\n"))
+
+
+def _reference_draw(seed: int, index: int) -> float:
+    """The counter-based draw for entry `index`, in plain integer arithmetic: what any device's
+    implementation must give."""
+    from hubbot.methods._sparsify import MASK32, _keys
+
+    def mix(x: int) -> int:
+        x ^= x >> 16
+        x = x * 0x21F0AAAD & MASK32
+        x ^= x >> 15
+        x = x * 0x735A2D97 & MASK32
+        return x ^ (x >> 15)
+
+    first, second = _keys(seed)
+    x = mix((index & MASK32) ^ first) ^ (index >> 32) ^ second
+    return (mix(x) >> 8) / 2**24
+
+
+def test_random_masks_are_a_function_of_seed_and_index():
+    """DARE and DELLA draw from a hash of (seed, entry index) in torch integer operations: the
+    same bits as the plain-integer definition (so on every device), a block of rows draws what
+    the whole tensor draws there, even past 2**32 entries, and other seeds draw other masks."""
+    from hubbot.methods._sparsify import random_mask, uniform
+
+    cpu = torch.device("cpu")
+    whole = uniform(11, 0, (64, 48), cpu)
+    assert whole.dtype == torch.float32 and 0 <= float(whole.min()) and float(whole.max()) < 1
+    for index in (0, 1, 47, 48, 1000, 64 * 48 - 1):
+        assert float(whole.view(-1)[index]) == _reference_draw(11, index)
+    assert torch.equal(torch.cat([uniform(11, r, (8, 48), cpu) for r in range(0, 64, 8)]), whole)
+    far = (1 << 32) // 48 - 1  # a block whose entries cross index 2**32
+    block = uniform(11, far, (3, 48), cpu)
+    assert [float(v) for v in block.view(-1)[::13]] == [_reference_draw(11, far * 48 + i) for i in range(0, 144, 13)]
+    big = uniform(5, 0, (512, 512), cpu)
+    assert abs(float(big.mean()) - 0.5) < 0.01
+    assert abs(float((big < 0.3).float().mean()) - 0.3) < 0.01
+    other = uniform(6, 0, (512, 512), cpu)
+    assert abs(float(((big < 0.5) == (other < 0.5)).float().mean()) - 0.5) < 0.01
+    mask = random_mask(torch.Size([64, 48]), 0.4, 11, cpu, row=0)
+    assert torch.equal(mask, whole < 0.4)
+    probs = torch.linspace(0.1, 0.9, 64 * 48).reshape(64, 48)
+    assert torch.equal(random_mask(torch.Size([32, 48]), probs[32:], 11, cpu, row=32), whole[32:] < probs[32:])
+
+
+def test_della_ranks_ties_by_index():
+    """Equal magnitudes get ranks in index order (a stable sort), so keep probabilities, and with
+    them the masks, do not depend on the device's sort."""
+    from hubbot.methods._sparsify import rank_keep_probs
+
+    delta = torch.tensor([[0.5, -0.5, 0.1, 0.5]])
+    probs = rank_keep_probs(delta, 0.5, 0.3)
+    assert torch.allclose(probs, torch.tensor([[0.4, 0.6, 0.2, 0.8]]))
+
+
+def test_threads_come_from_the_cpus_available(tmp_path, monkeypatch):
+    """Kernel threads: the CPUs of the affinity mask, capped by a cgroup CPU quota (v2 or v1),
+    shared among worker slots; a requested count wins; HUBBOT_THREADS and --threads set it."""
+    from hubbot.cli import build_parser
+    from hubbot.errors import HubbotError
+    from hubbot.jobs.settings import Settings
+    from hubbot.merge import threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert threads.cgroup_quota(v2) is None and threads.available_cpus(v2) == 8
+    (v2 / "cpu.max").write_text("250000 100000\n")
+    assert threads.cgroup_quota(v2) == 2.5 and threads.available_cpus(v2) == 3
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.available_cpus(v1) == 2
+    none = tmp_path / "none"
+    assert threads.cgroup_quota(none) is None
+    assert threads.merge_threads(None, slots=1, root=none) == 8
+    assert threads.merge_threads(None, slots=3, root=none) == 2
+    assert threads.merge_threads(None, slots=4, root=v1) == 1
+    assert threads.merge_threads(5, slots=4, root=v1) == 5
+    with pytest.raises(ValueError):
+        threads.merge_threads(0)
+
+    env = {"HUBBOT_DATA_DIR": str(tmp_path / "data")}
+    assert Settings.from_env(env).threads is None
+    assert Settings.from_env({**env, "HUBBOT_THREADS": "3"}).threads == 3
+    assert Settings.from_dict(Settings.from_env({**env, "HUBBOT_THREADS": "3"}).to_dict()).threads == 3
+    with pytest.raises(HubbotError, match="HUBBOT_THREADS"):
+        Settings.from_env({**env, "HUBBOT_THREADS": "0"})
+    assert build_parser().parse_args(["merge", "r.yml", "--out", "o", "--threads", "2"]).threads == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["merge", "r.yml", "--out", "o", "--threads", "0"])
+
+
+def test_openmp_threads_wait_passively():
+    """Importing hubbot before torch makes idle OpenMP threads sleep rather than spin."""
+    code = "import os, hubbot, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "PASSIVE"
+
+
+def test_prefetch_is_bounded_in_bytes(families, tmp_path, monkeypatch):
+    """Reads run ahead by at most PREFETCH units, and beyond the next unit by at most
+    PREFETCH_BYTES: a model of large tensors does not queue several of them whole."""
+    from hubbot.sources.base import Source
+
+    base, ft1, _ = families("llama")
+    text = f"merge_method: linear\nmodels: [{{model: {base}, parameters: {{weight: 0.5}}}}, {{model: {ft1}, parameters: {{weight: 0.5}}}}]\n"
+    reference = load_state(merge(text, tmp_path / "ref").folder)
+    monkeypatch.setattr(engine, "PREFETCH_BYTES", 0)
+    merged = [0]
+    lead: list[int] = []  # per read: how many units past the last merged one it belongs to
+    original = Source.read
+
+    def read(self, name, rows=None):
+        lead.append(len(lead) // 2 - merged[0])  # two inputs per unit
+        return original(self, name, rows)
+
+    def progress(p: engine.Progress) -> None:
+        merged[0] += 1
+
+    monkeypatch.setattr(Source, "read", read)
+    got = load_state(engine.run(build(parse(text)), tmp_path / "out", device="cpu", progress=progress).folder)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    assert len(lead) == 2 * len(reference) and max(lead) <= 1

@@ -45,6 +45,7 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
+    threads: int | None = None  # kernel threads per merge; None: the available CPUs shared among the slots
     shard_bytes: int = DEFAULT_SHARD_BYTES
     dispatch_seconds: float = 1.0
     poll_seconds: float = 600.0
@@ -119,6 +120,7 @@ class Settings:
                                       maximum=MAX_RECIPE_BYTES),
             ),
             device=env.get("HUBBOT_DEVICE") or None,
+            threads=r.number("HUBBOT_THREADS", int, None, minimum=1),
             shard_bytes=r.number("HUBBOT_SHARD_BYTES", int, DEFAULT_SHARD_BYTES, minimum=1),
             dispatch_seconds=r.number("HUBBOT_DISPATCH_SECONDS", float, 1.0, minimum=0.05),
             poll_seconds=r.number("HUBBOT_POLL_SECONDS", float, 600.0, minimum=1),

@@ -27,6 +27,7 @@ from ..errors import Cancelled, HubbotError, TransientError
 from ..hub import RETRY_STATUSES, HubOptions, transport_errors
 from ..merge.card import write_card
 from ..merge.run import MergeOptions, merge_to_folder
+from ..merge.threads import use_threads
 from ..recipe.request import SearchRequest
 from ..redact import remember
 from ..search.history import FILE_NAME as HISTORY_FILE
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     msg = json.loads(line)
     settings = Settings.from_dict(msg["settings"])
     remember(msg.get("token"), settings.hub_token)  # every text this process stores is redacted of them
+    use_threads(settings.threads, settings.worker_slots)
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     threading.Thread(target=_exit_when_orphaned, name="hubbot-lifeline", daemon=True).start()

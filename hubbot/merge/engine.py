@@ -32,10 +32,13 @@ from ..model.format import DTYPES, TORCH_NAMES
 from ..sources.computed import ComputedSource
 from .card import RunFacts
 from .plan import CHUNK_BYTES, Plan, TensorTask
+from .transfer import Returning, Staged, Transfer
 from .writer import DEFAULT_SHARD_BYTES, ShardWriter
 
-PREFETCH = 2
+PREFETCH = 2  # units read ahead at most,
+PREFETCH_BYTES = 32 << 20  # and input bytes read ahead beyond the next unit: whole large tensors are not queued twice
 WRITE_BEHIND = 2  # results handed to the write thread and not yet written
+CUDA_CHUNK_BYTES = 64 << 20  # float32 bytes of a block on a GPU: large enough to fill it, small beside its memory
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 SIDE_FILES = ("generation_config.json",)
 
@@ -149,7 +152,7 @@ def run(
     *,
     device: str | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     on_shard: Callable[[Path], None] | None = None,
@@ -163,6 +166,7 @@ def run(
     file is written, before the folder takes its final name (a failure there fails the run).
     `resume` keeps shards that an interrupted run with the same plan completed;
     `keep_partial` leaves `<out>.partial` behind on failure so a later run can resume.
+    `chunk_bytes` sizes the blocks of rows (default: cache-sized on the CPU, larger on a GPU).
     """
     plan.raise_for_problems()
     out = Path(out)
@@ -173,6 +177,8 @@ def run(
     dev = pick_device(device)
     if dev.type == "cpu":
         _reuse_freed_memory()
+    if chunk_bytes is None:
+        chunk_bytes = CUDA_CHUNK_BYTES if dev.type == "cuda" else CHUNK_BYTES
     started = time.monotonic()
     writer = ShardWriter(partial, plan.tasks, shard_bytes, on_shard=on_shard, resume=resume, durable=keep_partial)
     resumed = sum(1 for s in writer.shards if s.done)
@@ -205,8 +211,8 @@ def run(
 
 def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
            progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> int:
-    """Run every unit with reads prefetched on one thread and writes done on another (the
-    kernels run here); returns the bytes read."""
+    """Run every unit with reads (and copies to the device) prefetched on one thread and writes
+    (after the copies back) done on another; the kernels run here. Returns the bytes read."""
     units = _units(plan, writer, chunk_bytes)
     if units:  # tensors computed here (MoE routers) first: the work may be long, and may be cancelled
         for source in plan.sources:
@@ -218,8 +224,9 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
     bytes_read = 0
     method = plan.method
     in_dtype = TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None
+    transfer = Transfer(dev)
 
-    def fetch(unit: _Unit) -> tuple[int, list[torch.Tensor]]:
+    def fetch(unit: _Unit) -> tuple[int, Staged]:
         """The unit's inputs (base first) and the bytes read; embedding rows in output vocabulary order."""
         t = unit.task
         order = ([t.base] if t.base else []) + list(t.inputs)
@@ -227,22 +234,39 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
         nbytes = sum(x.numel() * x.element_size() for x in raw)
         if t.vocab:
             raw = plan.vocab.align([i.source for i in order], raw)
-        return nbytes, raw
+        return nbytes, transfer.stage(raw)
+
+    def write(task: TensorTask, result: Returning, row_offset: int) -> None:
+        host, finite = result.wait()
+        if not finite:
+            raise _not_finite(task)
+        writer.write(task.name, host, row_offset)
 
     shares: dict[str, list] = {}
     stats: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-write") as out:
-        queue: list[Future] = [pool.submit(fetch, u) for u in units[:PREFETCH]]
+        queue: list[Future] = []
+        ahead = 0  # units submitted for reading so far
+
+        def read_ahead(k: int) -> None:
+            """Keep up to PREFETCH units after unit k reading, within PREFETCH_BYTES beyond the next one."""
+            nonlocal ahead
+            while ahead < len(units) and ahead <= k + PREFETCH and (
+                    ahead <= k + 1 or sum(_input_bytes(u) for u in units[k + 2:ahead + 1]) <= PREFETCH_BYTES):
+                queue.append(pool.submit(fetch, units[ahead]))
+                ahead += 1
+
         writes: list[Future] = []
         for k, unit in enumerate(units):
             if cancel is not None and cancel.is_set():
                 for f in queue:
                     f.cancel()
                 raise Cancelled("the merge was cancelled")
-            nbytes, raw = queue.pop(0).result()
-            if k + PREFETCH < len(units):
-                queue.append(pool.submit(fetch, units[k + PREFETCH]))
+            read_ahead(k)
+            nbytes, staged = queue.pop(0).result()
+            read_ahead(k)
+            raw = transfer.arrive(staged)
             bytes_read += nbytes
             task = unit.task
             block = Block(unit.block, unit.rows[0] if unit.rows else 0)
@@ -251,22 +275,27 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 task_stats = stats.setdefault(task.name, {})
                 base, tensors = _prepare(task, raw, dev, in_dtype)
                 with _refusals(task, dev):
-                    shares.setdefault(task.name, []).append(step.gather(base, tensors, task.params, task_stats, block))
+                    share = step.gather(base, tensors, task.params, task_stats, block)
+                    if step.fold is not None and task.name in shares:  # one running total, not every share
+                        shares[task.name][0] = step.fold(shares[task.name][0], share)
+                    else:
+                        shares.setdefault(task.name, []).append(share)
                     if unit.block == unit.blocks - 1:
                         task_stats.update(step.finish(shares.pop(task.name), task_stats, task.params))
                 continue
             blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:
-                result = raw[-1]
+                result = Returning(raw[-1].cpu())
             elif blockwise is not None:
                 task_stats = stats.get(task.name, {})
-                result = _compute(task, raw, dev, in_dtype, lambda b, xs, p: blockwise.kernel(b, xs, p, task_stats, block))
+                result = _compute(task, raw, transfer, in_dtype,
+                                  lambda b, xs, p: blockwise.kernel(b, xs, p, task_stats, block))
             else:
-                result = _compute(task, raw, dev, in_dtype, method.kernel)
+                result = _compute(task, raw, transfer, in_dtype, method.kernel)
             row_offset = 0
             if unit.rows is not None:
                 row_offset = unit.rows[0] * (task.nbytes // task.shape[0])
-            writes.append(out.submit(writer.write, task.name, result, row_offset))
+            writes.append(out.submit(write, task, result, row_offset))
             if len(writes) > WRITE_BEHIND:
                 writes.pop(0).result()  # a failed write surfaces here
             done_bytes += _unit_bytes(unit)
@@ -284,6 +313,11 @@ def _unit_bytes(unit: _Unit) -> int:
     if unit.rows is None:
         return unit.task.nbytes
     return (unit.rows[1] - unit.rows[0]) * (unit.task.nbytes // unit.task.shape[0])
+
+
+def _input_bytes(unit: _Unit) -> int:
+    """About what reading the unit's inputs holds in memory (at the output dtype's size)."""
+    return _unit_bytes(unit) * (len(unit.task.inputs) + (1 if unit.task.base else 0))
 
 
 def _prepare(task: TensorTask, raw: list[torch.Tensor], dev: torch.device,
@@ -312,18 +346,22 @@ def _refusals(task: TensorTask, dev: torch.device) -> Iterator[None]:
         raise MergeError(f"tensor '{task.name}': {exc}") from None
 
 
-def _compute(task: TensorTask, raw: list[torch.Tensor], dev: torch.device, in_dtype: torch.dtype | None,
-             kernel: Callable) -> torch.Tensor:
-    """Merge in float32, check the result is finite, cast it to the output dtype."""
-    base, tensors = _prepare(task, raw, dev, in_dtype)
-    with _refusals(task, dev):
+def _not_finite(task: TensorTask) -> MergeError:
+    return MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
+                      "of this tensor (weights summing to zero, extreme lambda) and the input models")
+
+
+def _compute(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, in_dtype: torch.dtype | None,
+             kernel: Callable) -> Returning:
+    """Merge in float32, check the result is finite, cast it to the output dtype on its way back."""
+    base, tensors = _prepare(task, raw, transfer.dev, in_dtype)
+    with _refusals(task, transfer.dev):
         out = kernel(base, tensors, task.params)
-    # a sum is finite exactly when every entry is (unless it overflows): one cheap reduction,
-    # and the entry-by-entry check only to confirm
-    if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
-        raise MergeError(f"tensor '{task.name}': the merge produced NaN or Inf values; check the parameters "
-                         "of this tensor (weights summing to zero, extreme lambda) and the input models")
-    return (out if task.ternary else out.to(DTYPES[task.dtype])).cpu()  # the writer encodes ternary weights
+    # on the CPU: a sum is finite exactly when every entry is (unless it overflows), so one
+    # cheap reduction, and the entry-by-entry check only to confirm (a GPU checks on the way back)
+    if not transfer.cuda and not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
+        raise _not_finite(task)
+    return transfer.send_back(out, out.dtype if task.ternary else DTYPES[task.dtype])  # the writer encodes ternary
 
 
 def _write_side_files(plan: Plan, folder: Path) -> list[str]:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 MAX_LISTED = 5
 CHUNK_BYTES = 4 << 20  # float32 bytes of one block of rows: small enough to stay in the CPU caches
-WHOLE_BYTES = 64 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
+WHOLE_BYTES = 16 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
 
 
 @dataclass(frozen=True)

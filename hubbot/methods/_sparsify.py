@@ -4,6 +4,8 @@ Shared by the task-vector family (ties, dare, breadcrumbs, della) and sce. Magni
 finds its cut values with a radix select over the float bits (two counting passes), not a sort;
 the passes also run block by block, so TIES can merge a large tensor a block of rows at a time.
 Only DELLA, whose keep probabilities follow each entry's rank within its row, sorts (row by row).
+Random masks (DARE, DELLA) come from a counter-based generator: a hash of (seed, entry index),
+the same on every device and for every split into blocks.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
     it, in index order."""
     bits = _bits(values)
     mask = bits > cut
-    if ties > 0:
-        tied = (bits.reshape(-1) == cut).nonzero().squeeze(1)[:ties]
-        mask.view(-1)[tied] = True
+    if ties > 0:  # a running count rather than nonzero(), whose size would make a GPU wait for it
+        tied = bits == cut
+        mask |= tied & (tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties).reshape(tied.shape)
     return mask
 
 
@@ -136,7 +138,7 @@ def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torc
     width = rows.shape[1]
     if width == 1:
         return torch.full_like(delta, density)
-    order = rows.abs().argsort(dim=1)
+    order = rows.abs().argsort(dim=1, stable=True)  # ties ranked by index, the same on every device
     ranks = torch.empty_like(rows)
     ranks.scatter_(1, order, torch.arange(width, dtype=rows.dtype, device=rows.device).expand_as(rows))
     probs = ranks.mul_(2 * epsilon / (width - 1)).add_(density - epsilon)
@@ -155,35 +157,54 @@ def agreement(delta: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     return (delta * signs) > 0
 
 
-GROUP_ENTRIES = 1 << 20  # entries drawn from one generator: whole rows, about this many
+MASK32 = 0xFFFFFFFF
+MASK64 = (1 << 64) - 1
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) of every entry of `x` (int64 in [0, 2**32)),
+    in place. The multipliers are below 2**31, so no int64 product overflows and every device
+    computes the same bits."""
+    x ^= x >> 16
+    x.mul_(0x21F0AAAD).bitwise_and_(MASK32)
+    x ^= x >> 15
+    x.mul_(0x735A2D97).bitwise_and_(MASK32)
+    x ^= x >> 15
+    return x
+
+
+def _keys(seed: int) -> tuple[int, int]:
+    """Two 32-bit round keys from a seed (a splitmix64 step, on Python integers)."""
+    z = (seed * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    z ^= z >> 31
+    return z & MASK32, z >> 32
 
 
 def uniform(seed: int, row: int, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) draws for rows row, row + 1, ... (along the leading axis) of a tensor
     whose rows have the shape `shape[1:]`.
 
-    Rows are drawn in groups of a fixed size, each group from its own generator seeded by
-    `seed` and the group's number, so a block of rows draws what the whole tensor draws there,
-    however the tensor is split. The draws are made on the CPU, so every device gets the same."""
-    rows, width = (shape[0], math.prod(shape[1:])) if len(shape) else (1, 1)
-    group = max(1, GROUP_ENTRIES // max(1, width))
-    parts = []
-    for g in range(row // group, -(-(row + rows) // group)):
-        gen = torch.Generator().manual_seed(derive_seed(seed, g))
-        draws = torch.rand((group, width), generator=gen)
-        lo, hi = max(row, g * group) - g * group, min(row + rows, (g + 1) * group) - g * group
-        parts.append(draws[lo:hi])
-    out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return out.reshape(shape).to(device)
+    Each draw is a hash of the seed and the entry's index in the whole tensor (a counter-based
+    generator: two keyed rounds of an integer hash), computed where it is used: a block of rows
+    draws what the whole tensor draws there, and every device draws the same bits. Draws are
+    multiples of 2**-24, exact in float32."""
+    width = math.prod(shape[1:]) if len(shape) else 1
+    start, stop = row * width, (row + (shape[0] if len(shape) else 1)) * width
+    index = torch.arange(start, stop, dtype=torch.int64, device=device)
+    first, second = _keys(seed)
+    x = _mix32((index & MASK32) ^ first)
+    x ^= (index >> 32) ^ second if stop > 1 << 32 else second  # the high half of the index, 0 below 2**32
+    x = _mix32(x) >> 8
+    return x.to(torch.float32).mul_(2.0 ** -24).reshape(shape)
 
 
 def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device,
                 row: int = 0) -> torch.Tensor:
     """Keep each entry with probability `density` (a scalar or one per entry); `row` is the
     index of the first row in its tensor."""
-    if isinstance(density, torch.Tensor):
-        return uniform(seed, row, shape, device) < density
-    return uniform(seed, row, shape, torch.device("cpu")).lt_(density).to(device)
+    return uniform(seed, row, shape, device) < density
 
 
 def l1_rescale(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -32,10 +32,13 @@ class Pass:
     `gather(base, blocks, params, stats, block)` returns this block's share;
     `finish(shares, stats, params)` turns every block's share, in block order, into the
     statistics this pass adds (a dict merged into `stats` for later passes and the kernel).
+    `fold(total, share)`, when given, adds a share into a running total (in place), so that a
+    large tensor's shares (histograms) are not all held until the end: `finish` then gets one.
     """
 
     gather: Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any], "Block"], Any]
     finish: Callable[[list[Any], dict[str, Any], dict[str, Any]], dict[str, Any]]
+    fold: Callable[[Any, Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ def _energies(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[st
     return {"energy": total[:-1] / total[-1]}
 
 
+def _add(total: torch.Tensor | None, share: torch.Tensor | None) -> torch.Tensor | None:
+    """Counts and energies add up block by block (None: nothing was counted)."""
+    return None if total is None else total.add_(share)
+
+
 def _sce_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                stats: dict[str, Any], block: Block) -> torch.Tensor:
     assert base is not None
@@ -96,8 +101,8 @@ def _sce_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: d
 SCE = Method(
     name="sce",
     kernel=None,
-    blockwise=Blockwise(_sce_block, (Pass(_count_variance, _variance_bin), Pass(_variance_lows, _variance_cut),
-                                     Pass(_energy, _energies))),
+    blockwise=Blockwise(_sce_block, (Pass(_count_variance, _variance_bin, _add), Pass(_variance_lows, _variance_cut),
+                                     Pass(_energy, _energies, _add))),
     title="SCE (select, calculate, erase)",
     summary="Keeps the positions where the fine-tunes' task vectors differ most, weights each model by the "
             "energy of its task vector, erases entries that disagree with the majority sign, and adds the "

@@ -158,7 +158,8 @@ def selection(band: Band, elect: bool) -> Blockwise:
 
         return combine(base, tensors, params, prune, elect)
 
-    return Blockwise(kernel, (Pass(high, high_done), Pass(low, low_done)), applies=lambda params: not params["rescale"])
+    return Blockwise(kernel, (Pass(high, high_done, torch.Tensor.add_), Pass(low, low_done)),
+                     applies=lambda params: not params["rescale"])
 
 
 def _top_density(params: dict[str, Any], i: int, n: int) -> tuple[int, int] | None:
