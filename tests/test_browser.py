@@ -32,11 +32,15 @@ def browser(space_app):
             browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    """A fresh browser context per test: the editor text a page keeps in local storage (and puts
+    back on load) is that test's own, never an earlier test's."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
     page.set_default_timeout(60_000)
-    return page
+    yield page
+    context.close()
 
 
 def shot(page, name: str) -> None:
