@@ -242,20 +242,20 @@ def test_a_commit_whose_answer_was_lost_is_not_made_twice(hub, hub_models, alice
     text = RECIPES["linear"].format(b=names[0], f1=names[1], f2=names[2])
     hub.inject("POST", r"/commit/", "drop", after_bytes=0)
     opts = HubOptions(token=ALICE_TOKEN, backoff=0.01)
-    pub = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w1", "alice/once", token=None, options=opts)
+    pub = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w1", "alice/once", opts)
     tries, looked = hub.requests("POST", r"alice/once/commit/"), hub.requests("GET", r"alice/once/commits/")
     assert len(tries) == 1 and looked, "the retry looked for the commit and found it"
     assert [c.commit_id for c in merge_commits(alice_api, "alice/once")] == [pub.commit]
     assert pub.commit == hub.head_sha("alice/once")
 
     hub.inject("POST", r"/commit/", "status", status=503)  # refused before it landed: committed again
-    pub = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w0", "alice/twice", token=None, options=opts)
+    pub = merge_and_push(plan_for(text, tmp_path / "c"), tmp_path / "w0", "alice/twice", opts)
     assert len(hub.requests("POST", r"alice/twice/commit/")) == 2
     assert [c.commit_id for c in merge_commits(alice_api, "alice/twice")] == [pub.commit]
 
     hub.inject("POST", r"/commit/", "drop", after_bytes=0)
     remix = text.replace("weight: 0.5", "weight: 0.6")
-    pr = merge_and_push(plan_for(remix, tmp_path / "c"), tmp_path / "w2", "alice/once", token=None, options=opts,
+    pr = merge_and_push(plan_for(remix, tmp_path / "c"), tmp_path / "w2", "alice/once", opts,
                         create_pr=True)
     prs = list(alice_api.get_repo_discussions("alice/once", discussion_type="pull_request"))
     assert len(prs) == 1 and pr.pr_url == prs[0].url
