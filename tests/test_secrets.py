@@ -62,11 +62,12 @@ def echo_hub():
     server.shutdown()
 
 
-def failing_hub_call(settings, parsed, token=None):
-    """Planning as the worker does it, with a Hub call that fails quoting the token it sent."""
+def failing_hub_call(settings, parsed, hub, device=None):
+    """Planning as the worker does it, with a Hub call (made with the token that would publish)
+    that fails quoting the token it sent."""
     from huggingface_hub import HfApi
 
-    opts = hub_options(settings, token, write=True)
+    opts = hub_options(settings, hub.token, write=True)
     HfApi(endpoint=opts.endpoint, token=opts.token).model_info("org/secret-model")
 
 
@@ -95,7 +96,7 @@ def test_no_canary_reaches_the_store_logs_files_or_answers(echo_hub, tmp_path, m
     logging.getLogger("hubbot.test").warning("a message quoting %s and %s", USER, f"Bearer {SERVICE}")
 
     # Jobs that fail in the worker: one with the user's token, one publishing with the service's.
-    monkeypatch.setattr(worker, "plan_recipe", failing_hub_call)
+    monkeypatch.setattr(worker, "plan_with", failing_hub_call)
     for owner, token, source in (("carol", USER, "user"), ("hub-user:1", None, "service")):
         values = {"id": f"job-{source}", "owner": owner, "recipe": recipe, "recipe_hash": "h", "dedup_key": source,
                   "target": "carol/merged", "options": {"private": False, "pr": False, "device": None,
