@@ -277,7 +277,7 @@ def _parse_tokenizer(c: Checker, data: dict, refs: list[ModelRef]) -> TokenizerS
     c.unknown_keys("tokenizer", raw, ("source", "tokens", "pad_to_multiple_of"))
     pad = raw.get("pad_to_multiple_of")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or not 0 < pad <= MAX_PAD):
-        c.add("tokenizer.pad_to_multiple_of", f"expected an integer from 1 to {MAX_PAD}, got {pad!r}")
+        c.add("tokenizer.pad_to_multiple_of", f"expected a positive integer (at most {MAX_PAD}), got {pad!r}")
         pad = None
     tokens = raw.get("tokens") or {}
     if not isinstance(tokens, dict):
