@@ -49,6 +49,7 @@ def shot(page, name: str) -> None:
 
 
 def pick_recipe(page, title: str) -> None:
+    page.wait_for_timeout(1500)  # let the restore on load put back the stored editor text first
     page.get_by_role("tab", name="Gallery").click()
     page.locator("#gallery-table [role=gridcell]", has_text=title).first.click()
 
@@ -131,7 +132,7 @@ def test_validation_plots_per_layer_curves(page, space_app):
     page.goto(space_app.url)
     pick_recipe(page, "Tiny llama SLERP with a curve")
     use_picked(page)
-    expect(page.locator("#recipe-editor .cm-content")).to_contain_text("merge_method: slerp")
+    expect(page.locator("#recipe-editor .cm-content")).to_contain_text("title: Tiny llama SLERP")
     page.locator("#validate-button").click()
     expect(page.locator("#status")).to_contain_text("Ready to merge")
     expect(page.locator("#curves")).to_be_visible()
