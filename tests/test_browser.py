@@ -318,11 +318,12 @@ BROKEN_WORDS = """(selector) => {
 def test_mobile_tables_break_no_word(browser, space_app):
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
     page.set_default_timeout(60_000)
     page.goto(space_app.url)
     expect(page.locator("#recipe-editor .cm-content")).to_be_visible()
-    page.wait_for_load_state("networkidle")
+    expect(page.locator("#validate-button")).to_be_visible()  # the page polls: it never goes network-idle
     shot(page, "m1-recipe")
     page.get_by_role("tab", name="Jobs").click()
     expect(page.locator("#jobs-table [role=gridcell]").first).to_be_visible()
@@ -332,4 +333,4 @@ def test_mobile_tables_break_no_word(browser, space_app):
     expect(page.locator("#gallery-table [role=gridcell]").first).to_be_visible()
     assert page.evaluate(BROKEN_WORDS, CELLS.format(table="#gallery-table")) == []
     shot(page, "m3-gallery")
-    page.close()
+    context.close()
