@@ -192,9 +192,23 @@ def owned_namespaces(opts: HubOptions) -> tuple[str, set[str]]:
     return me["name"], {me["name"], *orgs}
 
 
+def is_repo_id(text: str, *, namespaced: bool = False) -> bool:
+    """Whether `text` is a Hub repo id (`name` or `namespace/name`; with `namespaced` only the
+    latter) by the Hub client's own rules, so hubbot accepts exactly the names the Hub does."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if namespaced and text.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
 def check_push_target(repo_id: str, opts: HubOptions) -> str:
     """Refuse, before any work, a target the token does not own. Returns the user name."""
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+    if not is_repo_id(repo_id, namespaced=True):
         raise HubError(f"push target {repo_id!r}: write it as namespace/name, e.g. your-name/my-merge")
     user, allowed = owned_namespaces(opts)
     namespace = repo_id.split("/")[0]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from hubbot.hub import is_repo_id
 from hubbot.model.dtypes import CODE_NAMES, DTYPE_ALIASES, DTYPE_CODES, RECIPE_DTYPES
 from hubbot.model.format import DTYPES, TORCH_NAMES
 from hubbot.recipe.markdown import yaml_blocks
-from hubbot.recipe.refs import ModelRef, is_repo_id
+from hubbot.recipe.refs import ModelRef
 from hubbot.sizes import human_bytes, parse_size
 
 

@@ -22,10 +22,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import HubbotError, RecipeError, SourceError
-from ..hub import describe
+from ..hub import describe, is_repo_id
 from ..recipe.markdown import yaml_blocks
 from ..recipe.merge import parse
-from ..recipe.refs import is_repo_id
 
 FIELDS = ("title", "description", "tags", "models", "source")
 REQUIRED_FIELDS = ("title", "description", "tags", "models")

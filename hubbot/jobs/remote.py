@@ -14,13 +14,10 @@ after a restart attaches to it again (replaying its log to recover the progress)
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import queue
 import re
 import shlex
-import signal
 import sys
 import threading
 import time
@@ -423,31 +420,13 @@ def _cancel_quietly(remote: RemoteJob) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m hubbot.jobs.remote --job ID`: the worker's protocol (see hubbot.jobs.worker), following a job
-    on Hugging Face Jobs instead of merging here."""
-    from .settings import Settings
-    from .store import Store
-    from .worker import _exit_when_orphaned
+    """`python -m hubbot.jobs.remote --job ID`: the worker's protocol, following a job on Hugging
+    Face Jobs instead of merging here."""
+    from .worker import serve_claim
 
-    parser = argparse.ArgumentParser(prog="python -m hubbot.jobs.remote",
-                                     description="Follow one claimed job on Hugging Face Jobs. Started by the "
-                                                 "supervisor, which sends the settings, the claim and any token "
-                                                 "as one JSON line on stdin.")
-    parser.add_argument("--job", required=True, help="the job id")
-    args = parser.parse_args(argv)
-    line = sys.stdin.readline()
-    if not line.strip():
-        sys.exit("no start message on stdin; followers are started by 'hubbot serve' or 'hubbot worker'")
-    msg = json.loads(line)
-    settings = Settings.from_dict(msg["settings"])
-    cancel = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: cancel.set())
-    threading.Thread(target=_exit_when_orphaned, name="hubbot-lifeline", daemon=True).start()
-    store = Store(settings.store_url)
-    state = follow(settings, store, args.job, msg["claim"], token=msg.get("token"), cancel=cancel)
-    store.close()
-    print(f"job {args.job}: {state}", flush=True)
-    os._exit(0)
+    serve_claim(argv, "python -m hubbot.jobs.remote", "Follow one claimed job on Hugging Face Jobs.",
+                lambda settings, store, job_id, claim, token, cancel:
+                follow(settings, store, job_id, claim, token=token, cancel=cancel))
 
 
 # --- the command line: `hubbot merge --on hf-jobs` -------------------------------------------------------------

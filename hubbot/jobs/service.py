@@ -25,7 +25,8 @@ from typing import Any
 from sqlalchemy.engine import RowMapping
 
 from ..errors import Conflict, Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError, Unauthorized
-from ..recipe.refs import ModelRef, is_repo_id
+from ..hub import is_repo_id
+from ..recipe.refs import ModelRef
 from ..redact import install_log_redaction, redact, redact_value, remember
 from .hubapi import HubClient
 from .planning import (

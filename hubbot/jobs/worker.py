@@ -242,27 +242,42 @@ def _exit_when_orphaned() -> None:
     os._exit(EXIT_ORPHANED)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hubbot.jobs.worker",
-                                     description="Run one claimed job. Started by the supervisor, which sends "
-                                                 "the settings, the claim and any token as one JSON line on stdin.")
+Run = Callable[[Settings, Store, str, str, "str | None", threading.Event], str]
+
+
+def serve_claim(argv: list[str] | None, prog: str, description: str, run: Run) -> None:
+    """The protocol every job process speaks (this worker, and the follower of a job on Hugging Face
+    Jobs): read the start message from stdin, redact its tokens from everything stored, stop on
+    SIGTERM, exit when the supervisor goes, then `run(settings, store, job, claim, token, cancel)`."""
+    parser = argparse.ArgumentParser(prog=prog, description=f"{description} Started by the supervisor, which sends "
+                                                            "the settings, the claim and any token as one JSON line "
+                                                            "on stdin.")
     parser.add_argument("--job", required=True, help="the job id")
     args = parser.parse_args(argv)
     line = sys.stdin.readline()
     if not line.strip():
-        sys.exit("no start message on stdin; workers are started by 'hubbot serve' or 'hubbot worker'")
+        sys.exit(f"no start message on stdin; {prog} is started by 'hubbot serve' or 'hubbot worker'")
     msg = json.loads(line)
     settings = Settings.from_dict(msg["settings"])
     remember(msg.get("token"), settings.hub_token)  # every text this process stores is redacted of them
-    use_threads(settings.threads, settings.worker_slots)
     cancel = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
     threading.Thread(target=_exit_when_orphaned, name="hubbot-lifeline", daemon=True).start()
     store = Store(settings.store_url)
-    state = run_job(settings, store, args.job, msg["claim"], token=msg.get("token"), cancel=cancel)
+    state = run(settings, store, args.job, msg["claim"], msg.get("token"), cancel)
     store.close()
     print(f"job {args.job}: {state}", flush=True)
     os._exit(0)  # everything is committed; skip the interpreter teardown (torch's takes over a second)
+
+
+def _merge_here(settings: Settings, store: Store, job_id: str, claim: str, token: str | None,
+                cancel: threading.Event) -> str:
+    use_threads(settings.threads, settings.worker_slots)
+    return run_job(settings, store, job_id, claim, token=token, cancel=cancel)
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve_claim(argv, "python -m hubbot.jobs.worker", "Run one claimed job.", _merge_here)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-
-def is_repo_id(text: str, *, namespaced: bool = False) -> bool:
-    """Whether `text` is a Hub repo id (`name` or `namespace/name`; with `namespaced` only the
-    latter) by the Hub client's own rules, so hubbot accepts exactly the names the Hub does."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if namespaced and text.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(text)
-    except HFValidationError:
-        return False
-    return True
+from ..hub import is_repo_id
 
 
 @dataclass(frozen=True)
