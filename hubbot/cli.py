@@ -46,11 +46,14 @@ def _recipe_text(path: str, what: str = "recipe") -> str:
 def _plan_any(path: str, kinds: tuple[str, ...] | None = None, device: str | None = None):
     """The plan of whatever the file holds (a merge or MoE recipe, or a soup or search request,
     planned from its starting recipe); `kinds` refuses the others. `device` computes an MoE's routers."""
+    return _plan_text(_recipe_text(path), path, kinds, device)
+
+
+def _plan_text(text: str, path: str, kinds: tuple[str, ...] | None = None, device: str | None = None):
     from .merge.run import plan_any
     from .recipe.kinds import parse_any
     from .recipe.text import KIND_HINTS, kind_of
 
-    text = _recipe_text(path)
     kind = kind_of(text)
     if kinds and kind not in kinds:
         raise RecipeError(f"{path}: " + KIND_HINTS.get(kind, "this is a merge recipe, not a mixture of experts "
@@ -59,19 +62,29 @@ def _plan_any(path: str, kinds: tuple[str, ...] | None = None, device: str | Non
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    text = _recipe_text(args.recipe)
     try:
-        plan = _plan_any(args.recipe)
+        plan = _plan_text(text, args.recipe)
+    except RecipeError as exc:  # every problem at once: the recipe's, and the models it names
+        from .merge.run import source_problems
+        from .sources import open_source
+
+        return _invalid(args.recipe, [*(exc.problems or [str(exc)]), *source_problems(text, open_source)])
     except PlanError as exc:
-        print(f"recipe {args.recipe}: invalid", file=sys.stderr)
-        for p in exc.problems:
-            print(f"problem: {p}", file=sys.stderr)
-        return 1
+        return _invalid(args.recipe, exc.problems)
     if not plan.problems:
         from .merge.plan import ternary_float_warnings
 
         plan.warnings += ternary_float_warnings(plan)  # a few rows of a few weights: the one read beyond headers
     print(plan.summary())
     return 1 if plan.problems else 0
+
+
+def _invalid(path: str, problems: list[str]) -> int:
+    print(f"recipe {path}: invalid", file=sys.stderr)
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 1
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -114,7 +114,7 @@ RECIPES: list[tuple[str, str | bytes, str]] = [
     ("weight-minus-inf", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: -.inf}}}}\n  - {b}\n",
      "-inf is not a finite number"),
     ("weight-1e+400", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0e+400}}}}\n"
-                      "  - {b}\n", "inf is not a finite number"),
+                      "  - {b}\n", "1.0e+400 is out of range"),
     ("weight-1e39", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0e+39}}}}\n  - {b}\n",
      "out of range"),
     ("gradient-nan", "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: [0, .nan, 1]}}}}\n"
@@ -198,6 +198,17 @@ def test_recipe_through_validate_merge_and_api(case, text, expect, good, tmp_pat
         assert "Traceback" not in shown and answer.get("problems"), answer
         if mode == "local" and "UTF-8" not in expect:  # the JSON body carries text, not the file's bytes
             assert expect.lower() in shown.lower(), answer
+
+
+def test_validate_reports_recipe_and_model_problems_together(good, tmp_path, capsys, monkeypatch):
+    """A bad number does not hide a model that cannot be opened, and the number is quoted as written."""
+    no_walk_of_the_disk(monkeypatch)
+    path = recipe_file(tmp_path, "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1.0e+400}}}}\n"
+                                 "  - {{model: /, parameters: {{weight: 0.5}}}}\n", good)
+    code, output = run_cli(["validate", str(path)], capsys)
+    assert code == 1 and "Traceback" not in output, output
+    assert "weight: 1.0e+400 is out of range" in output, output
+    assert "/ is not a model folder" in output, output
 
 
 def api_client(tmp_path: Path, mode: str, monkeypatch) -> TestClient:

@@ -25,8 +25,8 @@ from gradio.utils import get_space
 
 from .. import methods
 from ..errors import HubbotError, JobNotFound
-from ..jobs.planning import model_refs_of
 from ..recipe import form as recipe_form
+from ..recipe.refs import model_refs_of
 from ..recipe.text import load_yaml
 from . import views
 from .estimates import estimate

@@ -12,16 +12,14 @@ import json
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-from ..errors import HubbotError, RecipeError
+from ..errors import RecipeError
 from ..hub import HubOptions
+from ..merge import run as merge_run
 from ..merge.plan import Plan
 from ..merge.run import plan_any
 from ..model import arch
 from ..recipe.kinds import Parsed, parse_any
-from ..recipe.refs import ModelRef
-from ..recipe.text import load_yaml
 from ..sources import LocalSource, Source, open_source
 from .settings import Settings
 
@@ -134,43 +132,6 @@ def plan_problems(plan: Plan) -> list[str]:
 
 
 def source_problems(settings: Settings, text: str, token: str | None = None) -> list[str]:
-    """Problems opening the models a recipe names, for a recipe that does not parse: a typo
-    elsewhere should not hide a missing model. Reads config.json only; unreadable YAML or
-    references give nothing here (the recipe's own problems already name them)."""
-    problems = []
-    open_ref = partial(open_source, allow_local=settings.local, hub=hub_options(settings, token))
-    for raw in model_refs_of(text):
-        try:
-            ref = ModelRef.parse(raw)
-        except (HubbotError, ValueError, TypeError):
-            continue
-        if ref.local and not settings.local:
-            continue  # the recipe's problems already say that service mode reads no local paths
-        try:
-            open_ref(ref).config()
-        except HubbotError as exc:
-            problems.append(str(exc))
-    return problems
-
-
-def model_refs_of(text: str) -> list[str]:
-    """Every model reference written in a merge recipe's YAML, however malformed the rest (none
-    when the YAML itself does not load)."""
-    try:
-        data = load_yaml(text)
-    except RecipeError:
-        return []
-    return list(dict.fromkeys(_model_refs(data)))
-
-
-def _model_refs(data: Any) -> list[str]:
-    """Every model reference written in a merge recipe's YAML, however malformed the rest."""
-    if not isinstance(data, dict):
-        return []
-    refs = [data.get("base_model")]
-    entries = list(data.get("models") or []) if isinstance(data.get("models"), list) else []
-    for sl in data.get("slices") or [] if isinstance(data.get("slices"), list) else []:
-        if isinstance(sl, dict) and isinstance(sl.get("sources"), list):
-            entries += sl["sources"]
-    refs += [e.get("model") if isinstance(e, dict) else e for e in entries]
-    return [r for r in refs if isinstance(r, str) and r.strip()]
+    """Problems opening the models a recipe that does not parse names (see merge.run.source_problems)."""
+    opener = partial(open_source, allow_local=settings.local, hub=hub_options(settings, token))
+    return merge_run.source_problems(text, opener, allow_local=settings.local)

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ..errors import HubbotError
 from ..recipe.kinds import Parsed
 from ..recipe.moe import MoeRecipe
+from ..recipe.refs import ModelRef, model_refs_of
 from ..recipe.request import SearchRequest
 from .card import write_card
 from .plan import Opener, Plan, build
@@ -40,6 +42,25 @@ def plan_any(parsed: Parsed, *, opener: Opener | None = None, device: str | None
     if isinstance(parsed, SearchRequest):
         return build(parsed.start_recipe, opener=opener)
     return build(parsed, opener=opener)
+
+
+def source_problems(text: str, opener: Opener, *, allow_local: bool = True) -> list[str]:
+    """Problems opening the models named by a recipe that does not parse: a typo elsewhere should
+    not hide a missing model. Reads config.json only; references that do not parse, and local
+    paths where they are not allowed, give nothing here (the recipe's own problems name them)."""
+    problems = []
+    for raw in model_refs_of(text):
+        try:
+            ref = ModelRef.parse(raw, probe_disk=allow_local)  # service mode never looks at the disk
+        except (HubbotError, ValueError, TypeError):
+            continue
+        if ref.local and not allow_local:
+            continue
+        try:
+            opener(ref).config()
+        except HubbotError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def merge_to_folder(plan: Plan, out: Path, options: MergeOptions = MergeOptions(),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import RecipeError
 from ..hub import is_repo_id
+from .text import load_yaml
 
 
 @dataclass(frozen=True)
@@ -46,3 +48,21 @@ def _looks_local(text: str, probe_disk: bool = True) -> bool:
     if probe_disk and os.path.isdir(os.path.expanduser(text)):
         return True
     return not is_repo_id(text.partition("@")[0])
+
+
+def model_refs_of(text: str) -> list[str]:
+    """Every model reference written in a merge recipe's YAML, however malformed the rest (none
+    when the YAML itself does not load), so a typo elsewhere does not hide a missing model."""
+    try:
+        data = load_yaml(text)
+    except RecipeError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    refs = [data.get("base_model")]
+    entries = list(data["models"]) if isinstance(data.get("models"), list) else []
+    for sl in data["slices"] if isinstance(data.get("slices"), list) else []:
+        if isinstance(sl, dict) and isinstance(sl.get("sources"), list):
+            entries += sl["sources"]
+    refs += [e.get("model") if isinstance(e, dict) else e for e in entries]
+    return list(dict.fromkeys(r for r in refs if isinstance(r, str) and r.strip()))

@@ -8,6 +8,7 @@ text's size, how deep it nests, and how many values it holds once every alias is
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, Literal
 
 import yaml
@@ -90,6 +91,25 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_yaml_float(self, node):
+        value = super().construct_yaml_float(node)
+        if math.isinf(value) and "inf" not in node.value.lower():
+            return Overflowed(node.value)
+        return value
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_yaml_float)
+
+
+class Overflowed(float):
+    """A number written beyond a float's range (1.0e+400): infinite, but it keeps its spelling so
+    the error can quote what the user wrote."""
+
+    def __new__(cls, written: str) -> "Overflowed":
+        obj = super().__new__(cls, math.inf if not written.lstrip().startswith("-") else -math.inf)
+        obj.written = written
+        return obj
 
 
 def _measure(root: yaml.Node) -> None:

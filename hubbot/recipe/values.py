@@ -66,6 +66,9 @@ def number_problem(raw: Any) -> str | None:
         shown = f"an integer of {len(str(abs(raw)))} digits" if abs(raw) > 10**15 else repr(raw)
         return f"{shown} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
     if not math.isfinite(raw):
+        written = getattr(raw, "written", None)  # recipe.text.Overflowed: a literal beyond a float's range
+        if written is not None:
+            return f"{written} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
         return f"{raw!r} is not a finite number; give a number such as 0.5"
     if abs(raw) > MAX_MAGNITUDE:
         return f"{raw!r} is out of range; merges compute in float32, whose numbers lie within ±{MAX_MAGNITUDE:.3g}"
