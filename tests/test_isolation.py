@@ -269,3 +269,33 @@ def test_a_tokenizer_naming_custom_code_never_prompts_or_runs_it(families, tmp_p
     except SourceError as exc:
         assert "could not be loaded" in str(exc)
     assert not marker.exists()
+
+
+def test_share_opens_the_pull_request_in_the_callers_name(hub, tmp_path):
+    """Sharing acts as the signed-in caller (their token opens the pull request), never as the
+    service's account; an anonymous caller is asked to sign in and nothing is opened."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    from hubbot.app.ui import build_app
+    from hubbot.jobs.settings import Settings
+
+    hub.add_user(BOT, BOT_TOKEN, orgs=[ORG])
+    dataset = f"{ORG}/community-recipes"
+    hub.create_repo_direct(dataset, {"README.md": b"# recipes\n"}, repo_type="dataset")
+    settings = Settings.from_env({"HUBBOT_MODE": "service", "HF_TOKEN": BOT_TOKEN, "HF_ENDPOINT": hub.url,
+                                  "HUBBOT_RECIPES_DATASET": dataset}, data_dir=tmp_path)
+    _, h = build_app(Service(settings), settings)
+    recipe = linear("alice/ft1", "alice/ft2", 0.5)
+
+    def share(token):
+        oauth = SimpleNamespace(token=token) if token else None
+        return h.share_recipe(recipe, "Tiny soup", "Two tunes averaged.", "linear", "dataset", oauth)[h.p.share_status]
+
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    assert "Sign in to share" in share(None)
+    assert list(api.get_repo_discussions(dataset, repo_type="dataset")) == []
+    assert "Pull request opened" in share(ALICE_TOKEN)
+    [pr] = list(api.get_repo_discussions(dataset, repo_type="dataset"))
+    assert pr.is_pull_request and pr.author == ALICE
