@@ -246,10 +246,18 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     return sources
 
 
+def check_weights(plan: Plan) -> Plan:
+    """What validation adds to a plan without problems by reading a few rows of a few weights, the
+    one read beyond headers (so not part of planning): ternary models stored as floats. `hubbot
+    validate` and the job service's validation both run it."""
+    if not plan.problems:
+        plan.warnings += ternary_float_warnings(plan)
+    return plan
+
+
 def ternary_float_warnings(plan: Plan) -> list[str]:
     """BitNet b1.58 models among the sources stored as plain floats (no quantization_config), so the
-    user knows what keeps a merge of them ternary. This reads a few rows of two weights per model,
-    so it is not part of planning (which reads headers only): `hubbot validate` runs it."""
+    user knows what keeps a merge of them ternary. This reads a few rows of two weights per model."""
     if getattr(plan.recipe, "out_dtype", None) == TERNARY:  # a mixture of experts' recipe has none
         return []
     return [f"{s.label}: its linear weights take three values each, up to a scale: a BitNet b1.58 model stored as "
