@@ -211,10 +211,19 @@ base plus seeded noise), each with a tokenizer. Every row is merged with {", ".j
   and filters (a filter such as `vision_tower` or `visual` selects them), and with slices they
   come from the first slice's sources, like the embeddings.
 - Mixtures of experts are merged expert by expert: expert i of each model with expert i of the
-  others, routers (`gate`) and shared experts included, since each is its own tensor. Density cuts
-  (TIES, DARE, Breadcrumbs) are therefore per expert in the per-expert layout. Fused `[E, ...]`
-  expert tensors (a layout some checkpoints publish, e.g. gpt-oss) are merged as one tensor today,
-  so their cuts run over all experts together; cutting them per expert is not done yet.
+  others, routers (`gate`) and shared experts included. What a method computes over a whole
+  tensor (the density cuts of TIES, DARE, DELLA, Breadcrumbs and SCE, sign election, the norms of
+  SLERP and NuSLERP, the angles of Model Stock and Karcher, Arcee Fusion's selection) is taken per
+  expert in both stored layouts. In the per-expert layout (`experts.E.*`) each expert is its own
+  tensor; a fused `[E, ...]` tensor (`experts.down_proj`, `experts.gate_up_proj`, as transformers 5
+  and gpt-oss store them; recognised by the name and a first axis of the config's expert count) is
+  merged one expert's slice at a time, exactly as the per-expert tensor `experts.e.down_proj.weight`
+  of the same weights, with that tensor's random seed, so DARE and DELLA draw the same masks in
+  both layouts (tests/test_fused_experts.py). Elementwise methods (linear, task arithmetic) give the
+  same either way. A fused `gate_up_proj` holds each expert's gate and up projections together, so
+  its cuts cover both, where Qwen's and Mixtral's per-expert checkpoints cut `gate_proj` and
+  `up_proj` apart. mergekit 0.1.5 cuts over the fused tensor, so parity leaves expert tensors out
+  for methods whose cuts or norms span a tensor.
 - Encoders (BERT): merged like decoders (the `encoder.layer.N` stack, embeddings before it, the
   pooler with the non-layer tensors).
 """

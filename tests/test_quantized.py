@@ -356,6 +356,26 @@ def test_ternary_floats_without_quantization_config_are_reported(families, tmp_p
     assert out.returncode == 0 and "BitNet b1.58 model stored as floats" in out.stdout, out.stderr
 
 
+def test_the_service_validation_reports_ternary_floats(families, tmp_path):
+    """The Space and the JSON API validate through the job service: the same warning as the CLI's."""
+    from hubbot.jobs.service import Service
+    from tests.jobkit import make_settings
+
+    src = families("llama")[1]
+    _, floats = bitnet_pair(src, tmp_path)
+    service = Service(make_settings(tmp_path))
+    try:
+        v = service.validate(linear_recipe(floats, src))
+        assert v.ok and not v.problems
+        [warning] = [w for w in v.warnings if "BitNet" in w]
+        assert "BitNet b1.58 model stored as floats" in warning and "out_dtype: ternary" in warning
+        assert f"warning: {warning}" in v.summary
+        assert not any("BitNet" in w for w in service.validate(linear_recipe(floats, src, "out_dtype: ternary")).warnings)
+        assert not any("BitNet" in w for w in service.validate(linear_recipe(src, src)).warnings)
+    finally:
+        service.close()
+
+
 def test_ternary_is_an_out_dtype_only():
     with pytest.raises(RecipeError, match="out_dtype only"):
         parse("merge_method: linear\nmodels: [{model: a/b, parameters: {weight: 1}}]\ndtype: ternary\n")

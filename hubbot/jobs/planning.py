@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import RecipeError
 from ..hub import HubOptions
 from ..merge import run as merge_run
-from ..merge.plan import Plan
+from ..merge.plan import Plan, check_weights
 from ..merge.run import plan_any
 from ..model import arch
 from ..recipe.kinds import Parsed, parse_any
@@ -55,6 +55,12 @@ def plan_recipe(settings: Settings, recipe: Parsed, token: str | None = None) ->
     """Plan from headers (config.json, safetensors headers), local or on the Hub, reading with
     the user's token. A soup or search request plans its starting recipe."""
     return plan_with(settings, recipe, hub_options(settings, token), settings.device)
+
+
+def validate_plan(settings: Settings, recipe: Parsed, token: str | None = None) -> Plan:
+    """`plan_recipe` with what validation reads beyond headers (`plan.check_weights`: a few rows
+    of a few weights), for the answer a person reads before submitting."""
+    return check_weights(plan_recipe(settings, recipe, token))
 
 
 def plan_with(settings: Settings, recipe: Parsed, hub: HubOptions, device: str | None) -> Plan:

@@ -39,6 +39,7 @@ from .planning import (
     plan_recipe,
     source_problems,
     source_revisions,
+    validate_plan,
 )
 from .remote import placement
 from .settings import Settings
@@ -125,7 +126,7 @@ class Service:
             return _invalid(str(exc), [*exc.problems, *source_problems(self.settings, recipe_text, token)], [])
         models = [{"ref": str(r), "revision": r.revision} for r in recipe.model_refs()]
         try:
-            plan = plan_recipe(self.settings, recipe, token)
+            plan = validate_plan(self.settings, recipe, token)
         except PlanError as exc:
             return _invalid(str(exc), exc.problems, models)
         except HubbotError as exc:

@@ -5,8 +5,10 @@ on a thread), whatever the model size. Elementwise methods go further and merge 
 tensor block of rows by block, reading only those rows; methods with a blockwise form (SLERP,
 TIES and most of the catalogue) first read the blocks once per statistics pass, then merge
 them block by block. Blocks are a few MB, so they stay in the CPU caches and the allocator
-reuses their memory. The output is written into `<out>.partial` and renamed into place when
-complete, so a failed merge leaves no output that looks finished.
+reuses their memory. A fused expert tensor ([experts, ...]) is merged one expert's slice at a
+time, as that expert's own tensor (its cuts, norms and random draws per expert). The output is
+written into `<out>.partial` and renamed into place when complete, so a failed merge leaves no
+output that looks finished.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def pick_device(name: str | None = None) -> torch.device:
 @dataclass(frozen=True)
 class _Unit:
     """A task, or a block of its rows [rows[0], rows[1]), in one of its phases: a statistics
-    pass (0 .. passes-1) or the merge itself (`phase == passes`)."""
+    pass (0 .. passes-1) or the merge itself (`phase == passes`). `expert`: the block is expert
+    `block`'s slice of a fused expert tensor, merged as a tensor of its own."""
 
     task: TensorTask
     rows: tuple[int, int] | None
@@ -98,6 +101,7 @@ class _Unit:
     blocks: int = 1
     phase: int = 0
     passes: int = 0
+    expert: bool = False
 
     @property
     def merges(self) -> bool:
@@ -113,7 +117,8 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
         if rows is None:
             units.append(_Unit(task, None))
         else:
-            units += [_Unit(task, r, j, len(rows), phase, passes) for phase in range(passes + 1)
+            expert = plan.per_expert(task)
+            units += [_Unit(task, r, j, len(rows), phase, passes, expert) for phase in range(passes + 1)
                       for j, r in enumerate(rows)]
     return units
 
@@ -286,6 +291,9 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:
                 result = Returning(raw[-1].cpu())
+            elif unit.expert:
+                kernel = _one_expert(method.kernel, task.expert_params(unit.block))
+                result = _compute(task, raw, transfer, in_dtype, kernel)
             elif blockwise is not None:
                 task_stats = stats.get(task.name, {})
                 result = _compute(task, raw, transfer, in_dtype,
@@ -362,6 +370,15 @@ def _compute(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, in_d
     if not transfer.cuda and not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
         raise _not_finite(task)
     return transfer.send_back(out, out.dtype if task.ternary else DTYPES[task.dtype])  # the writer encodes ternary
+
+
+def _one_expert(kernel: Callable, params: dict) -> Callable:
+    """`kernel` on one expert's slice (the inputs' single row of a fused expert tensor), with that
+    expert's parameters; the result keeps the row, as the writer places it."""
+    def merge(base: torch.Tensor | None, tensors: list[torch.Tensor], _: dict) -> torch.Tensor:
+        return kernel(None if base is None else base[0], [x[0] for x in tensors], params).unsqueeze(0)
+
+    return merge
 
 
 def _write_side_files(plan: Plan, folder: Path) -> list[str]:

@@ -56,6 +56,9 @@ class TensorTask:
     (embeddings, lm_head) have their inputs' rows moved into the output vocabulary first.
     `ternary` tasks (out_dtype: ternary) are written as packed BitNet b1.58 values with their
     scale in `dtype` (model/quant.py): `shape` is the merged tensor's, `nbytes` what is stored.
+    `experts` > 0 marks a fused [experts, ...] tensor of a mixture of experts (arch.fused_experts):
+    a method that is not elementwise merges each expert's slice on its own, as the per-expert
+    layout's tensor of that expert, with that tensor's seed (`expert_seeds`, for seeded methods).
     """
 
     name: str
@@ -69,6 +72,12 @@ class TensorTask:
     copy: bool = False
     vocab: bool = False
     ternary: bool = False
+    experts: int = 0
+    expert_seeds: tuple[int, ...] = ()
+
+    def expert_params(self, expert: int) -> dict[str, Any]:
+        """The parameters expert `expert`'s slice of a fused expert tensor merges with."""
+        return {**self.params, "seed": self.expert_seeds[expert]} if self.expert_seeds else self.params
 
     @property
     def numel(self) -> int:
@@ -114,10 +123,18 @@ class Plan:
         seen = {(i.source, i.name) for t in self.tasks for i in (*t.inputs, *([t.base] if t.base else []))}
         return sum(self.sources[s].tensors()[n].nbytes for s, n in seen)
 
+    def per_expert(self, task: TensorTask) -> bool:
+        """Whether the engine merges `task` one expert's slice at a time: a fused expert tensor under
+        a method whose result depends on more than each entry (cuts, norms, random draws)."""
+        return task.experts > 0 and not (task.copy or task.vocab or task.ternary or self.method.elementwise)
+
     def blocks(self, task: TensorTask, chunk_bytes: int = CHUNK_BYTES) -> tuple[list[tuple[int, int]] | None, int]:
         """How the engine splits `task`: its blocks of rows (None: the whole tensor at once), and
-        how many statistics passes read them before the merge (a blockwise method's passes)."""
+        how many statistics passes read them before the merge (a blockwise method's passes). A
+        fused expert tensor merged per expert comes one expert (a row of its first axis) at a time."""
         f32_bytes = task.numel * 4
+        if self.per_expert(task):
+            return [(e, e + 1) for e in range(task.experts)], 0
         if task.copy or task.vocab or task.ternary or len(task.shape) < 2:  # ternary: one scale per tensor
             return None, 0
         blockwise = self.method.blockwise_for(task.params)
@@ -246,10 +263,18 @@ def open_sources(refs: list[ModelRef], opener: Opener | None = None) -> list[Sou
     return sources
 
 
+def check_weights(plan: Plan) -> Plan:
+    """What validation adds to a plan without problems by reading a few rows of a few weights, the
+    one read beyond headers (so not part of planning): ternary models stored as floats. `hubbot
+    validate` and the job service's validation both run it."""
+    if not plan.problems:
+        plan.warnings += ternary_float_warnings(plan)
+    return plan
+
+
 def ternary_float_warnings(plan: Plan) -> list[str]:
     """BitNet b1.58 models among the sources stored as plain floats (no quantization_config), so the
-    user knows what keeps a merge of them ternary. This reads a few rows of two weights per model,
-    so it is not part of planning (which reads headers only): `hubbot validate` runs it."""
+    user knows what keeps a merge of them ternary. This reads a few rows of two weights per model."""
     if getattr(plan.recipe, "out_dtype", None) == TERNARY:  # a mixture of experts' recipe has none
         return []
     return [f"{s.label}: its linear weights take three values each, up to a scale: a BitNet b1.58 model stored as "
@@ -451,8 +476,11 @@ class _Planner:
         others = [(s, i) for s, i in found if s.source != self.base]
         params = self._params(out_name, others, slice_params, t) if is_float else {}
         ternary = is_float and self._ternary(out_name, shape, layer)
+        experts = arch.fused_experts(out_name, shape, self.sources[self.ref].config()) if is_float else 0
+        expert_seeds: tuple[int, ...] = ()
         if self.method.seeded:
-            params["seed"] = zlib.crc32(f"{self.recipe.random_seed or 0}:{out_name}".encode())
+            params["seed"] = self._seed(out_name)
+            expert_seeds = tuple(self._seed(arch.expert_name(out_name, e)) for e in range(experts))
         return TensorTask(
             name=out_name,
             shape=shape,
@@ -465,7 +493,13 @@ class _Planner:
             copy=not is_float,
             vocab=aligned,
             ternary=ternary,
+            experts=experts,
+            expert_seeds=expert_seeds,
         )
+
+    def _seed(self, name: str) -> int:
+        """A seeded method's seed for the tensor `name`: the recipe's random_seed and the name."""
+        return zlib.crc32(f"{self.recipe.random_seed or 0}:{name}".encode())
 
     def _out_dtype(self, stored: str) -> str:
         name = self.recipe.out_dtype if self.recipe.out_dtype != TERNARY else None

@@ -29,6 +29,10 @@ HEAD_KEYS = ("num_attention_heads", "n_head")
 KV_HEAD_KEYS = ("num_key_value_heads",)
 # Stacks of layers that are not the language model's: vision and audio encoders, projectors.
 NON_TEXT = re.compile(r"(vision|visual|image|vit\b|siglip|clip|audio|multi_modal|mm_projector)")
+# Mixtures of experts stored fused (transformers 5, gpt-oss): one [experts, ...] tensor per projection,
+# `...experts.down_proj`, where the per-expert layout has `...experts.E.down_proj.weight`.
+FUSED_EXPERTS = re.compile(r"^(?P<head>(?:.+\.)?experts)\.(?P<rest>(?!\d+\.)[^.]+(?:\.[^.]+)*)$")
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 QUANTIZED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".SCB", ".absmax", ".quant_map",
                       ".weight_scale", ".input_scale", ".weight_format")
 
@@ -141,6 +145,37 @@ def config_contradictions(config: dict, shapes: dict[str, tuple[int, ...]]) -> l
                 out.append(f"{what} x head_dim is {count} x {head_dim} = {count * head_dim} but '{name}' has "
                            f"{shapes[name][0]} rows")
     return out
+
+
+def expert_count(config: dict) -> int | None:
+    """How many routed experts each mixture-of-experts layer holds (architectures name it differently)."""
+    return first_int(text_config(config), EXPERT_COUNT_KEYS)
+
+
+def fused_experts(name: str, shape: tuple[int, ...], config: dict) -> int:
+    """The number of experts a fused expert tensor holds along its first axis (`experts.down_proj`,
+    [experts, ...]), or 0 for any other tensor. Merge methods run on each expert's slice, so that
+    expert e merges as its own tensor `expert_name(name, e)` of the per-expert layout would."""
+    count = expert_count(config)
+    if count is None or len(shape) < 2 or shape[0] != count or not FUSED_EXPERTS.match(name):
+        return 0
+    return count
+
+
+def expert_name(name: str, expert: int) -> str:
+    """Expert `expert`'s own tensor in the per-expert layout of a fused expert tensor, as
+    transformers maps the two: `experts.down_proj` -> `experts.3.down_proj.weight`,
+    `experts.down_proj_bias` -> `experts.3.down_proj.bias` (a name already ending in .weight or
+    .bias keeps it)."""
+    m = FUSED_EXPERTS.match(name)
+    if m is None:
+        raise ValueError(f"'{name}' is not a fused expert tensor")
+    rest = m["rest"]
+    if rest.endswith("_bias"):
+        rest = rest[: -len("_bias")] + ".bias"
+    elif not rest.endswith((".weight", ".bias")):
+        rest += ".weight"
+    return f"{m['head']}.{expert}.{rest}"
 
 
 def vocab_size(config: dict) -> int | None:
