@@ -516,4 +516,5 @@ def test_real_processes_answer_without_a_traceback(case, good, tmp_path):
     command = ["validate", str(path)] if case != "device" else ["merge", str(path), "--out", str(tmp_path / "o")]
     out = subprocess.run([sys.executable, "-m", "hubbot.cli", *command, *extra], capture_output=True, text=True,
                          timeout=120)
-    assert out.returncode != 0 and "Traceback" not in out.stderr and out.stderr.startswith("error: "), out.stderr
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: " if case != "bomb" else f"recipe {path}: invalid\nproblem: "), out.stderr
