@@ -267,7 +267,6 @@ class Service:
         job runs with; without either it is refused (Unauthorized) rather than left running."""
         if owner is None and not self.settings.local:
             raise Unauthorized("sign in to cancel your jobs")
-        self.signed_in(owner, token)
         row = self._row(job_id, owner)
         if row["state"] in FINAL:
             raise Conflict(f"job {job_id} has already ended ({row['state']}); there is nothing to cancel")
