@@ -1608,8 +1608,16 @@ class HubServer:
         return _json(job.json(self.url))
 
     def _list_jobs(self, call: _Call, namespace: str) -> _Response:
+        """The namespace's jobs, as the Hub filters them: `stage=S` (repeated: any of them) and `label=KEY=VALUE`
+        (repeated: all of them)."""
         self._job_namespace(call, namespace)
-        return _json([job.json(self.url) for job in self._jobs.values() if job.owner == namespace])
+        stages = set(call.query.get("stage", []))
+        labels = [tuple(text.split("=", 1)) for text in call.query.get("label", [])]
+        if any(len(pair) != 2 for pair in labels):
+            raise HubError(400, "A label filter is written key=value")
+        return _json([job.json(self.url) for job in self._jobs.values() if job.owner == namespace
+                      and (not stages or job.stage in stages)
+                      and all((job.spec.get("labels") or {}).get(key) == value for key, value in labels)])
 
     def _inspect_job(self, call: _Call, namespace: str, job_id: str) -> _Response:
         job = self._job(call, namespace, job_id)

@@ -8,19 +8,24 @@ job's environment or anything the service stores.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load
 
 from hubbot import __version__
-from hubbot.errors import HubbotError, RequestError
+from hubbot.errors import HubbotError, RequestError, Unauthorized
 from hubbot.jobs import remote
 from hubbot.jobs.service import Service
 from hubbot.jobs.settings import Settings
+from hubbot.jobs.states import FINAL
 from hubbot.jobs.supervisor import Supervisor
 from tests.hub_fixtures import ALICE_TOKEN
 from tests.jobkit import linear, make_settings, wait_for
@@ -88,6 +93,32 @@ def canary_free(*texts: str) -> None:
         assert CANARY not in text
 
 
+def canary_not_stored(tmp_path: Path) -> None:
+    """Nothing the service wrote (its store, the job folders, worker.log) holds the canary."""
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), f"the token is in {path}"
+
+
+def api_client(service: Service):
+    from fastapi.testclient import TestClient
+
+    from hubbot.app.server import create_app
+
+    return TestClient(create_app(service.settings, service=service, background=False))
+
+
+def crash(sup: Supervisor) -> None:
+    """The service dies at once: its followers are killed and nothing is put back in the queue."""
+    for run in sup.runs.values():
+        os.killpg(run.proc.pid, signal.SIGKILL)
+        run.proc.wait()
+
+
+def remote_started(service: Service, job_id: str):
+    return lambda: any(remote.LOG_PREFIX + "installing" in line for line in service.log(job_id))
+
+
 def test_a_service_job_runs_on_hf_jobs_and_publishes_with_its_card(jobs_hub, families, tmp_path):
     hub = jobs_hub
     service = Service(service_settings(tmp_path, hub))
@@ -128,9 +159,7 @@ def test_a_service_job_runs_on_hf_jobs_and_publishes_with_its_card(jobs_hub, fam
     canary_free(repr(run.spec["command"]), repr(run.spec.get("environment")), repr(run.spec.get("labels")),
                 "\n".join(text for _, text in run.lines), log, repr(service.get(job.id)))
     service.close()
-    for path in (tmp_path / "data").rglob("*"):
-        if path.is_file():
-            assert CANARY.encode() not in path.read_bytes(), f"the token is in {path}"
+    canary_not_stored(tmp_path)
 
 
 def test_the_api_takes_a_flavor(jobs_hub, tmp_path):
@@ -186,8 +215,7 @@ def test_a_restarted_service_attaches_to_the_running_remote_job(jobs_hub, tmp_pa
     first = Service(settings)
     job = first.submit(linear("alice/ft1", "alice/ft2", 0.7), owner="alice", target="alice/reattached")
     assert (job.options["backend"], job.options["flavor"]) == ("hf-jobs", None)
-    sup = drive(first, lambda: any(remote.LOG_PREFIX + "installing" in line for line in first.log(job.id)),
-                what="the remote job to start")
+    sup = drive(first, remote_started(first, job.id), what="the remote job to start")
     sup.stop()  # the service stops; its job goes back to the queue, the remote job runs on
     first.close()
     (run,) = jobs_hub.jobs()
@@ -206,6 +234,139 @@ def test_a_restarted_service_attaches_to_the_running_remote_job(jobs_hub, tmp_pa
         "each remote line is copied once, those from before the restart too"
     assert done.result["commit"] == jobs_hub.head_sha("alice/reattached")
     second.close()
+
+
+def test_a_user_job_waits_after_a_restart_until_its_owner_signs_in_again(jobs_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv(DELAY_ENV, "2")
+    settings = service_settings(tmp_path, jobs_hub)
+    first = Service(settings)
+    job = first.submit(linear("alice/ft1", "alice/ft2", 0.4), owner=CAROL, target="carol/rejoined", token=CANARY,
+                       flavor="cpu-basic")
+    sup = drive(first, remote_started(first, job.id), what="the remote job to start")
+    sup.stop()  # the service stops; the user's token, held in memory only, goes with it
+    first.close()
+
+    second = Service(settings)
+    assert second.fail_lost_tokens() == [], "as `hubbot serve` does at start-up: it is not failed"
+    waiting = second.get(job.id)
+    assert (waiting.state, waiting.position, waiting.progress["waiting"]) == ("queued", None, remote.WAITING)
+    assert remote.WAITING in "\n".join(second.log(job.id))
+    drive(second, lambda: True).stop()  # a supervisor without the token leaves it alone
+    assert second.get(job.id).state == "queued"
+    (run,) = jobs_hub.jobs()
+    wait_for(lambda: run.stage == "COMPLETED", 120, what="the remote merge to finish meanwhile")
+
+    seen = api_client(second).get(f"/api/jobs/{job.id}", headers={"Authorization": f"Bearer {CANARY}"})
+    assert seen.status_code == 200 and CANARY not in seen.text
+    assert second.token_for(job.id) == CANARY, "the owner's signed-in request handed the token over"
+    sup = drive(second, lambda: second.get(job.id).state in FINAL)
+    sup.stop()
+    done = second.get(job.id)
+    log = "\n".join(second.log(job.id))
+    assert done.state == "done", (done.error, log)
+    assert len(jobs_hub.jobs()) == 1, "no second remote job"
+    assert f"attaching again to Hugging Face job {run.id} (COMPLETED)" in log and "waiting" not in done.progress
+    assert done.result["commit"] == jobs_hub.head_sha("carol/rejoined")
+    card = jobs_hub.repo_files("carol/rejoined")["README.md"].decode()
+    assert f"alice/ft1@{jobs_hub.head_sha('alice/ft1')}" in card and "merge_method: linear" in card
+    copied = [line.split(" ", 1)[1] for line in second.log(job.id) if remote.LOG_PREFIX in line]
+    assert copied == [remote.LOG_PREFIX + text for _, text in run.lines[1:]], "each remote line copied once"
+    canary_free(log, repr(done), repr(run.spec["command"]), repr(run.spec.get("environment")))
+    second.close()
+    canary_not_stored(tmp_path)
+
+
+def test_cancelling_a_waiting_job_cancels_its_remote_job_with_the_owners_token(jobs_hub, tmp_path, monkeypatch):
+    monkeypatch.setenv(DELAY_ENV, "60")
+    settings = service_settings(tmp_path, jobs_hub, lease_seconds=2.0)
+    first = Service(settings)
+    job = first.submit(linear("alice/ft1", "alice/ft2"), owner=CAROL, target="carol/dropped", token=CANARY,
+                       flavor="cpu-basic")
+    crash(drive(first, lambda: first.get(job.id).state == "running", what="the remote job to start"))
+    first.close()
+
+    second = Service(settings)  # the crashed run's lease lapses; the supervisor sees it
+    drive(second, lambda: second.get(job.id).progress.get("waiting"), what="the job to wait for its owner").stop()
+    assert second.get(job.id).state == "queued"
+    with pytest.raises(Unauthorized, match="sign in again to cancel it"):
+        second.cancel(job.id, owner=CAROL)
+    assert second.get(job.id).state == "queued" and jobs_hub.jobs()[0].stage == "RUNNING"
+
+    answer = api_client(second).post(f"/api/jobs/{job.id}/cancel", headers={"Authorization": f"Bearer {CANARY}"})
+    assert answer.status_code == 200 and answer.json()["state"] == "cancelled", answer.text
+    wait_for(lambda: jobs_hub.jobs()[0].stage == "CANCELED", 20, what="the remote job to be cancelled")
+    assert f"cancelled its Hugging Face job {jobs_hub.jobs()[0].id}" in "\n".join(second.log(job.id))
+    assert not jobs_hub.repo_exists("carol/dropped") and len(jobs_hub.jobs()) == 1
+    second.close()
+    canary_not_stored(tmp_path)
+
+
+def test_a_remote_job_whose_id_was_never_stored_is_found_by_its_label(jobs_hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    settings = service_settings(tmp_path, jobs_hub, hub_token=ALICE_TOKEN, backend="hf-jobs")
+    service = Service(settings)
+    recipe = linear("alice/ft1", "alice/ft2", 0.2)
+    job = service.submit(recipe, owner="alice", target="alice/once")
+    # The crash window: a follower started the remote job, then died before storing its id.
+    api = HfApi(endpoint=jobs_hub.url, token=ALICE_TOKEN)
+    api.run_job(image=remote.IMAGE, command=["sh", "-c", "echo another"], labels={remote.LABEL: "another-job"})
+    spec = remote.job_spec(recipe=recipe, target="alice/once", private=False, pr=False,
+                           shard_bytes=job.options["shard_bytes"], endpoint=jobs_hub.url, package=None,
+                           need=remote.Need(10**9, 10**10, 10.0), label=job.id)
+    started = remote.RemoteJob.start(api, spec, "cpu-basic", ALICE_TOKEN)
+    assert [i.id for i in api.list_jobs(labels={remote.LABEL: job.id}, namespace="alice")] == [started.id]
+    assert remote.REMOTE_KEY not in service.get(job.id).progress
+
+    sup = drive(service, lambda: service.get(job.id).state in FINAL)
+    sup.stop()
+    done = service.get(job.id)
+    log = "\n".join(service.log(job.id))
+    assert done.state == "done", (done.error, log)
+    ours = [j.id for j in jobs_hub.jobs() if (j.spec.get("labels") or {}).get(remote.LABEL) == job.id]
+    assert ours == [started.id] and len(jobs_hub.jobs()) == 2, "the found job was followed, none started"
+    assert done.progress["remote"]["id"] == started.id and f"found Hugging Face job {started.id}" in log
+    assert done.result["commit"] == jobs_hub.head_sha("alice/once")
+    service.close()
+
+
+def test_an_oauth_session_hands_its_token_to_the_service(tmp_path, monkeypatch):
+    import gradio as gr
+    from starlette.routing import Mount
+
+    from hubbot.app import server
+
+    calls = []
+    fake = types.SimpleNamespace(signed_in=lambda owner, token: calls.append((owner, token)))
+
+    async def inner(scope, receive, send):
+        pass
+
+    def request(info: dict | None) -> None:
+        asyncio.run(server.OAuthSignIn(inner, fake)({"type": "http", "session": {"oauth_info": info} if info else {}},
+                                                    None, None))
+
+    info = {"access_token": CANARY, "userinfo": {"preferred_username": CAROL}, "expires_at": time.time() + 600}
+    request(info)
+    request(None)
+    request({**info, "userinfo": {"preferred_username": "dave"}, "expires_at": time.time() - 1})
+    assert calls == [(CAROL, CANARY)], "a live session only"
+    mw = server.OAuthSignIn(inner, fake)
+    for _ in range(3):
+        asyncio.run(mw({"type": "http", "session": {"oauth_info": info}}, None, None))
+    assert len(calls) == 2, "a page's many requests look at the user's jobs once"
+
+    def build_ui(service, settings):
+        with gr.Blocks() as demo:
+            gr.Markdown("hubbot")
+        return demo
+
+    monkeypatch.setitem(sys.modules, "hubbot.app.ui", types.SimpleNamespace(build_ui=build_ui, launch_options=dict))
+    service = Service(make_settings(tmp_path))
+    app = server.create_app(service.settings, service=service, background=False)
+    ui = next(r.app for r in app.routes if isinstance(r, Mount))
+    assert ui.user_middleware[-1].cls is server.OAuthSignIn, "innermost in the Gradio app, inside its sessions"
+    service.close()
 
 
 def test_the_cli_runs_a_merge_on_hf_jobs_and_prints_its_log(jobs_hub, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -153,7 +154,9 @@ def create_app(settings: Settings, *, service: Service | None = None, background
             if not required:
                 return None, None
             raise Unauthorized("sign in: send 'Authorization: Bearer <your Hugging Face token>'")
-        return service.hub.whoami(token), token
+        owner = service.hub.whoami(token)
+        service.signed_in(owner, token)
+        return owner, token
 
     def throttle(action: str, request: Request, owner: str | None) -> None:
         limiter.check(action, f"user {owner}" if owner else f"address {client_address(request, settings)}")
@@ -193,8 +196,8 @@ def create_app(settings: Settings, *, service: Service | None = None, background
 
     @app.post("/api/jobs/{job_id}/cancel")
     def cancel(job_id: str, request: Request) -> dict:
-        owner, _ = caller(request)
-        return asdict(service.cancel(job_id, owner))
+        owner, token = caller(request)
+        return asdict(service.cancel(job_id, owner, token))
 
     @app.get("/api/watches")
     def list_watches(request: Request) -> list[dict]:
@@ -308,8 +311,37 @@ def _with_ui(app: FastAPI, service: Service, settings: Settings) -> FastAPI:
         log.warning("hubbot.ui is not available; serving the API and webhooks only")
         return app
     import gradio as gr
+    from starlette.middleware import Middleware
+    from starlette.routing import Mount
 
-    return gr.mount_gradio_app(app, build_ui(service, settings), path="/", **launch_options())
+    app = gr.mount_gradio_app(app, build_ui(service, settings), path="/", **launch_options())
+    ui = next(r.app for r in reversed(app.routes) if isinstance(r, Mount))
+    ui.user_middleware.append(Middleware(OAuthSignIn, service=service))  # innermost: after Gradio's sessions
+    return app
+
+
+class OAuthSignIn:
+    """Middleware of the Gradio app: a request from a signed-in OAuth session hands its user's token to
+    `Service.signed_in` (memory only), so their jobs waiting since a restart are followed again. It sits
+    inside Gradio's session middleware, which has decoded the session by then. A page makes many requests:
+    each user is looked at once every `EVERY_S`."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, app: Any, service: Service):
+        self.app, self.service = app, service
+        self.seen: dict[str, float] = {}  # user -> when their jobs were last looked at
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (session := scope.get("session")):
+            info = session.get("oauth_info") or {}
+            user = (info.get("userinfo") or {}).get("preferred_username")
+            fresh = info.get("expires_at") is None or info["expires_at"] > time.time()
+            t = time.monotonic()
+            if user and info.get("access_token") and fresh and t - self.seen.get(user, -self.EVERY_S) >= self.EVERY_S:
+                self.seen[user] = t
+                await run_in_threadpool(self.service.signed_in, user, info["access_token"])
+        await self.app(scope, receive, send)
 
 
 def serve(settings: Settings) -> None:

@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..jobs.states import ACTIVE, QUEUED, STATES
+from ..jobs.states import ACTIVE, QUEUED, STATES, WAITING_KEY
 from ..recipe.refs import ModelRef
 from ..sizes import human_bytes
 
@@ -162,7 +162,9 @@ def job_html(job: "Job | None") -> str:
     state = job.state
     facts = [f'<span class="hb-badge hb-{state}">{STATE_LABELS.get(state, state)}</span>',
              f'<span class="hb-id">job {html.escape(job.id)}</span>']
-    if state == "queued" and job.position:
+    if state == "queued" and p.get(WAITING_KEY):  # on Hugging Face Jobs, waiting for its owner since a restart
+        facts.append(f"<span>{html.escape(str(p[WAITING_KEY]))}</span>")
+    elif state == "queued" and job.position:
         facts.append("<span>next in the queue</span>" if job.position == 1
                      else f"<span>number {job.position} in the queue</span>")
     if job.started_at and state in ACTIVE_STATES:

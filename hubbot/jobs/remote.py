@@ -9,7 +9,11 @@ or a log. The remote log is copied into the job's log (lines prefixed `LOG_PREFI
 the job's progress, a cancel cancels the remote job, and its "published" line gives the result.
 
 The remote job's id is stored in the job's progress (`REMOTE_KEY`) as soon as it exists, so a follower started
-after a restart attaches to it again (replaying its log to recover the progress) instead of merging twice.
+after a restart attaches to it again (replaying its log to recover the progress) instead of merging twice. A
+follower that died between starting the remote job and storing its id leaves it labelled `LABEL=<job id>`: the
+next follower finds it by that label rather than start a second one. A job that runs with its user's token,
+which the service keeps in memory only, waits after a restart (`WAITING`) until its owner's next signed-in
+request hands the token back (`Service.signed_in`); then a follower attaches to it the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import __version__
 from ..errors import HubbotError, RequestError
+from .states import WAITING_KEY
 
 if TYPE_CHECKING:
     from ..merge.plan import Plan
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 
 BACKEND = "hf-jobs"
 REMOTE_KEY = "remote"  # in a job's progress: {"id", "namespace", "flavor", "url"} of its job on Hugging Face Jobs
+WAITING = "running on Hugging Face Jobs; sign in again to follow it"
+LABEL = "hubbot-job"  # the remote job's label naming the service's job: finds a remote job whose id was not stored
 LOG_PREFIX = "remote| "
 IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"  # Debian with Python and uv (huggingface_hub's uv image)
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -159,6 +166,26 @@ def worker_module(row: Any) -> str:
     return "hubbot.jobs.remote" if (row["options"] or {}).get("backend") == BACKEND else "hubbot.jobs.worker"
 
 
+def waits_for_owner(row: Any) -> bool:
+    """Whether a job whose user's token was lost (a restart) waits for them to sign in again instead of failing:
+    it runs on Hugging Face Jobs and was claimed before, so its remote job may be running."""
+    return (row["token_source"] == "user" and (row["options"] or {}).get("backend") == BACKEND
+            and (bool((row["progress"] or {}).get(REMOTE_KEY)) or row["started_at"] is not None))
+
+
+def cancel_unfollowed(settings: Settings, job_id: str, progress: dict, token: str) -> RemoteJob | None:
+    """Cancel the remote job of a job that no follower follows (stored in `progress`, or found by its label);
+    returns it, or None if the job has none."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=settings.hub_endpoint, token=token)
+    stored = progress.get(REMOTE_KEY)
+    remote = RemoteJob.from_dict(api, stored) if stored else RemoteJob.find(api, job_id)
+    if remote is not None and remote.info().status.stage not in TERMINAL:
+        remote.cancel()
+    return remote
+
+
 def _bytes(text: str | None) -> float | None:
     m = _SIZE.search(text or "")
     return float(m.group(1)) * _UNITS[m.group(2).lower()] if m else None
@@ -195,7 +222,7 @@ def job_spec(*, recipe: str, target: str, private: bool, pr: bool, shard_bytes: 
     env = {"HUBBOT_RECIPE": recipe}
     if endpoint.rstrip("/") != DEFAULT_ENDPOINT:
         env["HF_ENDPOINT"] = endpoint
-    return {"image": IMAGE, "command": ["sh", "-c", script], "env": env, "labels": {"hubbot-job": label},
+    return {"image": IMAGE, "command": ["sh", "-c", script], "env": env, "labels": {LABEL: label},
             "timeout": int(max(TIMEOUT_MIN_S, 4 * need.seconds + 1800))}
 
 
@@ -209,6 +236,17 @@ class RemoteJob:
     def start(cls, api: Any, spec: dict, flavor: str, token: str) -> "RemoteJob":
         info = api.run_job(**spec, flavor=flavor, secrets={"HF_TOKEN": token}, name="hubbot-merge")
         return cls(api, info.id, info.owner.name, info.url, flavor)
+
+    @classmethod
+    def find(cls, api: Any, label: str) -> "RemoteJob | None":
+        """The newest job of the token's namespace labelled `LABEL=label`, whatever its stage."""
+        namespace = api.whoami()["name"]  # list_jobs would ask with the machine's login, not `api`'s token
+        found = [info for info in api.list_jobs(labels={LABEL: label}, namespace=namespace)
+                 if (info.labels or {}).get(LABEL) == label]
+        if not found:
+            return None
+        info = max(found, key=lambda i: i.created_at.timestamp() if i.created_at else 0.0)
+        return cls(api, info.id, info.owner.name, info.url, info.flavor)
 
     @classmethod
     def from_dict(cls, api: Any, data: dict) -> "RemoteJob":
@@ -293,8 +331,8 @@ def failure_of(info: Any, lines: list[str]) -> str:
 
 def follow(settings: Settings, store: Store, job_id: str, claim: str, *, token: str | None = None,
            cancel: threading.Event | None = None) -> str:
-    """Run a claimed job on Hugging Face Jobs (or attach to the one it already has) and follow it to its end;
-    returns the job's state ("lost" if it was taken from this run)."""
+    """Run a claimed job on Hugging Face Jobs (or attach to the one it already has: stored, or found by its
+    label) and follow it to its end; returns the job's state ("lost" if it was taken from this run)."""
     from huggingface_hub import HfApi
 
     from ..hub import describe
@@ -308,6 +346,7 @@ def follow(settings: Settings, store: Store, job_id: str, claim: str, *, token: 
     say = _Log(store, job_id, token)
     opts = row["options"]
     progress = dict(row["progress"] or {})
+    progress.pop(WAITING_KEY, None)  # this run has the token it waited for
     hub = hub_options(settings, token, write=True)
     api = HfApi(endpoint=settings.hub_endpoint, token=hub.token or False)
     remote: RemoteJob | None = None
@@ -317,6 +356,12 @@ def follow(settings: Settings, store: Store, job_id: str, claim: str, *, token: 
         if progress.get(REMOTE_KEY):
             remote = RemoteJob.from_dict(api, progress[REMOTE_KEY])
             say(f"attaching again to Hugging Face job {remote.id} ({remote.info().status.stage}): {remote.url}")
+        elif (remote := RemoteJob.find(api, job_id)) is not None:  # its follower died before storing the id
+            progress[REMOTE_KEY] = remote.as_dict()
+            if not store.report(job_id, claim, progress, settings.lease_seconds):
+                return _lost(store, job_id, remote)
+            say(f"found Hugging Face job {remote.id} ({remote.info().status.stage}), started for this job before an "
+                f"interruption; following it instead of starting another: {remote.url}")
         else:
             plan = plan_recipe(settings, parse_recipe(settings, row["recipe"]), token)
             plan.raise_for_problems()
@@ -331,7 +376,7 @@ def follow(settings: Settings, store: Store, job_id: str, claim: str, *, token: 
                 return _lost(store, job_id, remote)
             say(f"started Hugging Face job {remote.id} on {flavor} (estimated {need.seconds:.0f} s of merging): "
                 f"{remote.url}")
-        if not store.advance(job_id, claim, "running"):
+        if not store.advance(job_id, claim, "running", progress=progress):
             return _lost(store, job_id, remote)
         seen = sum(1 for _, text in store.log_lines(job_id) if text.startswith(LOG_PREFIX))
         lines: list[str] = []

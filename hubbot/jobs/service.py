@@ -24,8 +24,18 @@ from typing import Any
 
 from sqlalchemy.engine import RowMapping
 
-from ..errors import Conflict, Forbidden, HubbotError, JobNotFound, PlanError, RecipeError, RequestError, Unauthorized
-from ..hub import is_repo_id
+from ..errors import (
+    Conflict,
+    Forbidden,
+    HubbotError,
+    HubUnavailable,
+    JobNotFound,
+    PlanError,
+    RecipeError,
+    RequestError,
+    Unauthorized,
+)
+from ..hub import describe, is_repo_id
 from ..recipe.refs import ModelRef
 from ..redact import install_log_redaction, redact, redact_value, remember
 from .hubapi import HubClient
@@ -41,8 +51,9 @@ from .planning import (
     source_revisions,
     validate_plan,
 )
-from .remote import placement
+from .remote import REMOTE_KEY, WAITING, cancel_unfollowed, placement, waits_for_owner
 from .settings import Settings
+from .states import WAITING_KEY
 from .store import FINAL, QUEUED, Store, new_id, now
 
 log = logging.getLogger("hubbot.jobs")
@@ -183,7 +194,7 @@ class Service:
         names a discussion {"repo", "repo_type", "num"} to report the outcome to. Identical
         requests of different owners are different jobs.
         """
-        remember(token)
+        self.signed_in(owner, token)
         target = self._check_target(target, token)
         recipe = parse_recipe(self.settings, recipe_text)
         self._check_writable(target, token, pr)
@@ -248,18 +259,49 @@ class Service:
             rows = self.store.list(owner, limit)
         return [self._job(r, queue) for r in rows]
 
-    def cancel(self, job_id: str, owner: Owner = ANYONE) -> Job:
+    def cancel(self, job_id: str, owner: Owner = ANYONE, token: str | None = None) -> Job:
         """Cancel a queued job at once, or stop a running one (its worker is told to stop).
-        Only the owner's own jobs; a finished job raises Conflict."""
+        Only the owner's own jobs; a finished job raises Conflict.
+
+        A job on Hugging Face Jobs that no follower follows (queued again, or waiting for its owner
+        after a restart) has its remote job cancelled here, with the caller's `token` or the one the
+        job runs with; without either it is refused (Unauthorized) rather than left running."""
         if owner is None and not self.settings.local:
             raise Unauthorized("sign in to cancel your jobs")
         row = self._row(job_id, owner)
         if row["state"] in FINAL:
             raise Conflict(f"job {job_id} has already ended ({row['state']}); there is nothing to cancel")
+        remote_token = None
+        if waits_for_owner(row) or (row["progress"] or {}).get(REMOTE_KEY):
+            remote_token = token or self._run_token(row)
+            if remote_token is None:
+                raise Unauthorized(f"job {job_id} runs on Hugging Face Jobs with your token, which this service "
+                                   "no longer holds; sign in again to cancel it")
         if self.store.cancel(job_id):
             with self._tokens_lock:
                 self._tokens.pop(job_id, None)
+            if remote_token is not None:
+                self._cancel_remote(row, remote_token)
         return self.get(job_id)
+
+    def _run_token(self, row: RowMapping) -> str | None:
+        """The token a job runs with: its user's (if held here), or the one it publishes with."""
+        if row["token_source"] == "user":
+            return self.token_for(row["id"])
+        return hub_options(self.settings, None, write=True).token
+
+    def _cancel_remote(self, row: RowMapping, token: str) -> None:
+        """A cancelled job's remote job, which no follower follows, is cancelled too."""
+        try:
+            remote = cancel_unfollowed(self.settings, row["id"], row["progress"] or {}, token)
+        except Exception as exc:
+            where = (row["progress"] or {}).get(REMOTE_KEY, {}).get("url", "its Hugging Face Jobs page")
+            why = redact(describe(exc, "Hugging Face Jobs") if hasattr(exc, "response") else str(exc))
+            self.store.log(row["id"], f"could not cancel its Hugging Face job ({why}); cancel it at {where}")
+            raise HubUnavailable(f"job {row['id']} is cancelled, but its Hugging Face job could not be ({why}); "
+                                 f"cancel it at {where}") from None
+        if remote is not None:
+            self.store.log(row["id"], f"cancelled its Hugging Face job {remote.id}")
 
     def log(self, job_id: str, since: int = 0, owner: Owner = ANYONE) -> list[str]:
         """Log lines from line `since` on, each "HH:MM:SS text" (UTC); only the owner's jobs."""
@@ -275,7 +317,8 @@ class Service:
             target=row["target"], options=dict(row["options"]), state=row["state"],
             created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
             progress={**NO_PROGRESS, **(row["progress"] or {})}, result=row["result"], error=row["error"],
-            position=queue.index(row["id"]) + 1 if row["state"] == QUEUED and row["id"] in queue else None,
+            position=(queue.index(row["id"]) + 1 if row["state"] == QUEUED and row["id"] in queue
+                      and not (row["progress"] or {}).get(WAITING_KEY) else None),
             attempts=row["attempts"],
         )
 
@@ -430,6 +473,24 @@ class Service:
 
     # --- for the scheduler and the webhooks -------------------------------------------------
 
+    def signed_in(self, owner: str | None, token: str | None) -> list[str]:
+        """A request of `owner` that carries their token (an API call, the UI's OAuth session, a
+        submission). Their jobs that wait for them since a restart (on Hugging Face Jobs, whose
+        token this process lost) get it, in memory only, so a follower attaches to their remote
+        jobs again. Returns those jobs' ids."""
+        remember(token)
+        if not token or (owner is None and not self.settings.local):
+            return []
+        held = self.held_tokens()
+        waiting = [r["id"] for r in self.store.list(owner, limit=1000, states=(QUEUED,))
+                   if r["token_source"] == "user" and (r["progress"] or {}).get(WAITING_KEY) and r["id"] not in held]
+        with self._tokens_lock:
+            for job_id in waiting:
+                self._tokens[job_id] = token
+        for job_id in waiting:
+            self.store.log(job_id, "its owner signed in again; following its Hugging Face job again")
+        return waiting
+
     def token_for(self, job_id: str) -> str | None:
         with self._tokens_lock:
             return self._tokens.get(job_id)
@@ -446,8 +507,9 @@ class Service:
                     self._tokens.pop(job_id, None)
 
     def fail_lost_tokens(self) -> list[str]:
-        """At start-up: jobs waiting for a user token that a previous process held cannot run."""
-        return self.store.fail_unheld(self.held_tokens(), LOST_TOKEN)
+        """At start-up: jobs needing a user token that a previous process held cannot run, except jobs on
+        Hugging Face Jobs, which wait for their owner to sign in again. Returns the failed jobs' ids."""
+        return settle_lost_tokens(self.store, self.held_tokens())
 
     def pending_reports(self) -> list[tuple[Job, dict]]:
         """Finished jobs whose outcome is still to be posted, with where to post it."""
@@ -475,6 +537,13 @@ class Service:
 
     def close(self) -> None:
         self.store.close()
+
+
+def settle_lost_tokens(store: Store, held: set[str], *, lapsed_only: bool = False) -> list[str]:
+    """Jobs whose user token nobody holds (Store.settle_unheld): those on Hugging Face Jobs wait
+    for their owner (`WAITING`), the others fail (`LOST_TOKEN`). Returns the failed jobs' ids."""
+    return store.settle_unheld(held, lost=LOST_TOKEN, waits=lambda row: WAITING if waits_for_owner(row) else None,
+                               lapsed_only=lapsed_only)
 
 
 def cron_trigger(cron: str):

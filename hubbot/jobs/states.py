@@ -7,3 +7,4 @@ QUEUED = "queued"
 ACTIVE = ("validating", "running", "publishing")  # held by a worker
 FINAL = ("done", "failed", "cancelled")
 STATES = (QUEUED, *ACTIVE, *FINAL)
+WAITING_KEY = "waiting"  # in a queued job's progress: why it waits for its owner to sign in again (after a restart)

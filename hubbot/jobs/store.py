@@ -45,7 +45,7 @@ from sqlalchemy.types import TypeDecorator
 from ..errors import LimitError
 from ..redact import redact, redact_value
 from .settings import Limits
-from .states import ACTIVE, FINAL, QUEUED
+from .states import ACTIVE, FINAL, QUEUED, WAITING_KEY
 
 
 def now() -> datetime:
@@ -369,19 +369,34 @@ class Store:
             return list(c.execute(select(jobs.c.claim).where(jobs.c.claim.in_(claims), jobs.c.state.in_(ACTIVE),
                                                              jobs.c.cancel_requested.is_(True))).scalars())
 
-    def fail_unheld(self, held: set[str], error: str) -> list[str]:
-        """Fail queued (or lapsed) jobs that need a user token nobody holds any more."""
-        error = redact(error)
+    def settle_unheld(self, held: set[str], *, lost: str, waits: Callable[[RowMapping], str | None],
+                      lapsed_only: bool = False) -> list[str]:
+        """Jobs that need a user token nobody holds any more (queued, or active with a lapsed lease; with
+        `lapsed_only` the latter only). One for which `waits` gives a reason waits in the queue with it in its
+        progress (`WAITING_KEY`) and its log, to be claimed once its token is held again; the others fail with
+        `lost`. Returns the failed jobs' ids."""
+        lost = redact(lost)
         t = now()
+        lapsed = and_(jobs.c.state.in_(ACTIVE), jobs.c.lease_until < t)
+        unfollowed = lapsed if lapsed_only else or_(jobs.c.state == QUEUED, lapsed)
+        failed = []
         with self.engine.begin() as c:
-            ids = [i for i in c.execute(select(jobs.c.id).where(jobs.c.token_source == "user", or_(
-                jobs.c.state == QUEUED, and_(jobs.c.state.in_(ACTIVE), jobs.c.lease_until < t)))).scalars()
-                   if i not in held]
-            for job_id in ids:
-                c.execute(update(jobs).where(jobs.c.id == job_id).values(
-                    state="failed", error=error, finished_at=t, claim=None, lease_until=None))
-                self._log(c, job_id, f"failed: {error}")
-            return ids
+            for row in c.execute(select(jobs).where(jobs.c.token_source == "user", unfollowed)).mappings().all():
+                if row["id"] in held:
+                    continue
+                this = and_(jobs.c.id == row["id"], unfollowed)
+                why = waits(row)
+                if why is None:
+                    c.execute(update(jobs).where(this).values(
+                        state="failed", error=lost, finished_at=t, claim=None, lease_until=None))
+                    self._log(c, row["id"], f"failed: {lost}")
+                    failed.append(row["id"])
+                elif row["state"] != QUEUED or (row["progress"] or {}).get(WAITING_KEY) != why:
+                    c.execute(update(jobs).where(this).values(
+                        state=QUEUED, claim=None, lease_until=None, worker_pid=None,
+                        progress={**(row["progress"] or {}), WAITING_KEY: redact(why)}))
+                    self._log(c, row["id"], why)
+            return failed
 
     def unnotified(self) -> list[RowMapping]:
         """Finished jobs whose outcome is to be reported (to a discussion) and has not been yet."""

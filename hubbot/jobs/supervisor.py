@@ -29,7 +29,7 @@ from typing import IO, Callable
 
 from ..redact import install_log_redaction, redact, remember
 from .remote import worker_module
-from .service import LOST_TOKEN
+from .service import settle_lost_tokens
 from .settings import Settings
 from .store import Store, new_id
 
@@ -132,17 +132,16 @@ class Supervisor:
                 _signal(run.proc, signal.SIGKILL)
 
     def _recover(self) -> None:
-        """Jobs whose lease lapsed lost their worker (or their whole server): run them again."""
+        """Jobs whose lease lapsed lost their worker (or their whole server): run them again. Those whose
+        user token is gone fail, or on Hugging Face Jobs wait for their owner (service.settle_lost_tokens)."""
+        held = self.held() if self.held is not None else None
+        if held is not None:
+            settle_lost_tokens(self.store, held, lapsed_only=True)
         for row in self.store.expired():
             if row["claim"] in self.runs:
                 continue
-            if row["token_source"] == "user":
-                if self.held is None:
-                    continue  # only the server that keeps tokens decides about these
-                if row["id"] not in self.held():
-                    self.store.advance(row["id"], row["claim"], "failed", error=LOST_TOKEN)
-                    self.store.log(row["id"], f"failed: {LOST_TOKEN}")
-                    continue
+            if row["token_source"] == "user" and (held is None or row["id"] not in held):
+                continue  # only the server that keeps tokens decides about these (above)
             self.store.release(row["id"], row["claim"], max_attempts=self.settings.max_attempts,
                                why="its worker stopped answering (the server or the worker was restarted or killed)")
 
