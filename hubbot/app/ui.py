@@ -62,6 +62,7 @@ parameters:
     - value: 0.5
 dtype: bfloat16
 """
+AUTO_FLAVOR = ("auto (from the estimate)", "")
 SHARE_DESTINATIONS = {
     "dataset": "Community recipes dataset (pull request)",
     "space": "This Space's gallery (pull request)",
@@ -245,10 +246,12 @@ class Page:
     confirm_text: gr.Markdown
     form_method: gr.Dropdown
     form_dtype: gr.Dropdown
+    form_out_dtype: gr.Dropdown
     form_info: gr.Markdown
     form_base: gr.Textbox
     form_models: gr.Dataframe
     form_shared: gr.Dataframe
+    flavor: gr.Dropdown
     status: gr.Markdown
     curves: gr.LinePlot
     job_id: gr.Textbox
@@ -324,6 +327,13 @@ class Handlers:
         if linked:
             out[p.tabs] = gr.Tabs(selected="jobs")
         return out
+
+    def flavor_choices(self) -> list[tuple[str, str]]:
+        """The Hardware picker's choices where merges may run on Hugging Face Jobs (none where the
+        backend is local): the service's own pick from the estimate, then each allowed flavour."""
+        if self.settings.backend == "local":
+            return []
+        return [AUTO_FLAVOR, *((f, f) for f in self.settings.jobs_flavors)]
 
     # ---- the recipe: checking and editing -----------------------------------------------------
 
@@ -421,8 +431,9 @@ class Handlers:
                 p.job_recipe: ""}
 
     @_friendly
-    def submit(self, recipe_text: str, target: str, private: bool, pr: bool,
+    def submit(self, recipe_text: str, target: str, private: bool, pr: bool, flavor: str,
                profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> Iterator[dict]:
+        """Queue the merge; `flavor` (the Hardware picker, empty for auto) sends it to Hugging Face Jobs."""
         p = self.p
         target = (target or "").strip() or None
         if self.service_mode and profile is None:
@@ -438,7 +449,7 @@ class Handlers:
         try:
             job = yield from self._waiting("Checking and queueing the merge", text, lambda: self.service.submit(
                 text, owner=_owner(profile), target=target, private=bool(private), pr=bool(pr),
-                token=_token(oauth_token)))
+                token=_token(oauth_token), flavor=(flavor or "").strip() or None))
         except HubbotError as exc:
             yield {p.status: _error_markdown("Not submitted", exc), p.checked: text,
                    p.curves: gr.LinePlot(value=None, visible=False)}
@@ -638,10 +649,10 @@ class Handlers:
         return {self.p.form_shared: self.remove_row(table, recipe_form.SHARED_COLUMNS)}
 
     @_friendly
-    def form_to_editor(self, method_name: str, base: str, rows: Any, shared: Any, dtype: str, current: str,
-                       pristine: str) -> dict:
+    def form_to_editor(self, method_name: str, base: str, rows: Any, shared: Any, dtype: str, out_dtype: str,
+                       current: str, pristine: str) -> dict:
         text = recipe_form.to_yaml(method_name, base if methods.get(method_name).base != "none" else "",
-                                   _rows(rows), _rows(shared), dtype)
+                                   _rows(rows), _rows(shared), dtype, out_dtype)
         return self.offer(text, "the recipe written from the form", current, pristine)
 
 
@@ -747,6 +758,11 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                             with gr.Column(scale=2, min_width=200):
                                 private = gr.Checkbox(label="Private repo")
                                 as_pr = gr.Checkbox(label="As a pull request to an existing repo")
+                        flavors = h.flavor_choices()
+                        p.flavor = gr.Dropdown(
+                            flavors or [AUTO_FLAVOR], value="", label="Hardware", visible=bool(flavors),
+                            elem_id="hardware", info="A flavour runs the merge on Hugging Face Jobs, billed to your "
+                            "account; auto lets the service choose from the memory and time estimate.")
                         with gr.Row():
                             validate_btn = gr.Button("Validate", variant="secondary", elem_id="validate-button")
                             submit_btn = gr.Button("Merge", variant="primary", elem_id="submit-button")
@@ -756,6 +772,10 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                                                             scale=2)
                                 p.form_dtype = gr.Dropdown(list(recipe_form.DTYPES), value="bfloat16", label="dtype",
                                                            scale=1)
+                                p.form_out_dtype = gr.Dropdown(
+                                    [("as dtype", ""), *((d, d) for d in recipe_form.OUT_DTYPES)], value="",
+                                    label="out_dtype", scale=1, elem_id="form-out-dtype",
+                                    info="; ".join(f"{d} {note}" for d, note in recipe_form.OUT_DTYPE_NOTES.items()))
                             p.form_info = gr.Markdown()
                             p.form_base = gr.Textbox(label="Base model", placeholder="org/name of the common base",
                                                      visible=methods.get(DEFAULT_METHOD).base != "none")
@@ -892,7 +912,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         editor_outputs = p.editor_outputs()
         current = [p.editor, p.pristine]
         validate_btn.click(h.validate, [p.editor], [p.status, p.curves, p.checked], api_name="validate")
-        submit_btn.click(h.submit, [p.editor, target, private, as_pr],
+        submit_btn.click(h.submit, [p.editor, target, private, as_pr, p.flavor],
                          [p.status, *follow_outputs, p.checked, p.curves, p.tabs], api_name="submit")
         p.editor.input(h.edited, [p.editor, p.checked], [p.status, p.curves, p.checked], api_name=False,
                        show_progress="hidden", trigger_mode="always_last")
@@ -938,7 +958,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         add_shared_btn.click(h.add_shared, [p.form_shared], [p.form_shared], api_name=False)
         remove_shared_btn.click(h.remove_shared, [p.form_shared], [p.form_shared], api_name=False)
         form_write.click(h.form_to_editor, [p.form_method, p.form_base, p.form_models, p.form_shared, p.form_dtype,
-                                            *current], editor_outputs, api_name=False)
+                                            p.form_out_dtype, *current], editor_outputs, api_name=False)
 
     demo.queue(default_concurrency_limit=CONCURRENT_EVENTS)
     return demo, h
