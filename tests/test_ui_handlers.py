@@ -160,9 +160,12 @@ def test_the_plot_names_filters_and_shows_the_fallback_rule(app, monkeypatch):
     valid = service.validate(text)
     valid.curves = {"t · self_attn.q_proj.weight (+3)": [0.0, 0.5, 1.0]}
     monkeypatch.setattr(service, "validate", lambda _: valid)
-    frame = last(h.validate(text))[p.curves].value
+    out = last(h.validate(text))
+    frame = out[p.curves].value
     names = {row[2] for row in frame["data"]}
     assert names == {"t · self_attn", "t · other tensors"}
+    colors = out[p.curves].color_map  # the legend under the plot names each curve in the plot's colour
+    assert set(colors) == names and all(f"background:{c}" in out[p.legend].value for c in colors.values())
     assert all(isinstance(row[0], int) for row in frame["data"])  # whole layers
 
 

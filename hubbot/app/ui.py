@@ -106,20 +106,25 @@ CSS = """
 .hb-pill.hb-error { background: #dc2626; }
 .hb-pill.hb-warn { background: #d97706; }
 .hb-confirm { border: 1px solid #d97706; border-radius: 10px; padding: 8px 12px; }
-/* table cells break between words only, never inside one; on a phone cells keep to one line and
-   what does not fit ends in an ellipsis (the row opens in full when selected) */
-#jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
-  word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
-#jobs-table [data-col="1"] span.text { white-space: nowrap; }
+/* table cells wrap between words only, never inside one, and never end in an ellipsis: a word wider
+   than its cell widens the column and the table scrolls sideways (on a phone too) */
+#jobs-table span.text, #gallery-table span.text, .hb-form-table span.text,
+#jobs-table .header, #gallery-table .header, .hb-form-table .header,
+.hb-tables td, .hb-tables th {
+  white-space: normal !important; overflow-wrap: normal !important; word-break: normal !important;
+  text-overflow: clip !important; overflow: visible !important; hyphens: none; }
+#jobs-table [data-col="1"] span.text { white-space: nowrap !important; }
+.hb-tables table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
 @media (max-width: 640px) {
   #jobs-table, #gallery-table { font-size: 0.8rem; }
-  #jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
-    display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap !important; }
 }
 /* the form's column headers are fixed: they name recipe fields */
 .hb-form-table thead th { pointer-events: none; }
 #status table { font-size: 0.9rem; }
 #curves { min-height: 300px; }
+.hb-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 0.85rem; padding: 0 8px; }
+.hb-key { white-space: nowrap; display: inline-flex; align-items: center; gap: 6px; }
+.hb-key i { display: inline-block; width: 14px; height: 3px; border-radius: 2px; }
 footer { display: none !important; }
 """
 # Tab leaves the recipe editor (YAML is indented with spaces, which the editor inserts itself),
@@ -254,6 +259,7 @@ class Page:
     flavor: gr.Dropdown
     status: gr.Markdown
     curves: gr.LinePlot
+    legend: gr.HTML
     job_id: gr.Textbox
     job_view: gr.HTML
     result: gr.Markdown
@@ -281,7 +287,7 @@ class Page:
     def editor_outputs(self) -> list[Any]:
         """Everything that changes when a recipe is put into the editor from elsewhere."""
         return [self.editor, self.tabs, self.status, self.curves, self.checked, self.editor_note, self.pristine,
-                self.pending, self.confirm_box, self.confirm_text]
+                self.pending, self.confirm_box, self.confirm_text, self.legend]
 
 
 class Handlers:
@@ -364,22 +370,29 @@ class Handlers:
         if v.ok:
             method = views.method_of(text)
             guess = estimate(method, v.output_bytes, v.est_seconds, self.service.list(limit=200))
-        out = {p.status: views.validation_markdown(v, guess), p.checked: text}
-        if not v.curves:
-            out[p.curves] = gr.LinePlot(value=None, visible=False)
-        else:
+        curves = None
+        if v.curves:
             filters = _filters(text)
             curves = {views.curve_label(label, filters): values for label, values in v.curves.items()}
             curves = {**_fallback_lines(text, curves), **curves}
-            out[p.curves] = gr.LinePlot(value=views.curves_frame(curves), visible=True)
-        yield out
+        yield {p.status: views.validation_markdown(v, guess), p.checked: text, **self.plot(curves)}
+
+    def plot(self, curves: dict[str, list[float]] | None) -> dict:
+        """The per-layer plot and its legend, or neither. The legend is HTML under the plot, in the
+        plot's colours, so that on a phone it wraps instead of running past the plot's edge."""
+        p = self.p
+        if not curves:
+            return {p.curves: gr.LinePlot(value=None, visible=False), p.legend: gr.HTML("", visible=False)}
+        colors = views.curve_colors(list(curves))
+        return {p.curves: gr.LinePlot(value=views.curves_frame(curves), color_map=colors, visible=True),
+                p.legend: gr.HTML(views.legend_html(colors), visible=True)}
 
     def edited(self, recipe_text: str, checked: str | None) -> dict:
         """The editor changed: a status about another text no longer applies."""
         if checked is None or (recipe_text or "") == checked:
             return _unchanged(self.p.checked)
         p = self.p
-        return {p.status: views.stale_markdown(), p.curves: gr.LinePlot(value=None, visible=False), p.checked: None}
+        return {p.status: views.stale_markdown(), **self.plot(None), p.checked: None}
 
     def offer(self, text: str, note: str, current: str, pristine: str) -> dict:
         """Put `text` into the editor, unless the editor holds edits of the user's: then ask first."""
@@ -396,7 +409,7 @@ class Handlers:
         text, note = pending
         return {p.editor: text, p.pristine: text, p.tabs: gr.Tabs(selected="recipe"),
                 p.status: f"Loaded {note}. Validate it to see the plan.",
-                p.curves: gr.LinePlot(value=None, visible=False), p.checked: None, p.editor_note: "",
+                **self.plot(None), p.checked: None, p.editor_note: "",
                 **self.keep()}
 
     def keep(self) -> dict:
@@ -452,7 +465,7 @@ class Handlers:
                 token=_token(oauth_token), flavor=(flavor or "").strip() or None))
         except HubbotError as exc:
             yield {p.status: _error_markdown("Not submitted", exc), p.checked: text,
-                   p.curves: gr.LinePlot(value=None, visible=False)}
+                   **self.plot(None)}
             return
         if _utc(job.created_at) < asked:
             note = views.duplicate_markdown(job)
@@ -809,11 +822,12 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                             "Validate the recipe to see the plan: the models and their revisions, the output size, "
                             "the estimated time and memory, the per-layer parameters, and any problem with what "
                             "to do about it. Only headers are read; nothing is downloaded.",
-                            elem_id="status",
+                            elem_id="status", elem_classes="hb-tables",
                         )
                         p.curves = gr.LinePlot(x="layer", y="value", color="parameter", title="Per-layer parameters",
                                                x_title="layer", y_title="value", x_axis_format="d", height=300,
-                                               visible=False, elem_id="curves")
+                                               colors_in_legend=[], visible=False, elem_id="curves")
+                        p.legend = gr.HTML("", visible=False, elem_id="curves-legend")
 
             with gr.Tab("Jobs", id="jobs"):
                 with gr.Row(equal_height=False):
@@ -823,7 +837,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                                                   elem_id="job-id")
                             follow_btn = gr.Button("Follow", scale=1, size="md")
                         p.job_view = gr.HTML(views.job_html(None), elem_id="job-view")
-                        p.result = gr.Markdown(elem_id="job-result")
+                        p.result = gr.Markdown(elem_id="job-result", elem_classes="hb-tables")
                         p.download_btn = gr.Button("Download the files", visible=False, size="md",
                                                    elem_id="download-button")
                         p.files = gr.File(label="Files of the result", file_count="multiple", visible=False,
@@ -848,8 +862,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                             refresh_btn = gr.Button("Refresh", size="sm", scale=0)
                         p.jobs_table = gr.Dataframe(headers=views.JOB_COLUMNS, interactive=False, wrap=True,
                                                     column_count=len(views.JOB_COLUMNS), max_height=520,
-                                                    elem_id="jobs-table",
-                                                    column_widths=["25%", "17%", "16%", "22%", "20%"])
+                                                    elem_id="jobs-table")
                         gr.Markdown("Select a row to follow that job and see its recipe. Jobs keep running when you "
                                     "close the page.", elem_classes="hb-note")
 
@@ -863,7 +876,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                         p.gallery_table = gr.Dataframe(views.gallery_rows(first_entries),
                                                        headers=views.GALLERY_COLUMNS, interactive=False, wrap=True,
                                                        column_count=len(views.GALLERY_COLUMNS), max_height=420,
-                                                       elem_id="gallery-table", column_widths=["46%", "22%", "32%"])
+                                                       elem_id="gallery-table")
                         p.gallery_note = gr.Markdown(elem_id="gallery-note", elem_classes="hb-note")
                         with gr.Accordion("Import the recipe of a merged model on the Hub", open=False):
                             with gr.Row():
@@ -911,10 +924,10 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         follow_inputs = [p.job_id, p.logs_state]
         editor_outputs = p.editor_outputs()
         current = [p.editor, p.pristine]
-        validate_btn.click(h.validate, [p.editor], [p.status, p.curves, p.checked], api_name="validate")
+        validate_btn.click(h.validate, [p.editor], [p.status, p.curves, p.checked, p.legend], api_name="validate")
         submit_btn.click(h.submit, [p.editor, target, private, as_pr, p.flavor],
-                         [p.status, *follow_outputs, p.checked, p.curves, p.tabs], api_name="submit")
-        p.editor.input(h.edited, [p.editor, p.checked], [p.status, p.curves, p.checked], api_name=False,
+                         [p.status, *follow_outputs, p.checked, p.curves, p.tabs, p.legend], api_name="submit")
+        p.editor.input(h.edited, [p.editor, p.checked], [p.status, p.curves, p.checked, p.legend], api_name=False,
                        show_progress="hidden", trigger_mode="always_last")
         p.editor.change(None, [p.editor], [p.recipe_store], js="(text) => text", api_name=False)
         replace_btn.click(h.replace, [p.pending], editor_outputs, api_name=False)
