@@ -117,6 +117,9 @@ CSS = """
 .hb-tables table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
 @media (max-width: 640px) {
   #jobs-table, #gallery-table { font-size: 0.8rem; }
+  /* the gallery's titles and tag lists are prose: narrower columns wrap them between words (the jobs
+     table holds ids and dates, each column as wide as its longest) */
+  #gallery-table .table-wrap { --df-max-col-width: 180px !important; }
 }
 /* the form's column headers are fixed: they name recipe fields */
 .hb-form-table thead th { pointer-events: none; }
