@@ -67,7 +67,7 @@ def test_validate_a_good_recipe_shows_the_plan(client, tiny):
     rows = plot["value"]["data"]
     assert len({r[2] for r in rows}) == 1 and rows[0][2].startswith("t")  # every tensor follows one curve
     assert rows[0][1] == 0.0 and rows[-1][1] == 1.0
-    assert rows[0][2] in legend
+    assert f"</i>{rows[0][2]}</span>" in legend["value"]  # named under the plot
 
 
 @pytest.mark.parametrize("recipe, expected", [
