@@ -20,9 +20,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_gallery(folder: Path, base: Path, ft1: Path, ft2: Path) -> Path:
+def tiny_gallery(folder: Path, base: Path | str, ft1: Path | str, ft2: Path | str) -> Path:
     """A gallery of recipes over local tiny models (the real gallery names Hub models this
-    machine cannot reach)."""
+    machine cannot reach), named by their paths, absolute or relative to the server's folder."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tiny-soup.yml").write_text(f"""\
 # title: Tiny llama soup

@@ -65,9 +65,9 @@ class FakeService:
         return Validation(True, f"method: {recipe.merge_method}", [], ["a friendly warning about self_attn"], models,
                           14_500_000_000, 43_000_000_000, 1_200_000_000, 750.0, curves)
 
-    def submit(self, recipe_text, *, owner=None, target=None, private=False, pr=False, token=None) -> Job:
+    def submit(self, recipe_text, *, owner=None, target=None, private=False, pr=False, token=None, flavor=None) -> Job:
         recipe = parse(recipe_text)
-        self.submitted.append(dict(owner=owner, target=target, private=private, pr=pr, token=token))
+        self.submitted.append(dict(owner=owner, target=target, private=private, pr=pr, token=token, flavor=flavor))
         job = Job(id=f"job{next(self._ids):04d}", owner=owner, recipe=recipe_text, recipe_hash=recipe.hash,
                   target=target, options={"private": private, "pr": pr}, state="queued",
                   created_at=datetime.now(timezone.utc), position=1,

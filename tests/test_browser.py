@@ -291,46 +291,157 @@ def test_tab_leaves_the_editor_and_controls_have_names(page, space_app):
     expect(page.get_by_label("Merged model on the Hub")).to_be_visible()
 
 
-CELLS = "{table} td, {table} th, {table} [role=gridcell], {table} [role=columnheader]"
-BROKEN_WORDS = """(selector) => {
-  const broken = [];
-  const shown = [...document.querySelectorAll(selector)]
-    .filter((cell) => !cell.closest(".sizing-body") && cell.getClientRects().length > 0);  // not Gradio's measuring copy
-  if (!shown.length) return ["no table cell is shown"];
-  for (const cell of shown) {
-    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
-    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-      const re = /\\S+/g;
-      let m;
-      while ((m = re.exec(node.textContent))) {
-        const range = document.createRange();
-        range.setStart(node, m.index);
-        range.setEnd(node, m.index + m[0].length);
-        const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
-        if (lines.size > 1) broken.push(m[0]);
+TABLES = "#status, #job-result, #jobs-table, #gallery-table, #form-models, #form-shared"
+CHECK_CELLS = """(roots) => {
+  // every shown cell of the tables under `roots`: a word split across lines (a break is fine only at a
+  // space or right after a hyphen, as in "fine-|tune"), and text clipped by the cell or by anything
+  // around it that hides what overflows instead of scrolling to it (an ellipsis included)
+  const out = {cells: 0, broken: [], clipped: []};
+  const hides = (el) => ["hidden", "clip"].includes(getComputedStyle(el).overflowX) && el.scrollWidth > el.clientWidth + 1;
+  for (const root of document.querySelectorAll(roots)) {
+    const cells = [...root.querySelectorAll("td, th, [role=gridcell], [role=columnheader]")]
+      .filter((cell) => !cell.closest(".sizing-body") && cell.getClientRects().length && cell.innerText.trim());
+    for (const cell of cells) {  // (.sizing-body is the dataframe's hidden measuring copy)
+      out.cells++;
+      const name = cell.innerText.trim().slice(0, 40);
+      for (const el of cell.querySelectorAll("*")) {
+        const ellipsis = getComputedStyle(el).textOverflow === "ellipsis" && el.scrollWidth > el.clientWidth + 1;
+        if (hides(el) || ellipsis) out.clipped.push(`${name} (in ${el.tagName.toLowerCase()}.${el.className})`);
+      }
+      for (let el = cell; el && el !== root.parentElement; el = el.parentElement)
+        if (hides(el)) out.clipped.push(`${name} (by ${el.tagName.toLowerCase()}.${el.className})`);
+      const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const re = /[^\\s-]+-*/g;
+        let m;
+        while ((m = re.exec(node.textContent))) {
+          const range = document.createRange();
+          range.setStart(node, m.index);
+          range.setEnd(node, m.index + m[0].length);
+          const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+          if (lines.size > 1) out.broken.push(m[0]);
+        }
       }
     }
   }
-  return broken;
+  return out;
 }"""
+LEGEND_OUTSIDE = """() => {
+  // legend entries (the page's own under the plot, and any the plot draws) that leave the screen or the plot
+  const box = (el) => el.getBoundingClientRect();
+  const plot = box(document.querySelector("#curves"));
+  const keys = [...document.querySelectorAll("#curves-legend .hb-key")];
+  const out = keys.filter((k) => box(k).left < 0 || box(k).right > innerWidth).map((k) => k.innerText);
+  for (const g of document.querySelectorAll("#curves .role-legend"))
+    if (box(g).left < plot.left || box(g).right > plot.right) out.push("the plot's own legend");
+  return {keys: keys.map((k) => k.innerText), outside: out};
+}"""
+FILTERED_T = """  t:
+    - filter: self_attn
+      value: [0, 0.5, 1]
+    - filter: mlp
+      value: [1, 0.5, 0]
+    - value: 0.5
+"""
 
 
-def test_mobile_tables_break_no_word(browser, space_app):
+def check_tables(page, roots: str = TABLES) -> None:
+    found = page.evaluate(CHECK_CELLS, roots)
+    assert found["cells"], f"no table cell is shown under {roots}"
+    assert found["broken"] == [], f"words split across lines: {found['broken']}"
+    assert found["clipped"] == [], f"cells whose text is cut off: {found['clipped']}"
+
+
+def test_mobile_tables_wrap_between_words_and_the_legend_fits(browser, space_app):
+    """At 390 px, with a recipe validated and a finished job listed: no table cell breaks a word or
+    cuts its text off (a table wider than the screen scrolls sideways), and the plot's legend stays
+    on screen."""
     from playwright.sync_api import expect
 
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     page = context.new_page()
     page.set_default_timeout(60_000)
-    page.goto(space_app.url)
-    expect(page.locator("#recipe-editor .cm-content")).to_be_visible()
-    expect(page.locator("#validate-button")).to_be_visible()  # the page polls: it never goes network-idle
-    shot(page, "m1-recipe")
-    page.get_by_role("tab", name="Jobs").click()
-    expect(page.locator("#jobs-table [role=gridcell]").first).to_be_visible()
-    assert page.evaluate(BROKEN_WORDS, CELLS.format(table="#jobs-table")) == []
-    shot(page, "m2-jobs")
-    page.get_by_role("tab", name="Gallery").click()
-    expect(page.locator("#gallery-table [role=gridcell]").first).to_be_visible()
-    assert page.evaluate(BROKEN_WORDS, CELLS.format(table="#gallery-table")) == []
-    shot(page, "m3-gallery")
-    context.close()
+    try:
+        page.goto(space_app.url)
+        expect(page.locator("#recipe-editor .cm-content")).to_be_visible()
+        expect(page.locator("#validate-button")).to_be_visible()  # the page polls: it never goes network-idle
+        text = (Path(space_app.recipes_dir) / "tiny-slerp.yml").read_text().replace("  t: [0, 0.5, 1]\n", FILTERED_T)
+        set_editor(page, text)
+        page.locator("#submit-button").click()
+        expect(page.locator("#job-view [data-state='done']")).to_be_visible(timeout=180_000)
+        expect(page.locator("#job-result")).to_contain_text("config.json")
+        expect(page.locator("#jobs-table [role=gridcell]").first).to_be_visible()
+        check_tables(page, "#jobs-table, #job-result")
+        shot(page, "m2-jobs")
+
+        page.get_by_role("tab", name="Recipe").click()
+        page.locator("#validate-button").click()
+        expect(page.locator("#status")).to_contain_text("Ready to merge")
+        page.locator("#form").get_by_text("Build a recipe with a form").click()
+        expect(page.locator("#form-shared [role=columnheader]").first).to_be_visible()
+        expect(page.locator("#curves-legend")).to_contain_text("t · self_attn")
+        expect(page.locator("#curves svg").first).to_be_visible()
+        check_tables(page, "#status, #form-models, #form-shared")
+        legend = page.evaluate(LEGEND_OUTSIDE)
+        assert set(legend["keys"]) == {"t · self_attn", "t · mlp", "t · other tensors"}
+        assert legend["outside"] == [], f"legend entries cut off at 390 px: {legend['outside']}"
+        shot(page, "m1-recipe")
+
+        page.get_by_role("tab", name="Gallery").click()
+        expect(page.locator("#gallery-table [role=gridcell]").first).to_be_visible()
+        check_tables(page, "#gallery-table")
+        shot(page, "m3-gallery")
+    finally:
+        context.close()
+
+
+# ---- waits that say what for, and cancel that asks first -------------------------------------------
+
+
+def hub_copy(hub, repo_id: str, folder: Path) -> None:
+    """A tiny local model as a public repo on the Hub stand-in."""
+    hub.create_repo_direct(repo_id, {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()})
+
+
+def test_a_slow_hub_shows_what_is_awaited_and_cancel_asks_first(page, space_app, hub, families):
+    """Every read of the models' safetensors on the Hub stand-in is held for a while: the check says
+    which models and which requests it waits for; the job that follows stays running, so cancelling it
+    can be asked, declined (the job runs on) and then confirmed."""
+    from playwright.sync_api import expect
+
+    base, ft1, _ = families("llama")
+    hub_copy(hub, "alice/slow-base", base)
+    hub_copy(hub, "alice/slow-ft", ft1)
+    hub.inject("*", r"^/alice/slow-[a-z]+/resolve/.*\.safetensors$", "slow", delay=2.0, times=None)
+    text = ("merge_method: slerp\nbase_model: alice/slow-base\nmodels:\n  - model: alice/slow-base\n"
+            "  - model: alice/slow-ft\nparameters:\n  t: 0.5\ndtype: bfloat16\n")
+    try:
+        page.goto(space_app.url)
+        set_editor(page, text)
+        page.locator("#validate-button").click()
+        status = page.locator("#status")
+        expect(status).to_contain_text("Checking the recipe", timeout=20_000)
+        for awaited in ("alice/slow-base", "alice/slow-ft", "config.json", "safetensors headers", hub.url):
+            expect(status).to_contain_text(awaited)
+        shot(page, "10-waiting")
+        expect(status).to_contain_text("Ready to merge", timeout=120_000)
+
+        page.locator("#submit-button").click()
+        active = page.locator("#job-view [data-state='queued'], #job-view [data-state='validating'], "
+                              "#job-view [data-state='running']")
+        expect(active).to_have_count(1, timeout=120_000)
+        confirm = page.locator("#confirm-cancel").first  # (Gradio gives a group's id to its wrapper too)
+        page.locator("#cancel-button").click()
+        expect(confirm).to_be_visible()
+        expect(confirm).to_contain_text("Cancel this job?")
+        shot(page, "11-confirm-cancel")
+        page.get_by_role("button", name="Keep it running").click()
+        expect(confirm).to_be_hidden()
+        page.wait_for_timeout(1500)  # a few polls later the job is still under way
+        expect(active).to_have_count(1)
+        page.locator("#cancel-button").click()
+        page.locator("#confirm-cancel-yes").click()
+        expect(page.locator("#job-view [data-state='cancelled']")).to_be_visible()
+        expect(page.locator("#job-result")).to_contain_text("Nothing was published")
+    finally:
+        hub.clear_faults()

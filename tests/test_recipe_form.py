@@ -60,6 +60,14 @@ def test_passthrough_rows_become_slices():
         recipe_form.to_yaml("passthrough", "", [["org/m", "", ""]], [], None)
 
 
+def test_out_dtype_ternary_is_offered_and_written():
+    assert "ternary" in recipe_form.OUT_DTYPES and "BitNet b1.58" in recipe_form.OUT_DTYPE_NOTES["ternary"]
+    text = recipe_form.to_yaml("linear", "", [["org/a", "1", ""], ["org/b", "1", ""]], [], "bfloat16", "ternary")
+    recipe = parse(text)
+    assert (recipe.dtype, recipe.out_dtype) == ("bfloat16", "ternary")
+    assert "out_dtype" not in yaml.safe_load(recipe_form.to_yaml("linear", "", [["org/a", "1", ""]], [], None, ""))
+
+
 def test_errors_name_the_row():
     with pytest.raises(RecipeError, match="at least one model"):
         recipe_form.to_yaml("linear", "", [["", ""]], [], None)

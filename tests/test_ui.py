@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("gradio_client")
 
 # The API's outputs of /submit and /follow, in order (buttons, tabs and session state are not part of it).
-SUBMIT = ("status", "job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs", "curves")
+SUBMIT = ("status", "job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs", "curves",
+          "legend")
 FOLLOW = ("job_id", "stored_job", "job", "result", "files", "log", "timer", "job_recipe", "jobs")
 
 
@@ -58,7 +59,7 @@ def follow_until_done(client, job_id: str, timeout: float = 180) -> dict:
 def test_validate_a_good_recipe_shows_the_plan(client, tiny):
     base, ft1, _ = tiny
     recipe = f"merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {ft1}\nparameters:\n  t: [0, 1]\n"
-    text, plot = client.predict(recipe, api_name="/validate")
+    text, plot, legend = client.predict(recipe, api_name="/validate")
     assert "Ready to merge" in text
     assert str(ft1) in text and "local folder" in text  # models, with where they come from
     assert "Estimated time" in text and "Peak memory" in text and " KB" in text  # sizes of a tiny model
@@ -66,6 +67,7 @@ def test_validate_a_good_recipe_shows_the_plan(client, tiny):
     rows = plot["value"]["data"]
     assert len({r[2] for r in rows}) == 1 and rows[0][2].startswith("t")  # every tensor follows one curve
     assert rows[0][1] == 0.0 and rows[-1][1] == 1.0
+    assert f"</i>{rows[0][2]}</span>" in legend["value"]  # named under the plot
 
 
 @pytest.mark.parametrize("recipe, expected", [
@@ -74,7 +76,7 @@ def test_validate_a_good_recipe_shows_the_plan(client, tiny):
     ("merge_method: ties\nmodels: [{model: ./no/such/folder, parameters: {weight: 1}}]\n", "base_model"),
 ])
 def test_validate_a_bad_recipe_lists_problems(client, recipe, expected):
-    text, plot = client.predict(recipe, api_name="/validate")
+    text, plot, _ = client.predict(recipe, api_name="/validate")
     assert "to fix" in text and expected in text.replace("\\", "")
     assert plot["visible"] is False
     no_traceback(text)
@@ -82,7 +84,7 @@ def test_validate_a_bad_recipe_lists_problems(client, recipe, expected):
 
 def test_validate_reports_mismatched_models(client, families):
     llama, qwen = families("llama")[1], families("qwen2")[1]
-    text, _ = client.predict(soup(llama, qwen), api_name="/validate")
+    text, *_ = client.predict(soup(llama, qwen), api_name="/validate")
     assert "to fix" in text and "architectures" in text
 
 

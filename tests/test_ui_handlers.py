@@ -53,7 +53,7 @@ def test_an_edit_marks_the_status_stale_once(app):
 
 def test_submit_then_follow_to_done(app):
     service, h, p = app
-    out = last(h.submit(RECIPE, "", False, False, None, None))
+    out = last(h.submit(RECIPE, "", False, False, "", None, None))
     assert "Submitted" in out[p.status] and out[p.job_id] == out[p.job_store]
     assert out[p.job_recipe] == RECIPE  # the job view shows the recipe it runs
     job_id = out[p.job_id]
@@ -65,10 +65,10 @@ def test_submit_then_follow_to_done(app):
 
 def test_resubmitting_names_the_identical_job(app):
     service, h, p = app
-    first = last(h.submit(RECIPE, "", False, False, None, None))[p.job_id]
+    first = last(h.submit(RECIPE, "", False, False, "", None, None))[p.job_id]
     service.submit = lambda *a, **k: service.jobs[first]  # the real service returns the existing job
     service.jobs[first].created_at -= timedelta(minutes=5)
-    out = last(h.submit(RECIPE, "", False, False, None, None))
+    out = last(h.submit(RECIPE, "", False, False, "", None, None))
     assert "Identical merge exists" in out[p.status] and f"?job={first}" in out[p.status]
     assert "Submitted" not in out[p.status]
 
@@ -81,10 +81,10 @@ def test_follow_an_unknown_job(app):
 
 def test_loading_a_recipe_asks_before_replacing_edits(app):
     _, h, p = app
-    out = h.form_to_editor("linear", "", [["org/a", "1", ""], ["org/b", "1", ""]], [["", "", ""]], "bfloat16",
+    out = h.form_to_editor("linear", "", [["org/a", "1", ""], ["org/b", "1", ""]], [["", "", ""]], "bfloat16", "",
                            STARTER, STARTER)
     assert "merge_method: linear" in out[p.editor]  # the starter untouched: replaced at once
-    out = h.form_to_editor("linear", "", [["org/a", "1", ""]], [["", "", ""]], "bfloat16",
+    out = h.form_to_editor("linear", "", [["org/a", "1", ""]], [["", "", ""]], "bfloat16", "",
                            "merge_method: ties  # mine\n", STARTER)
     assert p.editor not in out and out[p.confirm_box].visible is True
     out = h.replace(out[p.pending])
@@ -146,7 +146,7 @@ def test_a_slow_check_says_what_it_waits_for(app, monkeypatch):
 
 def test_cancel_asks_first(app):
     service, h, p = app
-    job_id = last(h.submit(RECIPE, "", False, False, None, None))[p.job_id]
+    job_id = last(h.submit(RECIPE, "", False, False, "", None, None))[p.job_id]
     assert h.ask_cancel()[p.cancel_box].visible is True
     assert service.jobs[job_id].state != "cancelled"  # only "Yes, cancel it" cancels
     out = h.cancel(job_id, None, None)
@@ -160,7 +160,34 @@ def test_the_plot_names_filters_and_shows_the_fallback_rule(app, monkeypatch):
     valid = service.validate(text)
     valid.curves = {"t · self_attn.q_proj.weight (+3)": [0.0, 0.5, 1.0]}
     monkeypatch.setattr(service, "validate", lambda _: valid)
-    frame = last(h.validate(text))[p.curves].value
+    out = last(h.validate(text))
+    frame = out[p.curves].value
     names = {row[2] for row in frame["data"]}
     assert names == {"t · self_attn", "t · other tensors"}
+    colors = out[p.curves].color_map  # the legend under the plot names each curve in the plot's colour
+    assert set(colors) == names and all(f"background:{c}" in out[p.legend].value for c in colors.values())
     assert all(isinstance(row[0], int) for row in frame["data"])  # whole layers
+
+
+def test_the_hardware_picker_follows_the_backend(tmp_path):
+    from hubbot.app.ui import AUTO_FLAVOR
+
+    local = build_app(FakeService(), Settings.from_env({}, data_dir=tmp_path))[1]
+    assert local.flavor_choices() == []  # local backend: no picker
+    env = {"HUBBOT_BACKEND": "auto", "HUBBOT_JOBS_FLAVORS": "cpu-upgrade,a10g-small"}
+    demo, h = build_app(FakeService(steps_per_poll=100), Settings.from_env(env, data_dir=tmp_path))
+    assert h.flavor_choices() == [AUTO_FLAVOR, ("cpu-upgrade", "cpu-upgrade"), ("a10g-small", "a10g-small")]
+    picker = demo.config["components"]
+    shown = next(c for c in picker if c["props"].get("elem_id") == "hardware")["props"]
+    assert shown["visible"] is not False and shown["label"] == "Hardware"
+    last(h.submit(RECIPE, "me/merged", False, False, "a10g-small", None, None))
+    assert h.service.submitted[-1]["flavor"] == "a10g-small"  # the pick reaches the submission
+    last(h.submit(RECIPE, "me/other", False, False, "", None, None))
+    assert h.service.submitted[-1]["flavor"] is None  # auto: the service decides
+
+
+def test_the_form_offers_a_ternary_output(app):
+    _, h, p = app
+    out = h.form_to_editor("linear", "", [["org/a", "1", ""], ["org/b", "1", ""]], [["", "", ""]], "bfloat16",
+                           "ternary", STARTER, STARTER)
+    assert "out_dtype: ternary" in out[p.editor]

@@ -47,7 +47,7 @@ def test_publishing_rules_and_token_handling(app):
         assert "Sign in to watch" in client.predict(RECIPE, "me/merged", False, False, api_name="/watch")[0]
     else:
         assert "Submitted" in out[0]
-        assert service.submitted == [dict(owner=None, target="me/merged", private=False, pr=False, token=TOKEN)]
+        assert service.submitted == [dict(owner=None, target="me/merged", private=False, pr=False, token=TOKEN, flavor=None)]
         watched = client.predict(RECIPE, "me/merged", False, True, api_name="/watch")
         assert "Watching" in watched[0] and "as pull requests" in watched[0] and "`0123456789ab`" in watched[0]
         assert watched[1] in service.jobs  # the first run, followed in the Jobs tab

@@ -62,6 +62,7 @@ parameters:
     - value: 0.5
 dtype: bfloat16
 """
+AUTO_FLAVOR = ("auto (from the estimate)", "")
 SHARE_DESTINATIONS = {
     "dataset": "Community recipes dataset (pull request)",
     "space": "This Space's gallery (pull request)",
@@ -105,20 +106,28 @@ CSS = """
 .hb-pill.hb-error { background: #dc2626; }
 .hb-pill.hb-warn { background: #d97706; }
 .hb-confirm { border: 1px solid #d97706; border-radius: 10px; padding: 8px 12px; }
-/* table cells break between words only, never inside one; on a phone cells keep to one line and
-   what does not fit ends in an ellipsis (the row opens in full when selected) */
-#jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
-  word-break: normal !important; overflow-wrap: normal !important; hyphens: none; }
-#jobs-table [data-col="1"] span.text { white-space: nowrap; }
+/* table cells wrap between words only, never inside one, and never end in an ellipsis: a word wider
+   than its cell widens the column and the table scrolls sideways (on a phone too) */
+#jobs-table span.text, #gallery-table span.text, .hb-form-table span.text,
+#jobs-table .header, #gallery-table .header, .hb-form-table .header,
+.hb-tables td, .hb-tables th {
+  white-space: normal !important; overflow-wrap: normal !important; word-break: normal !important;
+  text-overflow: clip !important; overflow: visible !important; hyphens: none; }
+#jobs-table [data-col="1"] span.text { white-space: nowrap !important; }
+.hb-tables table { display: block; max-width: 100%; overflow-x: auto; border: none !important; }
 @media (max-width: 640px) {
   #jobs-table, #gallery-table { font-size: 0.8rem; }
-  #jobs-table span.text, #gallery-table span.text, #jobs-table .header, #gallery-table .header {
-    display: block; overflow: hidden; text-overflow: ellipsis; white-space: nowrap !important; }
+  /* the gallery's titles and tag lists are prose: narrower columns wrap them between words (the jobs
+     table holds ids and dates, each column as wide as its longest) */
+  #gallery-table .table-wrap { --df-max-col-width: 180px !important; }
 }
 /* the form's column headers are fixed: they name recipe fields */
 .hb-form-table thead th { pointer-events: none; }
 #status table { font-size: 0.9rem; }
 #curves { min-height: 300px; }
+.hb-legend { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 0.85rem; padding: 0 8px; }
+.hb-key { white-space: nowrap; display: inline-flex; align-items: center; gap: 6px; }
+.hb-key i { display: inline-block; width: 14px; height: 3px; border-radius: 2px; }
 footer { display: none !important; }
 """
 # Tab leaves the recipe editor (YAML is indented with spaces, which the editor inserts itself),
@@ -245,12 +254,15 @@ class Page:
     confirm_text: gr.Markdown
     form_method: gr.Dropdown
     form_dtype: gr.Dropdown
+    form_out_dtype: gr.Dropdown
     form_info: gr.Markdown
     form_base: gr.Textbox
     form_models: gr.Dataframe
     form_shared: gr.Dataframe
+    flavor: gr.Dropdown
     status: gr.Markdown
     curves: gr.LinePlot
+    legend: gr.HTML
     job_id: gr.Textbox
     job_view: gr.HTML
     result: gr.Markdown
@@ -278,7 +290,7 @@ class Page:
     def editor_outputs(self) -> list[Any]:
         """Everything that changes when a recipe is put into the editor from elsewhere."""
         return [self.editor, self.tabs, self.status, self.curves, self.checked, self.editor_note, self.pristine,
-                self.pending, self.confirm_box, self.confirm_text]
+                self.pending, self.confirm_box, self.confirm_text, self.legend]
 
 
 class Handlers:
@@ -325,6 +337,13 @@ class Handlers:
             out[p.tabs] = gr.Tabs(selected="jobs")
         return out
 
+    def flavor_choices(self) -> list[tuple[str, str]]:
+        """The Hardware picker's choices where merges may run on Hugging Face Jobs (none where the
+        backend is local): the service's own pick from the estimate, then each allowed flavour."""
+        if self.settings.backend == "local":
+            return []
+        return [AUTO_FLAVOR, *((f, f) for f in self.settings.jobs_flavors)]
+
     # ---- the recipe: checking and editing -----------------------------------------------------
 
     def _waiting(self, action: str, text: str, call: Callable[[], Any]) -> Iterator[dict]:
@@ -354,22 +373,29 @@ class Handlers:
         if v.ok:
             method = views.method_of(text)
             guess = estimate(method, v.output_bytes, v.est_seconds, self.service.list(limit=200))
-        out = {p.status: views.validation_markdown(v, guess), p.checked: text}
-        if not v.curves:
-            out[p.curves] = gr.LinePlot(value=None, visible=False)
-        else:
+        curves = None
+        if v.curves:
             filters = _filters(text)
             curves = {views.curve_label(label, filters): values for label, values in v.curves.items()}
             curves = {**_fallback_lines(text, curves), **curves}
-            out[p.curves] = gr.LinePlot(value=views.curves_frame(curves), visible=True)
-        yield out
+        yield {p.status: views.validation_markdown(v, guess), p.checked: text, **self.plot(curves)}
+
+    def plot(self, curves: dict[str, list[float]] | None) -> dict:
+        """The per-layer plot and its legend, or neither. The legend is HTML under the plot, in the
+        plot's colours, so that on a phone it wraps instead of running past the plot's edge."""
+        p = self.p
+        if not curves:
+            return {p.curves: gr.LinePlot(value=None, visible=False), p.legend: gr.HTML("", visible=False)}
+        colors = views.curve_colors(list(curves))
+        return {p.curves: gr.LinePlot(value=views.curves_frame(curves), color_map=colors, visible=True),
+                p.legend: gr.HTML(views.legend_html(colors), visible=True)}
 
     def edited(self, recipe_text: str, checked: str | None) -> dict:
         """The editor changed: a status about another text no longer applies."""
         if checked is None or (recipe_text or "") == checked:
             return _unchanged(self.p.checked)
         p = self.p
-        return {p.status: views.stale_markdown(), p.curves: gr.LinePlot(value=None, visible=False), p.checked: None}
+        return {p.status: views.stale_markdown(), **self.plot(None), p.checked: None}
 
     def offer(self, text: str, note: str, current: str, pristine: str) -> dict:
         """Put `text` into the editor, unless the editor holds edits of the user's: then ask first."""
@@ -386,7 +412,7 @@ class Handlers:
         text, note = pending
         return {p.editor: text, p.pristine: text, p.tabs: gr.Tabs(selected="recipe"),
                 p.status: f"Loaded {note}. Validate it to see the plan.",
-                p.curves: gr.LinePlot(value=None, visible=False), p.checked: None, p.editor_note: "",
+                **self.plot(None), p.checked: None, p.editor_note: "",
                 **self.keep()}
 
     def keep(self) -> dict:
@@ -421,8 +447,9 @@ class Handlers:
                 p.job_recipe: ""}
 
     @_friendly
-    def submit(self, recipe_text: str, target: str, private: bool, pr: bool,
+    def submit(self, recipe_text: str, target: str, private: bool, pr: bool, flavor: str,
                profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None) -> Iterator[dict]:
+        """Queue the merge; `flavor` (the Hardware picker, empty for auto) sends it to Hugging Face Jobs."""
         p = self.p
         target = (target or "").strip() or None
         if self.service_mode and profile is None:
@@ -438,10 +465,10 @@ class Handlers:
         try:
             job = yield from self._waiting("Checking and queueing the merge", text, lambda: self.service.submit(
                 text, owner=_owner(profile), target=target, private=bool(private), pr=bool(pr),
-                token=_token(oauth_token)))
+                token=_token(oauth_token), flavor=(flavor or "").strip() or None))
         except HubbotError as exc:
             yield {p.status: _error_markdown("Not submitted", exc), p.checked: text,
-                   p.curves: gr.LinePlot(value=None, visible=False)}
+                   **self.plot(None)}
             return
         if _utc(job.created_at) < asked:
             note = views.duplicate_markdown(job)
@@ -638,10 +665,10 @@ class Handlers:
         return {self.p.form_shared: self.remove_row(table, recipe_form.SHARED_COLUMNS)}
 
     @_friendly
-    def form_to_editor(self, method_name: str, base: str, rows: Any, shared: Any, dtype: str, current: str,
-                       pristine: str) -> dict:
+    def form_to_editor(self, method_name: str, base: str, rows: Any, shared: Any, dtype: str, out_dtype: str,
+                       current: str, pristine: str) -> dict:
         text = recipe_form.to_yaml(method_name, base if methods.get(method_name).base != "none" else "",
-                                   _rows(rows), _rows(shared), dtype)
+                                   _rows(rows), _rows(shared), dtype, out_dtype)
         return self.offer(text, "the recipe written from the form", current, pristine)
 
 
@@ -747,6 +774,11 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                             with gr.Column(scale=2, min_width=200):
                                 private = gr.Checkbox(label="Private repo")
                                 as_pr = gr.Checkbox(label="As a pull request to an existing repo")
+                        flavors = h.flavor_choices()
+                        p.flavor = gr.Dropdown(
+                            flavors or [AUTO_FLAVOR], value="", label="Hardware", visible=bool(flavors),
+                            elem_id="hardware", info="A flavour runs the merge on Hugging Face Jobs, billed to your "
+                            "account; auto lets the service choose from the memory and time estimate.")
                         with gr.Row():
                             validate_btn = gr.Button("Validate", variant="secondary", elem_id="validate-button")
                             submit_btn = gr.Button("Merge", variant="primary", elem_id="submit-button")
@@ -756,6 +788,10 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                                                             scale=2)
                                 p.form_dtype = gr.Dropdown(list(recipe_form.DTYPES), value="bfloat16", label="dtype",
                                                            scale=1)
+                                p.form_out_dtype = gr.Dropdown(
+                                    [("as dtype", ""), *((d, d) for d in recipe_form.OUT_DTYPES)], value="",
+                                    label="out_dtype", scale=1, elem_id="form-out-dtype",
+                                    info="; ".join(f"{d} {note}" for d, note in recipe_form.OUT_DTYPE_NOTES.items()))
                             p.form_info = gr.Markdown()
                             p.form_base = gr.Textbox(label="Base model", placeholder="org/name of the common base",
                                                      visible=methods.get(DEFAULT_METHOD).base != "none")
@@ -789,11 +825,12 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                             "Validate the recipe to see the plan: the models and their revisions, the output size, "
                             "the estimated time and memory, the per-layer parameters, and any problem with what "
                             "to do about it. Only headers are read; nothing is downloaded.",
-                            elem_id="status",
+                            elem_id="status", elem_classes="hb-tables",
                         )
                         p.curves = gr.LinePlot(x="layer", y="value", color="parameter", title="Per-layer parameters",
                                                x_title="layer", y_title="value", x_axis_format="d", height=300,
-                                               visible=False, elem_id="curves")
+                                               colors_in_legend=[], visible=False, elem_id="curves")
+                        p.legend = gr.HTML("", visible=False, elem_id="curves-legend")
 
             with gr.Tab("Jobs", id="jobs"):
                 with gr.Row(equal_height=False):
@@ -803,7 +840,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                                                   elem_id="job-id")
                             follow_btn = gr.Button("Follow", scale=1, size="md")
                         p.job_view = gr.HTML(views.job_html(None), elem_id="job-view")
-                        p.result = gr.Markdown(elem_id="job-result")
+                        p.result = gr.Markdown(elem_id="job-result", elem_classes="hb-tables")
                         p.download_btn = gr.Button("Download the files", visible=False, size="md",
                                                    elem_id="download-button")
                         p.files = gr.File(label="Files of the result", file_count="multiple", visible=False,
@@ -828,8 +865,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                             refresh_btn = gr.Button("Refresh", size="sm", scale=0)
                         p.jobs_table = gr.Dataframe(headers=views.JOB_COLUMNS, interactive=False, wrap=True,
                                                     column_count=len(views.JOB_COLUMNS), max_height=520,
-                                                    elem_id="jobs-table",
-                                                    column_widths=["25%", "17%", "16%", "22%", "20%"])
+                                                    elem_id="jobs-table")
                         gr.Markdown("Select a row to follow that job and see its recipe. Jobs keep running when you "
                                     "close the page.", elem_classes="hb-note")
 
@@ -843,7 +879,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
                         p.gallery_table = gr.Dataframe(views.gallery_rows(first_entries),
                                                        headers=views.GALLERY_COLUMNS, interactive=False, wrap=True,
                                                        column_count=len(views.GALLERY_COLUMNS), max_height=420,
-                                                       elem_id="gallery-table", column_widths=["46%", "22%", "32%"])
+                                                       elem_id="gallery-table")
                         p.gallery_note = gr.Markdown(elem_id="gallery-note", elem_classes="hb-note")
                         with gr.Accordion("Import the recipe of a merged model on the Hub", open=False):
                             with gr.Row():
@@ -891,10 +927,10 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         follow_inputs = [p.job_id, p.logs_state]
         editor_outputs = p.editor_outputs()
         current = [p.editor, p.pristine]
-        validate_btn.click(h.validate, [p.editor], [p.status, p.curves, p.checked], api_name="validate")
-        submit_btn.click(h.submit, [p.editor, target, private, as_pr],
-                         [p.status, *follow_outputs, p.checked, p.curves, p.tabs], api_name="submit")
-        p.editor.input(h.edited, [p.editor, p.checked], [p.status, p.curves, p.checked], api_name=False,
+        validate_btn.click(h.validate, [p.editor], [p.status, p.curves, p.checked, p.legend], api_name="validate")
+        submit_btn.click(h.submit, [p.editor, target, private, as_pr, p.flavor],
+                         [p.status, *follow_outputs, p.checked, p.curves, p.tabs, p.legend], api_name="submit")
+        p.editor.input(h.edited, [p.editor, p.checked], [p.status, p.curves, p.checked, p.legend], api_name=False,
                        show_progress="hidden", trigger_mode="always_last")
         p.editor.change(None, [p.editor], [p.recipe_store], js="(text) => text", api_name=False)
         replace_btn.click(h.replace, [p.pending], editor_outputs, api_name=False)
@@ -938,7 +974,7 @@ def build_app(service: "Service", settings: "Settings", gallery: Gallery | None 
         add_shared_btn.click(h.add_shared, [p.form_shared], [p.form_shared], api_name=False)
         remove_shared_btn.click(h.remove_shared, [p.form_shared], [p.form_shared], api_name=False)
         form_write.click(h.form_to_editor, [p.form_method, p.form_base, p.form_models, p.form_shared, p.form_dtype,
-                                            *current], editor_outputs, api_name=False)
+                                            p.form_out_dtype, *current], editor_outputs, api_name=False)
 
     demo.queue(default_concurrency_limit=CONCURRENT_EVENTS)
     return demo, h

@@ -138,6 +138,23 @@ def curves_frame(curves: dict[str, list[float]]) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["layer", "value", "parameter"])
 
 
+CURVE_COLORS = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+                "#bab0ac")
+
+
+def curve_colors(names: list[str]) -> dict[str, str]:
+    """One colour per curve, in order, shared by the plot and its legend."""
+    return {name: CURVE_COLORS[i % len(CURVE_COLORS)] for i, name in enumerate(names)}
+
+
+def legend_html(colors: dict[str, str]) -> str:
+    """The plot's legend as HTML under it: its entries wrap on a narrow screen, where the plot's own
+    one-row legend would run past the plot's edge."""
+    keys = "".join(f'<span class="hb-key"><i style="background:{c}"></i>{html.escape(name)}</span>'
+                   for name, c in colors.items())
+    return f'<div class="hb-legend" role="list" aria-label="Curves">{keys}</div>'
+
+
 # ---- jobs -----------------------------------------------------------------------------------
 
 

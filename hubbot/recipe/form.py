@@ -14,9 +14,12 @@ import yaml
 
 from .. import methods
 from ..errors import RecipeError
-from ..model.dtypes import RECIPE_DTYPES
+from ..model.dtypes import RECIPE_DTYPES, TERNARY
 
 DTYPES = RECIPE_DTYPES  # the form offers what a recipe may ask for
+OUT_DTYPES = (*RECIPE_DTYPES, TERNARY)  # and for the output: a float type, or BitNet b1.58 ternary weights
+OUT_DTYPE_NOTES = {TERNARY: "re-quantises the layers' linear weights to BitNet b1.58 (-1, 0, +1 times one scale "
+                            "per tensor, the absmean rule) and packs them; everything else is written in dtype"}
 SHARED_COLUMNS = ["parameter", "filter", "value"]
 _RANGE = re.compile(r"^\s*\[?\s*(\d+)\s*[-,:]\s*(\d+)\s*\]?\s*$")
 
@@ -74,9 +77,10 @@ _FlowLists.add_representer(list, _represent_list)
 
 
 def to_yaml(method_name: str, base_model: str, model_rows: list[list[Any]], shared_rows: list[list[Any]],
-            dtype: str | None) -> str:
+            dtype: str | None, out_dtype: str | None = None) -> str:
     """The recipe the form describes. Rows are lists in `model_columns` / `SHARED_COLUMNS` order;
-    empty rows are skipped. Raises RecipeError naming the row at fault."""
+    empty rows are skipped; `out_dtype` (one of OUT_DTYPES, None or empty: as dtype) is written when
+    given. Raises RecipeError naming the row at fault."""
     method = methods.get(method_name)
     columns = model_columns(method_name)
     recipe: dict[str, Any] = {"merge_method": method.name}
@@ -127,6 +131,10 @@ def to_yaml(method_name: str, base_model: str, model_rows: list[list[Any]], shar
         }
     if dtype:
         recipe["dtype"] = dtype
+    if out_dtype:
+        if out_dtype not in OUT_DTYPES:
+            raise RecipeError(f"out_dtype: {out_dtype!r} is not one of {', '.join(OUT_DTYPES)}")
+        recipe["out_dtype"] = out_dtype
     return yaml.dump(recipe, Dumper=_FlowLists, sort_keys=False, default_flow_style=False)
 
 
