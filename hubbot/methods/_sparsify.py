@@ -33,16 +33,23 @@ def high_counts(values: torch.Tensor) -> torch.Tensor:
 def kth_bin(counts: torch.Tensor, k: int) -> tuple[int, int]:
     """The highest bin with at least k values at or above it (so the one holding the k-th
     largest), and how many of the k largest lie in it."""
-    at_or_above = counts.flip(0).cumsum(0).flip(0)
-    b = int((at_or_above >= k).nonzero().max())
-    higher = int(at_or_above[b + 1]) if b + 1 < len(counts) else 0
-    return b, k - higher
+    from_top = counts.flip(0).cumsum(0)  # from_top[j]: the values in the j + 1 highest bins
+    j = int(torch.searchsorted(from_top, k))  # the first j with from_top[j] >= k (counts are >= 0)
+    higher = int(from_top[j - 1]) if j > 0 else 0
+    return len(counts) - 1 - j, k - higher
 
 
 def low_bits_in(values: torch.Tensor, high: int) -> torch.Tensor:
     """The low 16 bits of the values whose top bits are `high` (the second pass)."""
     bits = _bits(values).reshape(-1)
     return bits[(bits >> 16) == high] & 0xFFFF
+
+
+def low_counts(bits: torch.Tensor, high: int) -> torch.Tensor:
+    """How many of the bit patterns whose top bits are `high` have each low 16 bits: the second
+    pass as one histogram, without gathering the values first (a single block's cut)."""
+    offsets = (bits.reshape(-1) - (high << 16)).clamp_(-1, LOW_BINS).add_(1)  # 0 below the bin, LOW_BINS + 1 above
+    return torch.bincount(offsets, minlength=LOW_BINS + 2)[1:LOW_BINS + 1]
 
 
 def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
@@ -57,10 +64,25 @@ def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
     it, in index order."""
     bits = _bits(values)
     mask = bits > cut
-    if ties > 0:  # a running count rather than nonzero(), whose size would make a GPU wait for it
-        tied = bits == cut
-        mask |= tied & (tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties).reshape(tied.shape)
+    if ties <= 0:
+        return mask
+    tied = bits == cut
+    if tied.device.type != "cpu":  # a running count: finding the position would make a GPU wait for it
+        return mask.logical_or_(tied & (tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties).reshape(tied.shape))
+    end = _past_nth_true(tied.reshape(-1), ties)
+    mask.reshape(-1)[:end].logical_or_(tied.reshape(-1)[:end])
     return mask
+
+
+def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> int:
+    """The index just past the n-th True of a flat boolean tensor (n >= 1; all of it when it has
+    fewer): counted per chunk first, so only one chunk is searched entry by entry."""
+    whole = flags.numel() // chunk
+    per_chunk = flags[:whole * chunk].reshape(whole, chunk).sum(1).cumsum(0)
+    c = int(torch.searchsorted(per_chunk, n))  # the chunk holding the n-th True (whole: the tail)
+    before = int(per_chunk[c - 1]) if c > 0 else 0
+    where = flags[c * chunk:(c + 1) * chunk].nonzero().reshape(-1)
+    return c * chunk + int(where[n - before - 1]) + 1 if n - before <= len(where) else flags.numel()
 
 
 # A top-k cut found block by block: `first_cut` after the counting pass over every block's
@@ -103,9 +125,14 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     does not depend on a sort's tie order, and top_k_mask(v, j) lies inside top_k_mask(v, k)
     for j <= k.
     """
-    first = first_cut(high_counts(values), k)
-    lows = [low_bits_in(values, first[0])] if isinstance(first, tuple) else []
-    return block_mask(values, final_cut(lows, first), 0)
+    bits = _bits(values)
+    high = bits >> 16
+    first = first_cut(torch.bincount(high.reshape(-1), minlength=HIGH_BINS), k)
+    if isinstance(first, bool):
+        return torch.full_like(values, first, dtype=torch.bool)
+    del high
+    low, ties = kth_bin(low_counts(bits, first[0]), first[1])
+    return cut_mask(values, (first[0] << 16) | low, ties)
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:

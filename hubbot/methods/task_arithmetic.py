@@ -14,7 +14,6 @@ from typing import Any, Callable
 import torch
 
 from ._sparsify import (
-    agreement,
     block_mask,
     derive_seed,
     elect_signs,
@@ -37,8 +36,10 @@ SPARSIFIER_PARAMS = ("gamma", "epsilon")
 def _magnitude(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int) -> torch.Tensor:
     if density >= 1:
         return delta
-    pruned = delta * magnitude_mask(delta, density)
-    return l1_rescale(pruned, delta) if rescale else pruned
+    mask = magnitude_mask(delta, density)
+    if not rescale:
+        return delta.mul_(mask)  # delta is the kernel's own (x - base)
+    return l1_rescale(delta * mask, delta)
 
 
 def _random(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int) -> torch.Tensor:
@@ -73,10 +74,11 @@ def combine(
             total.add_(d)
         signs = elect_signs(total)
         mixed, divisor = total.zero_(), torch.zeros_like(base)
-        for d, w in zip(deltas, weights):
-            agree = agreement(d, signs)
-            mixed.add_(d.mul_(agree))
-            divisor.add_(agree, alpha=w)
+        for d, w in zip(deltas, weights):  # the entries of the elected sign: s * relu(s * d), in place
+            along = d.mul_(signs)
+            divisor.add_(along > 0, alpha=w)
+            mixed.add_(along.clamp_(min=0))
+        mixed.mul_(signs)
         divisor.add_(divisor == 0)
     else:
         mixed = deltas[0]
