@@ -173,10 +173,11 @@ def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torc
 
 
 def elect_signs(total: torch.Tensor) -> torch.Tensor:
-    """TIES's sign election: +1 where the summed task vectors are >= 0, else -1 (arithmetic on
-    the sign rather than `torch.where`, which is several times slower on the CPU)."""
-    signs = torch.sign(total)
-    return signs.add_(signs == 0)
+    """TIES's sign election: +1 where the summed task vectors are >= 0, else -1. A sum of -0
+    (which only all-zero task vectors give) elects -1 here; no entry agrees with either sign
+    there, so the merge is the same. `copysign` rather than `torch.where` or `sign`, several
+    times faster on the CPU."""
+    return torch.ones_like(total).copysign_(total)
 
 
 def agreement(delta: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
