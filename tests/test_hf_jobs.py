@@ -162,6 +162,32 @@ def test_a_service_job_runs_on_hf_jobs_and_publishes_with_its_card(jobs_hub, fam
     canary_not_stored(tmp_path)
 
 
+def test_a_merge_submitted_from_the_space_runs_on_hf_jobs_with_the_picked_hardware(jobs_hub, tmp_path):
+    """The Space's Merge button with a Hardware pick: the signed-in user's job runs on Jobs with
+    that flavour, billed to them, and its card reaches the stand-in Hub."""
+    from hubbot.app.ui import build_app
+
+    hub = jobs_hub
+    settings = service_settings(tmp_path, hub, backend="hf-jobs")
+    service = Service(settings)
+    _, h = build_app(service, settings)
+    assert ("cpu-upgrade", "cpu-upgrade") in h.flavor_choices(), "the Hardware picker offers the allowed flavours"
+    profile, oauth = types.SimpleNamespace(username=CAROL, name=CAROL), types.SimpleNamespace(token=CANARY)
+    updates = list(h.submit(linear("alice/ft1", "alice/ft2", 0.3), "carol/from-space", False, False, "cpu-upgrade",
+                            profile, oauth))
+    [job] = service.list(owner=CAROL)
+    assert job.options["backend"] == "hf-jobs" and job.options["flavor"] == "cpu-upgrade", updates[-1]
+    drive(service, lambda: service.get(job.id).state in FINAL).stop()
+    assert service.get(job.id).state == "done", service.log(job.id)
+    (run,) = hub.jobs()
+    assert run.owner == CAROL and run.spec["flavor"] == "cpu-upgrade"
+    card = hub.repo_files("carol/from-space")["README.md"].decode()
+    assert "merge_method: linear" in card and f"alice/ft1@{hub.head_sha('alice/ft1')}" in card
+    canary_free(repr(updates), "\n".join(service.log(job.id)))
+    service.close()
+    canary_not_stored(tmp_path)
+
+
 def test_the_api_takes_a_flavor(jobs_hub, tmp_path):
     from fastapi.testclient import TestClient
 
