@@ -60,7 +60,7 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=60)
 
 
 def test_kill9_of_worker_and_server_mid_merge(families, tmp_path):

@@ -9,6 +9,7 @@ a caller is anonymous and sees only finished merges published to public repos.
 
 from __future__ import annotations
 
+import faulthandler
 import hmac
 import json
 import logging
@@ -52,6 +53,7 @@ log = logging.getLogger("hubbot")
 STATUS = {JobNotFound: 404, RateLimited: 429, LimitError: 429, Unauthorized: 401, Forbidden: 403, Conflict: 409,
           HubUnavailable: 503, RecipeError: 422, PlanError: 422, SourceError: 422, RequestError: 400}
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+EXIT_GRACE_S = 20.0  # how long a stopped `hubbot serve` may take to exit
 
 
 class RedactedJSON(JSONResponse):
@@ -352,3 +354,6 @@ def serve(settings: Settings) -> None:
     print(f"hubbot {settings.mode} mode on http://{settings.host}:{settings.port} (data in {settings.data_dir})",
           flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    # Stopped: a thread that keeps the interpreter from exiting (a tick stuck in a call) must not keep a
+    # stopped server alive; after a grace period its stack is printed and the process exits.
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)

@@ -9,6 +9,7 @@ process's or another's on the same store) runs without the Service knowing the s
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from .webhooks import post_reports
 log = logging.getLogger("hubbot.jobs")
 
 HOUSEKEEPING_HOURS = 1.0
+STOP_REPORT_S = 20.0
 SCHEDULE_PREFIX = "schedule-"
 
 
@@ -81,6 +83,13 @@ class Runtime:
         log.info("housekeeping: %s", self.service.housekeeping())
 
     def stop(self) -> None:
-        self.scheduler.shutdown(wait=True)
-        if self.supervisor is not None:
-            self.supervisor.stop()
+        """Stop firing, then stop the workers (after any tick in flight: they share a lock). A stop
+        that takes longer than STOP_REPORT_S prints every thread's stack to stderr, so a hung
+        shutdown says where it hangs."""
+        faulthandler.dump_traceback_later(STOP_REPORT_S, exit=False)
+        try:
+            self.scheduler.shutdown(wait=False)
+            if self.supervisor is not None:
+                self.supervisor.stop()
+        finally:
+            faulthandler.cancel_dump_traceback_later()

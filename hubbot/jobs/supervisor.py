@@ -64,9 +64,12 @@ class Supervisor:
         self.tokens, self.held = tokens, held
         self.runs: dict[str, _Run] = {}  # by claim
         self._lock = threading.Lock()
+        self._stopped = False
 
     def tick(self) -> None:
         with self._lock:
+            if self._stopped:  # a tick that began as the service stopped starts nothing
+                return
             self._reap()
             self._stop_cancelled()
             self.store.renew(self.runs, self.settings.lease_seconds)
@@ -149,6 +152,7 @@ class Supervisor:
         """Orderly shutdown: stop the workers and put their jobs back in the queue at once
         (they resume from their finished shards; the attempt is not counted)."""
         with self._lock:
+            self._stopped = True
             for claim, run in list(self.runs.items()):
                 _signal(run.proc, signal.SIGKILL)
                 run.proc.wait()
