@@ -92,8 +92,7 @@ def pick_device(name: str | None = None) -> torch.device:
 @dataclass(frozen=True)
 class _Unit:
     """A task, or a block of its rows [rows[0], rows[1]), in one of its phases: a statistics
-    pass (0 .. passes-1) or the merge itself (`phase == passes`). `expert`: the block is expert
-    `block`'s slice of a fused expert tensor, merged as a tensor of its own."""
+    pass (0 .. passes-1) or the merge itself (`phase == passes`)."""
 
     task: TensorTask
     rows: tuple[int, int] | None
@@ -101,7 +100,6 @@ class _Unit:
     blocks: int = 1
     phase: int = 0
     passes: int = 0
-    expert: bool = False
 
     @property
     def merges(self) -> bool:
@@ -117,8 +115,7 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
         if rows is None:
             units.append(_Unit(task, None))
         else:
-            expert = plan.per_expert(task)
-            units += [_Unit(task, r, j, len(rows), phase, passes, expert) for phase in range(passes + 1)
+            units += [_Unit(task, r, j, len(rows), phase, passes) for phase in range(passes + 1)
                       for j, r in enumerate(rows)]
     return units
 
@@ -291,7 +288,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:
                 result = Returning(raw[-1].cpu())
-            elif unit.expert:
+            elif unit.rows is not None and plan.per_expert(task):  # a block is one expert's slice
                 kernel = _one_expert(method.kernel, task.expert_params(unit.block))
                 result = _compute(task, raw, transfer, in_dtype, kernel)
             elif blockwise is not None:
