@@ -23,6 +23,7 @@ from safetensors.torch import load
 from hubbot import __version__
 from hubbot.errors import HubbotError, RequestError, Unauthorized
 from hubbot.jobs import remote
+from hubbot.jobs import service as service_module
 from hubbot.jobs.service import Service
 from hubbot.jobs.settings import Settings
 from hubbot.jobs.states import FINAL
@@ -356,6 +357,21 @@ def test_a_remote_job_whose_id_was_never_stored_is_found_by_its_label(jobs_hub, 
     service.close()
 
 
+def test_a_users_many_requests_look_at_their_jobs_once_a_while(tmp_path, monkeypatch):
+    service = Service(make_settings(tmp_path))
+    looked = []
+    real = service.store.list
+    monkeypatch.setattr(service.store, "list", lambda *a, **k: looked.append(a[0]) or real(*a, **k))
+    for _ in range(3):
+        service.signed_in(CAROL, CANARY)
+    service.signed_in("dave", CANARY)
+    assert looked == [CAROL, "dave"], "a page's or a client's many requests: one query per user"
+    monkeypatch.setattr(service_module, "SIGNED_IN_EVERY_S", 0.0)
+    service.signed_in(CAROL, CANARY)
+    assert looked == [CAROL, "dave", CAROL], "and again once the interval has passed"
+    service.close()
+
+
 def test_an_oauth_session_hands_its_token_to_the_service(tmp_path, monkeypatch):
     import gradio as gr
     from starlette.routing import Mount
@@ -377,10 +393,6 @@ def test_an_oauth_session_hands_its_token_to_the_service(tmp_path, monkeypatch):
     request(None)
     request({**info, "userinfo": {"preferred_username": "dave"}, "expires_at": time.time() - 1})
     assert calls == [(CAROL, CANARY)], "a live session only"
-    mw = server.OAuthSignIn(inner, fake)
-    for _ in range(3):
-        asyncio.run(mw({"type": "http", "session": {"oauth_info": info}}, None, None))
-    assert len(calls) == 2, "a page's many requests look at the user's jobs once"
 
     def build_ui(service, settings):
         with gr.Blocks() as demo:

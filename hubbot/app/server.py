@@ -325,23 +325,18 @@ def _with_ui(app: FastAPI, service: Service, settings: Settings) -> FastAPI:
 class OAuthSignIn:
     """Middleware of the Gradio app: a request from a signed-in OAuth session hands its user's token to
     `Service.signed_in` (memory only), so their jobs waiting since a restart are followed again. It sits
-    inside Gradio's session middleware, which has decoded the session by then. A page makes many requests:
-    each user is looked at once every `EVERY_S`."""
-
-    EVERY_S = 5.0
+    inside Gradio's session middleware, which has decoded the session by then (`signed_in` looks at a user's
+    jobs once a while however many requests a page makes)."""
 
     def __init__(self, app: Any, service: Service):
         self.app, self.service = app, service
-        self.seen: dict[str, float] = {}  # user -> when their jobs were last looked at
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and (session := scope.get("session")):
             info = session.get("oauth_info") or {}
             user = (info.get("userinfo") or {}).get("preferred_username")
             fresh = info.get("expires_at") is None or info["expires_at"] > time.time()
-            t = time.monotonic()
-            if user and info.get("access_token") and fresh and t - self.seen.get(user, -self.EVERY_S) >= self.EVERY_S:
-                self.seen[user] = t
+            if user and info.get("access_token") and fresh:
                 await run_in_threadpool(self.service.signed_in, user, info["access_token"])
         await self.app(scope, receive, send)
 

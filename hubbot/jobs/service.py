@@ -61,6 +61,7 @@ log = logging.getLogger("hubbot.jobs")
 SHA = re.compile(r"^[0-9a-f]{40}$")
 LOST_TOKEN = ("this job needed your sign-in token, which is kept only in memory and was lost when the "
               "service restarted; sign in and submit the recipe again")
+SIGNED_IN_EVERY_S = 5.0  # how often one user's requests look for their jobs waiting since a restart
 NO_PROGRESS = {"tensors_done": 0, "tensors_total": 0, "bytes_done": 0, "bytes_total": 0}
 
 
@@ -120,6 +121,7 @@ class Service:
         self.hub = hub or HubClient(settings)
         self._tokens: dict[str, str] = {}
         self._tokens_lock = threading.Lock()
+        self._signed_in_at: dict[str, float] = {}  # owner -> when `signed_in` last looked at their jobs
 
     # --- checking -------------------------------------------------------------------------
 
@@ -481,6 +483,11 @@ class Service:
         remember(token)
         if not token or (owner is None and not self.settings.local):
             return []
+        now = time.monotonic()
+        with self._tokens_lock:  # a page or a client makes many requests: look at each user's jobs once a while
+            if now - self._signed_in_at.get(owner or "", -SIGNED_IN_EVERY_S) < SIGNED_IN_EVERY_S:
+                return []
+            self._signed_in_at[owner or ""] = now
         held = self.held_tokens()
         waiting = [r["id"] for r in self.store.list(owner, limit=1000, states=(QUEUED,))
                    if r["token_source"] == "user" and (r["progress"] or {}).get(WAITING_KEY) and r["id"] not in held]
