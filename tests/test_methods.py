@@ -210,6 +210,33 @@ def test_magnitude_selections_do_not_sort(monkeypatch):
     assert int(magnitude_mask(x, 0.3).sum()) == 300
 
 
+def test_top_k_masks_keep_exactly_k_in_index_order_in_every_form():
+    """Boolean and float masks, counted on one thread or in two halves (large tensors), all keep
+    the k largest magnitudes with ties kept in index order: a stable sort's top k."""
+    from hubbot.methods import _sparsify
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(-40, 41, (1536, 1400), generator=gen).float() * 0.01  # few distinct values: many ties
+    assert x.numel() >= _sparsify.SPLIT_COUNT
+    order = x.abs().reshape(-1).argsort(descending=True, stable=True)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for k in (1, 1000, x.numel() // 3, x.numel() - 7):
+                want = torch.zeros(x.numel(), dtype=torch.bool)
+                want[order[:k]] = True
+                got = _sparsify.top_k_mask(x.abs(), k)
+                assert torch.equal(got.reshape(-1), want), (n_threads, k)
+                as_float = _sparsify.top_k_mask(x.abs(), k, torch.float32)
+                assert as_float.dtype == torch.float32 and torch.equal(as_float.bool().reshape(-1), want)
+                assert set(as_float.unique().tolist()) <= {0.0, 1.0}
+            band = _sparsify.band_mask(x, 0.4, 0.1, torch.float32)
+            assert torch.equal(band.bool(), _sparsify.band_mask(x, 0.4, 0.1))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_every_method_has_a_gallery_recipe():
     """Each method has a community recipe in recipes/ that parses as the service reads it."""
     from hubbot.methods import all_methods

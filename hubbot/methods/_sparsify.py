@@ -12,11 +12,27 @@ from __future__ import annotations
 
 import math
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import torch
 
 HIGH_BINS = 1 << 15  # the top 16 bits of a non-negative float32 (its sign bit is clear)
 LOW_BINS = 1 << 16
+SPLIT_COUNT = 1 << 20  # entries from which a histogram is counted in two halves at once
+_HALF = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-count")
+
+
+def _bincount(ints: torch.Tensor, bins: int) -> torch.Tensor:
+    """`torch.bincount` of a flat tensor of ints in [0, bins). Its CPU loop runs on one core
+    whatever torch's thread count, and it is the costliest step of a top-k cut: with two
+    threads allowed, the second half is counted on another thread (the loop leaves Python's
+    lock) while this one counts the first."""
+    if ints.device.type != "cpu" or ints.numel() < SPLIT_COUNT or torch.get_num_threads() < 2:
+        return torch.bincount(ints, minlength=bins)
+    half = ints.numel() // 2
+    second = _HALF.submit(torch.bincount, ints[half:], minlength=bins)
+    return torch.bincount(ints[:half], minlength=bins).add_(second.result())
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
@@ -27,7 +43,7 @@ def _bits(values: torch.Tensor) -> torch.Tensor:
 
 def high_counts(values: torch.Tensor) -> torch.Tensor:
     """How many values fall in each bin of their top 16 bits (the first pass of a radix select)."""
-    return torch.bincount((_bits(values) >> 16).reshape(-1), minlength=HIGH_BINS)
+    return _bincount((_bits(values) >> 16).reshape(-1), HIGH_BINS)
 
 
 def kth_bin(counts: torch.Tensor, k: int) -> tuple[int, int]:
@@ -49,7 +65,7 @@ def low_counts(bits: torch.Tensor, high: int) -> torch.Tensor:
     """How many of the bit patterns whose top bits are `high` have each low 16 bits: the second
     pass as one histogram, without gathering the values first (a single block's cut)."""
     offsets = (bits.reshape(-1) - (high << 16)).clamp_(-1, LOW_BINS).add_(1)  # 0 below the bin, LOW_BINS + 1 above
-    return torch.bincount(offsets, minlength=LOW_BINS + 2)[1:LOW_BINS + 1]
+    return _bincount(offsets, LOW_BINS + 2)[1:LOW_BINS + 1]
 
 
 def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
@@ -59,26 +75,37 @@ def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
     return (high << 16) | low, ties
 
 
-def cut_mask(values: torch.Tensor, cut: int, ties: int) -> torch.Tensor:
-    """True above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
-    it, in index order."""
+def _compare(op: Callable[..., torch.Tensor], bits: torch.Tensor, cut: int, dtype: torch.dtype) -> torch.Tensor:
+    """`op(bits, cut)` as a mask of `dtype`: written as 0.0 / 1.0 directly for a float mask, which a
+    kernel multiplies by (a boolean mask would be widened to floats first, a pass of its own)."""
+    return op(bits, cut, out=torch.empty(bits.shape, dtype=dtype, device=bits.device))
+
+
+def cut_mask(values: torch.Tensor, cut: int, ties: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """1 above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
+    it, in index order; 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`."""
     bits = _bits(values)
-    mask = bits > cut
+    mask = _compare(torch.gt, bits, cut, dtype)
     if ties <= 0:
         return mask
-    tied = bits == cut
+    tied = _compare(torch.eq, bits, cut, dtype)
     if tied.device.type != "cpu":  # a running count: finding the position would make a GPU wait for it
-        return mask.logical_or_(tied & (tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties).reshape(tied.shape))
+        tied.reshape(-1).mul_(tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties)
+        return mask.logical_or_(tied) if dtype == torch.bool else mask.add_(tied)
     end = _past_nth_true(tied.reshape(-1), ties)
-    mask.reshape(-1)[:end].logical_or_(tied.reshape(-1)[:end])
+    kept, extra = mask.reshape(-1)[:end], tied.reshape(-1)[:end]  # disjoint: above the cut, and equal to it
+    kept.logical_or_(extra) if dtype == torch.bool else kept.add_(extra)
     return mask
 
 
 def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> int:
-    """The index just past the n-th True of a flat boolean tensor (n >= 1; all of it when it has
-    fewer): counted per chunk first, so only one chunk is searched entry by entry."""
+    """The index just past the n-th non-zero of a flat 0/1 tensor, boolean or float (n >= 1; all
+    of it when it has fewer): counted per chunk first, so only one chunk is searched entry by entry."""
     whole = flags.numel() // chunk
-    per_chunk = flags[:whole * chunk].reshape(whole, chunk).sum(1).cumsum(0)
+    head = flags[:whole * chunk].reshape(whole, chunk)
+    if head.dtype == torch.bool:  # summed as bytes: a sum of booleans widens each to int64 first
+        head = head.view(torch.uint8)
+    per_chunk = head.sum(1, dtype=torch.int32 if head.dtype == torch.uint8 else None).cumsum(0)
     c = int(torch.searchsorted(per_chunk, n))  # the chunk holding the n-th True (whole: the tail)
     before = int(per_chunk[c - 1]) if c > 0 else 0
     where = flags[c * chunk:(c + 1) * chunk].nonzero().reshape(-1)
@@ -109,35 +136,36 @@ def final_cut(lows: list[torch.Tensor], first: bool | tuple[int, int]) -> bool |
     return cut, quotas
 
 
-def block_mask(values: torch.Tensor, cut: bool | tuple[int, list[int]], block: int) -> torch.Tensor:
-    """The k largest entries' mask over one block's values."""
+def block_mask(values: torch.Tensor, cut: bool | tuple[int, list[int]], block: int,
+               dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """The k largest entries' mask over one block's values (of `dtype`, as `cut_mask`)."""
     if isinstance(cut, bool):
-        return torch.full_like(values, cut, dtype=torch.bool)
-    return cut_mask(values, cut[0], cut[1][block])
+        return torch.full_like(values, cut, dtype=dtype)
+    return cut_mask(values, cut[0], cut[1][block], dtype)
 
 
-def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
+def top_k_mask(values: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """True for exactly k entries of the non-negative `values` with the largest value (k clamped
     to [0, n]): the block-by-block radix select over a single block (no sort, no copy for a
     k-th value).
 
     Entries tied with the cut are kept in index order, so the kept count is exact, the result
     does not depend on a sort's tie order, and top_k_mask(v, j) lies inside top_k_mask(v, k)
-    for j <= k.
+    for j <= k. Boolean, or 0.0 / 1.0 of a float `dtype` (see `cut_mask`).
     """
     bits = _bits(values)
     high = bits >> 16
-    first = first_cut(torch.bincount(high.reshape(-1), minlength=HIGH_BINS), k)
+    first = first_cut(_bincount(high.reshape(-1), HIGH_BINS), k)
     if isinstance(first, bool):
-        return torch.full_like(values, first, dtype=torch.bool)
+        return torch.full_like(values, first, dtype=dtype)
     del high
     low, ties = kth_bin(low_counts(bits, first[0]), first[1])
-    return cut_mask(values, (first[0] << 16) | low, ties)
+    return cut_mask(values, (first[0] << 16) | low, ties, dtype)
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """True for the max(1, int(density * n)) entries of largest magnitude (TIES)."""
-    return top_k_mask(delta.abs(), max(1, int(density * delta.numel())))
+def magnitude_mask(delta: torch.Tensor, density: float, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """1 for the max(1, int(density * n)) entries of largest magnitude (TIES), 0 elsewhere."""
+    return top_k_mask(delta.abs(), max(1, int(density * delta.numel())), dtype)
 
 
 def band_of(n: int, density: float, gamma: float) -> tuple[int, int]:
@@ -150,11 +178,13 @@ def band_of(n: int, density: float, gamma: float) -> tuple[int, int]:
     return n - below, n - below - keep
 
 
-def band_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Model Breadcrumbs' mask of a whole task vector (see `band_of`)."""
+def band_mask(delta: torch.Tensor, density: float, gamma: float, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Model Breadcrumbs' mask of a whole task vector (see `band_of`), of `dtype` as `cut_mask`."""
     outer, inner = band_of(delta.numel(), density, gamma)
     mags = delta.abs()
-    return top_k_mask(mags, outer) & ~top_k_mask(mags, inner)
+    if dtype == torch.bool:
+        return top_k_mask(mags, outer) & ~top_k_mask(mags, inner)
+    return top_k_mask(mags, outer, dtype).sub_(top_k_mask(mags, inner, dtype))  # the inner top-k lies inside
 
 
 def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:

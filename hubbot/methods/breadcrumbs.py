@@ -23,7 +23,7 @@ GAMMA = Param("gamma", per_model=True, default=0.01, low=0.0, high=1.0,
 def _band(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int, gamma: float) -> torch.Tensor:
     if density >= 1:
         return delta
-    pruned = delta * band_mask(delta, density, gamma)
+    pruned = delta * band_mask(delta, density, gamma, delta.dtype)
     return l1_rescale(pruned, delta) if rescale else pruned
 
 

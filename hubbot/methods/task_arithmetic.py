@@ -36,7 +36,7 @@ SPARSIFIER_PARAMS = ("gamma", "epsilon")
 def _magnitude(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: int) -> torch.Tensor:
     if density >= 1:
         return delta
-    mask = magnitude_mask(delta, density)
+    mask = magnitude_mask(delta, density, delta.dtype)
     if not rescale:
         return delta.mul_(mask)  # delta is the kernel's own (x - base)
     return l1_rescale(delta * mask, delta)
@@ -73,13 +73,13 @@ def combine(
         for d in deltas[1:]:
             total.add_(d)
         signs = elect_signs(total)
-        mixed, divisor = total.zero_(), torch.zeros_like(base)
+        mixed, divisor, flags = total.zero_(), torch.zeros_like(base), torch.empty_like(base)
         for d, w in zip(deltas, weights):  # the entries of the elected sign: s * relu(s * d), in place
             along = d.mul_(signs)
-            divisor.add_(along > 0, alpha=w)
+            divisor.add_(torch.gt(along, 0, out=flags), alpha=w)  # 0.0 / 1.0 written directly: no widening pass
             mixed.add_(along.clamp_(min=0))
         mixed.mul_(signs)
-        divisor.add_(divisor == 0)
+        divisor.add_(torch.eq(divisor, 0, out=flags))
     else:
         mixed = deltas[0]
         for d in deltas[1:]:
@@ -153,9 +153,9 @@ def selection(band: Band, elect: bool) -> Blockwise:
                 return d
             mags = d.abs()
             outer, inner = cuts
-            mask = block_mask(mags, outer, block.index)
+            mask = block_mask(mags, outer, block.index, d.dtype)
             if inner is not False:
-                mask &= ~block_mask(mags, inner, block.index)
+                mask.sub_(block_mask(mags, inner, block.index, d.dtype))  # the inner top-k lies inside the outer
             return d.mul_(mask)
 
         return combine(base, tensors, params, prune, elect)
