@@ -11,6 +11,7 @@ the same on every device and for every split into blocks.
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -75,20 +76,24 @@ def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
     return (high << 16) | low, ties
 
 
-def _compare(op: Callable[..., torch.Tensor], bits: torch.Tensor, cut: int, dtype: torch.dtype) -> torch.Tensor:
-    """`op(bits, cut)` as a mask of `dtype`: written as 0.0 / 1.0 directly for a float mask, which a
+def _compare(op: Callable[..., torch.Tensor], values: torch.Tensor, level: float,
+             dtype: torch.dtype) -> torch.Tensor:
+    """`op(values, level)` as a mask of `dtype`: written as 0.0 / 1.0 directly for a float mask, which a
     kernel multiplies by (a boolean mask would be widened to floats first, a pass of its own)."""
-    return op(bits, cut, out=torch.empty(bits.shape, dtype=dtype, device=bits.device))
+    return op(values, level, out=torch.empty(values.shape, dtype=dtype, device=values.device))
 
 
 def cut_mask(values: torch.Tensor, cut: int, ties: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """1 above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
-    it, in index order; 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`."""
-    bits = _bits(values)
-    mask = _compare(torch.gt, bits, cut, dtype)
+    it, in index order; 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`. The values are
+    compared as floats with the cut's value (for non-negative floats, the same order as their
+    bits, and faster)."""
+    values = values.float()
+    level = struct.unpack("<f", struct.pack("<i", cut))[0]
+    mask = _compare(torch.gt, values, level, dtype)
     if ties <= 0:
         return mask
-    tied = _compare(torch.eq, bits, cut, dtype)
+    tied = _compare(torch.eq, values, level, dtype)
     if tied.device.type != "cpu":  # a running count: finding the position would make a GPU wait for it
         tied.reshape(-1).mul_(tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties)
         return mask.logical_or_(tied) if dtype == torch.bool else mask.add_(tied)
