@@ -139,3 +139,8 @@ def test_model_card_has_a_coverage_section(families):
     base, ft1, _ = families("llama")
     card, _ = build_card(build(parse(linear(base, ft1))), repo_id=None, run=None)
     assert "## Tensor coverage" in card and "Every tensor of every source is merged" in card
+    from huggingface_hub import ModelCard
+
+    read = ModelCard(card)
+    assert str(read) == card, "the front matter is what the Hub client itself writes"
+    assert read.data.library_name == "transformers" and "merge" in read.data.tags
