@@ -98,6 +98,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.on != "hf-jobs":
         engine.pick_device(args.device)  # device and target are checked before planning or merging
     use_threads(args.threads)
+    engine.settle_imports()
     hub = None
     if args.push:
         from .hub import HubOptions, check_push_target

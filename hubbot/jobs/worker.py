@@ -26,6 +26,7 @@ from typing import Callable
 from ..errors import Cancelled, HubbotError, TransientError
 from ..hub import RETRY_STATUSES, HubOptions, transport_errors
 from ..merge.card import write_card
+from ..merge.engine import settle_imports
 from ..merge.run import MergeOptions, merge_to_folder
 from ..merge.threads import use_threads
 from ..recipe.request import SearchRequest
@@ -273,6 +274,7 @@ def serve_claim(argv: list[str] | None, prog: str, description: str, run: Run) -
 def _merge_here(settings: Settings, store: Store, job_id: str, claim: str, token: str | None,
                 cancel: threading.Event) -> str:
     use_threads(settings.threads, settings.worker_slots)
+    settle_imports()
     return run_job(settings, store, job_id, claim, token=token, cancel=cancel)
 
 

@@ -14,6 +14,7 @@ output that looks finished.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import shutil
 import tempfile
@@ -130,6 +131,15 @@ def _reuse_freed_memory() -> None:
         return
     libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks and layer tensors from the heap, not fresh mappings
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)   # and the heap not trimmed between blocks
+
+
+def settle_imports() -> None:
+    """For a process that runs one merge (`hubbot merge`, a job's worker), once its libraries are
+    imported: the garbage collector stops looking at what importing torch left (some 170,000
+    objects, never freed), which it otherwise walks through again and again as the plan and the
+    merge loop allocate (planning a small model took 0.25 s instead of 0.04 s)."""
+    gc.collect()
+    gc.freeze()
 
 
 def check_output_folder(out: Path) -> None:
