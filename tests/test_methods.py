@@ -237,6 +237,24 @@ def test_top_k_masks_keep_exactly_k_in_index_order_in_every_form():
         torch.set_num_threads(threads)
 
 
+def test_large_histograms_count_the_same_in_two_halves_and_a_child_process_makes_its_own_helper(monkeypatch):
+    """The second half of a large histogram is counted on a helper thread of this process; a forked
+    child (another process id) makes its own helper rather than queue work for its parent's thread."""
+    from hubbot.methods import _sparsify
+
+    ints = (torch.arange(_sparsify.SPLIT_COUNT * 2 + 3) * 7919) % 1000
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(_sparsify._bincount(ints, 1000), torch.bincount(ints, minlength=1000))
+        parents = _sparsify._counting_thread()
+        monkeypatch.setattr(_sparsify.os, "getpid", lambda: -1)
+        assert _sparsify._counting_thread() is not parents
+        assert torch.equal(_sparsify._bincount(ints, 1000), torch.bincount(ints, minlength=1000))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_every_method_has_a_gallery_recipe():
     """Each method has a community recipe in recipes/ that parses as the service reads it."""
     from hubbot.methods import all_methods

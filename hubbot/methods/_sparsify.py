@@ -11,6 +11,7 @@ the same on every device and for every split into blocks.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,16 @@ import torch
 HIGH_BINS = 1 << 15  # the top 16 bits of a non-negative float32 (its sign bit is clear)
 LOW_BINS = 1 << 16
 SPLIT_COUNT = 1 << 20  # entries from which a histogram is counted in two halves at once
-_HALF = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-count")
+_helper: tuple[int, ThreadPoolExecutor] | None = None  # (process id, the thread counting second halves)
+
+
+def _counting_thread() -> ThreadPoolExecutor:
+    """This process's helper thread; a forked child makes its own (it inherits its parent's pool,
+    not its thread)."""
+    global _helper
+    if _helper is None or _helper[0] != os.getpid():
+        _helper = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-count"))
+    return _helper[1]
 
 
 def _bincount(ints: torch.Tensor, bins: int) -> torch.Tensor:
@@ -32,7 +42,7 @@ def _bincount(ints: torch.Tensor, bins: int) -> torch.Tensor:
     if ints.device.type != "cpu" or ints.numel() < SPLIT_COUNT or torch.get_num_threads() < 2:
         return torch.bincount(ints, minlength=bins)
     half = ints.numel() // 2
-    second = _HALF.submit(torch.bincount, ints[half:], minlength=bins)
+    second = _counting_thread().submit(torch.bincount, ints[half:], minlength=bins)
     return torch.bincount(ints[:half], minlength=bins).add_(second.result())
 
 

@@ -87,9 +87,9 @@ def combine(
         total = sum(weights)
         divisor = total if abs(total) >= 1e-8 else 1.0
     if params["normalize"]:
-        mixed = mixed / divisor
+        mixed = mixed.div_(divisor)  # mixed is this kernel's own (a sum of fresh task vectors)
     if params["lambda"] != 1:
-        mixed = mixed * params["lambda"]
+        mixed = mixed.mul_(params["lambda"])
     return mixed.add_(base)
 
 
