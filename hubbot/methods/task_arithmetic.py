@@ -69,28 +69,38 @@ def combine(
     if not deltas:
         return base.clone()
     if elect_sign:
-        total = deltas[0].clone()
-        for d in deltas[1:]:
-            total.add_(d)
-        signs = elect_signs(total)
-        mixed, divisor, flags = total.zero_(), torch.zeros_like(base), torch.empty_like(base)
-        for d, w in zip(deltas, weights):  # the entries of the elected sign: s * relu(s * d), in place
-            along = d.mul_(signs)
-            divisor.add_(torch.gt(along, 0, out=flags), alpha=w)  # 0.0 / 1.0 written directly: no widening pass
-            mixed.add_(along.clamp_(min=0))
-        mixed.mul_(signs)
-        divisor.add_(torch.eq(divisor, 0, out=flags))
-    else:
-        mixed = deltas[0]
-        for d in deltas[1:]:
-            mixed.add_(d)
-        total = sum(weights)
-        divisor = total if abs(total) >= 1e-8 else 1.0
+        return _elect_and_add(base, deltas, weights, params["normalize"], params["lambda"])
+    mixed = deltas[0]
+    for d in deltas[1:]:
+        mixed.add_(d)
     if params["normalize"]:
-        mixed = mixed.div_(divisor)  # mixed is this kernel's own (a sum of fresh task vectors)
+        total = sum(weights)
+        mixed = mixed.div_(total if abs(total) >= 1e-8 else 1.0)  # mixed is this kernel's own
     if params["lambda"] != 1:
         mixed = mixed.mul_(params["lambda"])
     return mixed.add_(base)
+
+
+def _elect_and_add(base: torch.Tensor, deltas: list[torch.Tensor], weights: list[float], normalize: bool,
+                   lam: float) -> torch.Tensor:
+    """TIES's sign election over the weighted, pruned task vectors (the kernel's own, reused as
+    working memory), then base + lambda * the sum of the entries of the elected sign [/ the sum of
+    their weights]: s * relu(s * d) per vector, so each step is one in-place pass."""
+    total = torch.add(deltas[0], deltas[1]) if len(deltas) > 1 else deltas[0].clone()
+    for d in deltas[2:]:
+        total.add_(d)
+    signs = elect_signs(total)
+    mixed = deltas[0].mul_(signs).clamp_(min=0)
+    divisor = torch.gt(mixed, 0, out=total).mul_(weights[0])  # 0.0 / 1.0 written directly: no widening pass
+    for d, w in zip(deltas[1:], weights[1:]):
+        along = d.mul_(signs).clamp_(min=0)
+        mixed.add_(along)
+        divisor.add_(torch.gt(along, 0, out=along), alpha=w)  # along is spent: its memory holds the flags
+    if not normalize:
+        return torch.add(base, mixed.mul_(signs), alpha=lam)
+    spare = deltas[-1] if len(deltas) > 1 else torch.empty_like(base)
+    divisor.add_(torch.eq(divisor, 0, out=spare)).mul_(signs)  # no agreeing entry: divide by 1
+    return torch.addcdiv(base, mixed, divisor, value=lam)
 
 
 def _pruner(params: dict[str, Any], sparsify: Sparsifier, row: int = 0) -> Callable[[int, torch.Tensor], torch.Tensor]:
