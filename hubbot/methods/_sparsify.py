@@ -66,24 +66,12 @@ def kth_bin(counts: torch.Tensor, k: int) -> tuple[int, int]:
     return len(counts) - 1 - j, k - higher
 
 
-def low_bits_in(values: torch.Tensor, high: int) -> torch.Tensor:
-    """The low 16 bits of the values whose top bits are `high` (the second pass)."""
-    bits = _bits(values).reshape(-1)
-    return bits[(bits >> 16) == high] & 0xFFFF
-
-
-def low_counts(bits: torch.Tensor, high: int) -> torch.Tensor:
-    """How many of the bit patterns whose top bits are `high` have each low 16 bits: the second
-    pass as one histogram, without gathering the values first (a single block's cut)."""
-    offsets = (bits.reshape(-1) - (high << 16)).clamp_(-1, LOW_BINS).add_(1)  # 0 below the bin, LOW_BINS + 1 above
+def low_counts(values: torch.Tensor, high: int) -> torch.Tensor:
+    """How many of the values whose top 16 bits are `high` have each low 16 bits (the second
+    pass of a radix select): one histogram, without gathering the bin's values first, which took
+    longer and, over a large tensor's blocks, held a fifth of its entries until the cut was known."""
+    offsets = torch.sub(_bits(values).reshape(-1), (high << 16) - 1).clamp_(0, LOW_BINS + 1)  # 0 below the bin, LOW_BINS + 1 above
     return _bincount(offsets, LOW_BINS + 2)[1:LOW_BINS + 1]
-
-
-def cut_of(lows: torch.Tensor, high: int, need: int) -> tuple[int, int]:
-    """From every `low_bits_in` the cut bin: the k-th largest value's bit pattern, and how many
-    values equal to it belong to the k largest."""
-    low, ties = kth_bin(torch.bincount(lows, minlength=LOW_BINS), need)
-    return (high << 16) | low, ties
 
 
 def _compare(op: Callable[..., torch.Tensor], values: torch.Tensor, level: float,
@@ -128,7 +116,7 @@ def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> int:
 
 
 # A top-k cut found block by block: `first_cut` after the counting pass over every block's
-# `high_counts`, `final_cut` after the pass over every block's `low_bits_in` of the cut's bin,
+# `high_counts`, `final_cut` after the pass over every block's `low_counts` of the cut's bin,
 # then `block_mask` for each block. k >= n keeps everything (True), k <= 0 nothing (False).
 
 
@@ -140,15 +128,16 @@ def first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
 
 def final_cut(lows: list[torch.Tensor], first: bool | tuple[int, int]) -> bool | tuple[int, list[int]]:
     """True, False, or the k-th largest value's bit pattern and how many of the values equal to
-    it each block keeps (the first ones in index order), from each block's low bits."""
+    it each block keeps (the first ones in index order), from each block's `low_counts`."""
     if isinstance(first, bool):
         return first
-    cut, ties = cut_of(torch.cat(lows), *first)
+    high, need = first
+    low, ties = kth_bin(torch.stack(lows).sum(0), need)
     quotas = []
     for block_lows in lows:
-        quotas.append(min(int((block_lows == (cut & 0xFFFF)).sum()), ties))
+        quotas.append(min(int(block_lows[low]), ties))
         ties -= quotas[-1]
-    return cut, quotas
+    return (high << 16) | low, quotas
 
 
 def block_mask(values: torch.Tensor, cut: bool | tuple[int, list[int]], block: int,
@@ -174,7 +163,7 @@ def top_k_mask(values: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) ->
     if isinstance(first, bool):
         return torch.full_like(values, first, dtype=dtype)
     del high
-    low, ties = kth_bin(low_counts(bits, first[0]), first[1])
+    low, ties = kth_bin(low_counts(values, first[0]), first[1])
     return cut_mask(values, (first[0] << 16) | low, ties, dtype)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ._sparsify import agreement, block_mask, elect_signs, final_cut, first_cut, high_counts, low_bits_in
+from ._sparsify import agreement, block_mask, elect_signs, final_cut, first_cut, high_counts, low_counts
 from .method import Block, Blockwise, Method, Param, Pass
 
 
@@ -60,7 +60,7 @@ def _variance_bin(shares: list, stats: dict[str, Any], params: dict[str, Any]) -
 def _variance_lows(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                    stats: dict[str, Any], block: Block) -> torch.Tensor | None:
     b = stats["bin"]
-    return low_bits_in(_variance(_deltas(base, tensors)), b[0]).cpu() if isinstance(b, tuple) else None
+    return low_counts(_variance(_deltas(base, tensors)), b[0]).cpu() if isinstance(b, tuple) else None
 
 
 def _variance_cut(shares: list, stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

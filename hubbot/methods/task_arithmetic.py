@@ -21,7 +21,7 @@ from ._sparsify import (
     first_cut,
     high_counts,
     l1_rescale,
-    low_bits_in,
+    low_counts,
     magnitude_mask,
     random_mask,
 )
@@ -145,7 +145,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
                 out.append(None)
                 continue
             mags = (x - base).abs_()
-            out.append([low_bits_in(mags, c[0]).cpu() if isinstance(c, tuple) else None for c in cuts])
+            out.append([low_counts(mags, c[0]).cpu() if isinstance(c, tuple) else None for c in cuts])
         return out
 
     def low_done(shares: list[list], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
