@@ -70,7 +70,8 @@ def low_counts(values: torch.Tensor, high: int) -> torch.Tensor:
     """How many of the values whose top 16 bits are `high` have each low 16 bits (the second
     pass of a radix select): one histogram, without gathering the bin's values first, which took
     longer and, over a large tensor's blocks, held a fifth of its entries until the cut was known."""
-    offsets = torch.sub(_bits(values).reshape(-1), (high << 16) - 1).clamp_(0, LOW_BINS + 1)  # 0 below the bin, LOW_BINS + 1 above
+    # 0 below the bin, 1 + its low bits inside it, LOW_BINS + 1 above it
+    offsets = torch.sub(_bits(values).reshape(-1), (high << 16) - 1).clamp_(0, LOW_BINS + 1)
     return _bincount(offsets, LOW_BINS + 2)[1:LOW_BINS + 1]
 
 
@@ -82,10 +83,10 @@ def _compare(op: Callable[..., torch.Tensor], values: torch.Tensor, level: float
 
 
 def cut_mask(values: torch.Tensor, cut: int, ties: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """1 above the cut (a bit pattern from `cut_of`) and for the first `ties` values equal to
-    it, in index order; 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`. The values are
-    compared as floats with the cut's value (for non-negative floats, the same order as their
-    bits, and faster)."""
+    """1 above the cut (a bit pattern, from the counts of `top_k_mask` or `final_cut`) and for the
+    first `ties` values equal to it, in index order; 0 elsewhere. Boolean, or 0.0 / 1.0 of a float
+    `dtype`. The values are compared as floats with the cut's value (for non-negative floats, the
+    same order as their bits, and faster)."""
     values = values.float()
     level = struct.unpack("<f", struct.pack("<i", cut))[0]
     mask = _compare(torch.gt, values, level, dtype)
@@ -97,7 +98,10 @@ def cut_mask(values: torch.Tensor, cut: int, ties: int, dtype: torch.dtype = tor
         return mask.logical_or_(tied) if dtype == torch.bool else mask.add_(tied)
     end = _past_nth_true(tied.reshape(-1), ties)
     kept, extra = mask.reshape(-1)[:end], tied.reshape(-1)[:end]  # disjoint: above the cut, and equal to it
-    kept.logical_or_(extra) if dtype == torch.bool else kept.add_(extra)
+    if dtype == torch.bool:
+        kept.logical_or_(extra)
+    else:
+        kept.add_(extra)
     return mask
 
 
