@@ -13,7 +13,6 @@ import torch
 
 from hubbot.errors import MergeError, PlanError
 from hubbot.merge import engine
-from hubbot.merge import plan as plan_module
 from hubbot.merge.plan import build
 from hubbot.recipe.merge import parse
 from tests.models import load_state
@@ -160,13 +159,12 @@ EXACT = ("ties", "breadcrumbs_ties", "dare_ties", "della")
 
 @pytest.mark.parametrize("family", ["llama_f32", "llama"])
 @pytest.mark.parametrize("method", [*EXACT, "slerp", "nuslerp", "multislerp", "karcher", "model_stock", "sce"])
-def test_blockwise_methods_match_whole_tensors(families, tmp_path, monkeypatch, family, method):
+def test_blockwise_methods_match_whole_tensors(families, tmp_path, family, method):
     """Methods with a blockwise form gather their statistics block by block (inner products,
     cuts with their ties, energies) and then merge each block, or draw by rows (DARE, DELLA):
     the result is the whole-tensor merge's."""
     text = _blockwise_recipe(method, *families(family))
     whole = load_state(merge(text, tmp_path / "whole").folder)
-    monkeypatch.setattr(plan_module, "WHOLE_BYTES", 0)
     blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
     if method in EXACT:
         assert all(torch.equal(blocks[k], whole[k]) for k in whole)

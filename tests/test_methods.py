@@ -237,6 +237,23 @@ def test_top_k_masks_keep_exactly_k_in_index_order_in_every_form():
         torch.set_num_threads(threads)
 
 
+def test_block_by_block_cuts_keep_the_whole_tensors_ties_on_every_walk():
+    """A cut found from every block's histograms added into one masks block by block exactly as
+    the whole tensor: the ties at the cut go to the first blocks in index order, and a second
+    walk over the blocks (SCE's energy pass, then its merge) keeps the same entries."""
+    from hubbot.methods import _sparsify
+
+    gen = torch.Generator().manual_seed(5)
+    mags = torch.randint(0, 9, (96, 50), generator=gen).float()  # nine values: thousands of ties
+    blocks = mags.split(7)
+    for k in (1, 700, 2400, mags.numel() - 1):
+        first = _sparsify.first_cut(sum(_sparsify.high_counts(b) for b in blocks), k)
+        cut = _sparsify.final_cut(sum(_sparsify.low_counts(b, first[0]) for b in blocks), first)
+        for _ in range(2):
+            got = torch.cat([_sparsify.block_mask(b, cut, i) for i, b in enumerate(blocks)])
+            assert torch.equal(got, _sparsify.top_k_mask(mags, k)) and int(got.sum()) == k
+
+
 def test_large_histograms_count_the_same_in_two_halves_and_a_child_process_makes_its_own_helper(monkeypatch):
     """The second half of a large histogram is counted on a helper thread of this process; a forked
     child (another process id) makes its own helper rather than queue work for its parent's thread."""

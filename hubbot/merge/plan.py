@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 MAX_LISTED = 5
 CHUNK_BYTES = 4 << 20  # float32 bytes of one block of rows: small enough to stay in the CPU caches
-WHOLE_BYTES = 16 << 20  # float32 bytes up to which a method with statistics passes takes a tensor whole
 
 
 @dataclass(frozen=True)
@@ -138,11 +137,11 @@ class Plan:
         if task.copy or task.vocab or task.ternary or len(task.shape) < 2:  # ternary: one scale per tensor
             return None, 0
         blockwise = self.method.blockwise_for(task.params)
-        if self.method.elementwise or (blockwise is not None and not blockwise.passes):
-            return (_rows(task, chunk_bytes), 0) if f32_bytes > chunk_bytes else (None, 0)
-        if blockwise is not None and f32_bytes > WHOLE_BYTES:
-            return _rows(task, chunk_bytes), len(blockwise.passes)
-        return None, 0
+        if f32_bytes <= chunk_bytes or not (self.method.elementwise or blockwise is not None):
+            return None, 0
+        # a method with statistics passes reads the blocks again for each: its memory stays a
+        # block's whatever the tensor's size, for a few percent more time than taking it whole
+        return _rows(task, chunk_bytes), 0 if blockwise is None else len(blockwise.passes)
 
     def peak_bytes(self, chunk_bytes: int = CHUNK_BYTES, prefetch: int = 2) -> int:
         """Bytes of tensors in flight at the worst task: raw inputs (prefetched too), their

@@ -15,6 +15,7 @@ import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -82,22 +83,40 @@ def _compare(op: Callable[..., torch.Tensor], values: torch.Tensor, level: float
     return op(values, level, out=torch.empty(values.shape, dtype=dtype, device=values.device))
 
 
-def cut_mask(values: torch.Tensor, cut: int, ties: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """1 above the cut (a bit pattern, from the counts of `top_k_mask` or `final_cut`) and for the
-    first `ties` values equal to it, in index order; 0 elsewhere. Boolean, or 0.0 / 1.0 of a float
-    `dtype`. The values are compared as floats with the cut's value (for non-negative floats, the
-    same order as their bits, and faster)."""
+@dataclass
+class Cut:
+    """A top-k cut: the k-th largest value's bit pattern, how many values equal to it are kept
+    (the first ones in index order), and, while a tensor's blocks are masked in order, how many
+    of those are still to come. The running count (on a GPU, a device scalar: reading it would
+    make the GPU wait) lets the statistics passes add every block's histogram into one: held
+    until the cut was known, to give each block its share of the ties, they fragmented the heap
+    by some 4 MB a block (a third more peak memory on a 1 B model)."""
+
+    bits: int
+    ties: int
+    left: int | torch.Tensor = 0
+
+
+def cut_mask(values: torch.Tensor, cut: Cut, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """1 above the cut and for the next `cut.left` values equal to it, in index order (which it
+    counts down); 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`. The values are compared
+    as floats with the cut's value (for non-negative floats, the same order as their bits, and
+    faster)."""
     values = values.float()
-    level = struct.unpack("<f", struct.pack("<i", cut))[0]
+    level = struct.unpack("<f", struct.pack("<i", cut.bits))[0]
     mask = _compare(torch.gt, values, level, dtype)
-    if ties <= 0:
+    if isinstance(cut.left, int) and cut.left <= 0:
         return mask
     tied = _compare(torch.eq, values, level, dtype)
+    flat = tied.reshape(-1)
     if tied.device.type != "cpu":  # a running count: finding the position would make a GPU wait for it
-        tied.reshape(-1).mul_(tied.reshape(-1).cumsum(0, dtype=torch.int32) <= ties)
+        running = flat.cumsum(0, dtype=torch.int32)
+        flat.mul_(running <= cut.left)
+        cut.left = (cut.left - running[-1]).clamp_(min=0)
         return mask.logical_or_(tied) if dtype == torch.bool else mask.add_(tied)
-    end = _past_nth_true(tied.reshape(-1), ties)
-    kept, extra = mask.reshape(-1)[:end], tied.reshape(-1)[:end]  # disjoint: above the cut, and equal to it
+    end, found = _past_nth_true(flat, cut.left)
+    cut.left -= found
+    kept, extra = mask.reshape(-1)[:end], flat[:end]  # disjoint: above the cut, and equal to it
     if dtype == torch.bool:
         kept.logical_or_(extra)
     else:
@@ -105,9 +124,10 @@ def cut_mask(values: torch.Tensor, cut: int, ties: int, dtype: torch.dtype = tor
     return mask
 
 
-def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> int:
+def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> tuple[int, int]:
     """The index just past the n-th non-zero of a flat 0/1 tensor, boolean or float (n >= 1; all
-    of it when it has fewer): counted per chunk first, so only one chunk is searched entry by entry."""
+    of it when it has fewer), and how many non-zeros lie before it (n, or all of them): counted
+    per chunk first, so only one chunk is searched entry by entry."""
     whole = flags.numel() // chunk
     head = flags[:whole * chunk].reshape(whole, chunk)
     if head.dtype == torch.bool:  # summed as bytes: a sum of booleans widens each to int64 first
@@ -116,12 +136,15 @@ def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> int:
     c = int(torch.searchsorted(per_chunk, n))  # the chunk holding the n-th True (whole: the tail)
     before = int(per_chunk[c - 1]) if c > 0 else 0
     where = flags[c * chunk:(c + 1) * chunk].nonzero().reshape(-1)
-    return c * chunk + int(where[n - before - 1]) + 1 if n - before <= len(where) else flags.numel()
+    if n - before <= len(where):
+        return c * chunk + int(where[n - before - 1]) + 1, n
+    return flags.numel(), before + len(where)
 
 
 # A top-k cut found block by block: `first_cut` after the counting pass over every block's
-# `high_counts`, `final_cut` after the pass over every block's `low_counts` of the cut's bin,
-# then `block_mask` for each block. k >= n keeps everything (True), k <= 0 nothing (False).
+# `high_counts`, `final_cut` after the pass over every block's `low_counts` of the cut's bin
+# (each pass adds them into one histogram), then `block_mask` for each block, in order.
+# k >= n keeps everything (True), k <= 0 nothing (False).
 
 
 def first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
@@ -130,26 +153,23 @@ def first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
     return True if k >= n else False if k <= 0 else kth_bin(counts, k)
 
 
-def final_cut(lows: list[torch.Tensor], first: bool | tuple[int, int]) -> bool | tuple[int, list[int]]:
-    """True, False, or the k-th largest value's bit pattern and how many of the values equal to
-    it each block keeps (the first ones in index order), from each block's `low_counts`."""
+def final_cut(lows: torch.Tensor, first: bool | tuple[int, int]) -> bool | Cut:
+    """True, False, or the cut, from the `low_counts` of every block added up."""
     if isinstance(first, bool):
         return first
-    high, need = first
-    low, ties = kth_bin(torch.stack(lows).sum(0), need)
-    quotas = []
-    for block_lows in lows:
-        quotas.append(min(int(block_lows[low]), ties))
-        ties -= quotas[-1]
-    return (high << 16) | low, quotas
+    low, ties = kth_bin(lows, first[1])
+    return Cut((first[0] << 16) | low, ties)
 
 
-def block_mask(values: torch.Tensor, cut: bool | tuple[int, list[int]], block: int,
-               dtype: torch.dtype = torch.bool) -> torch.Tensor:
-    """The k largest entries' mask over one block's values (of `dtype`, as `cut_mask`)."""
+def block_mask(values: torch.Tensor, cut: bool | Cut, block: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """The k largest entries' mask over one block's values (of `dtype`, as `cut_mask`); a walk
+    over the blocks starts at block 0 (a method may walk them more than once: SCE's energy
+    pass, then its merge)."""
     if isinstance(cut, bool):
         return torch.full_like(values, cut, dtype=dtype)
-    return cut_mask(values, cut[0], cut[1][block], dtype)
+    if block == 0:
+        cut.left = cut.ties
+    return cut_mask(values, cut, dtype)
 
 
 def top_k_mask(values: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
@@ -167,8 +187,8 @@ def top_k_mask(values: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) ->
     if isinstance(first, bool):
         return torch.full_like(values, first, dtype=dtype)
     del high
-    low, ties = kth_bin(low_counts(values, first[0]), first[1])
-    return cut_mask(values, (first[0] << 16) | low, ties, dtype)
+    cut = final_cut(low_counts(values, first[0]), first)
+    return block_mask(values, cut, 0, dtype)
 
 
 def magnitude_mask(delta: torch.Tensor, density: float, dtype: torch.dtype = torch.bool) -> torch.Tensor:

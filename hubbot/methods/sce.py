@@ -38,21 +38,22 @@ def _merge(base: torch.Tensor, deltas: torch.Tensor, energy: torch.Tensor) -> to
 
 
 # Block by block (and whole: the same passes over one block): the variance cut is a radix select
-# like TIES's (its counting passes over the blocks, with each block's share of the ties at the
-# cut), then one pass sums each model's energy over the selected entries, then each block merges.
+# like TIES's (its counting passes over the blocks, each adding every block's histogram into
+# one), then one pass sums each model's energy over the selected entries, then each block merges.
+# Shares stay where the blocks are (on a GPU, reading them back would make it wait each block).
 
 def _count_variance(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                     stats: dict[str, Any], block: Block) -> torch.Tensor | None:
     if params["select_topk"] >= 1:  # nothing to select
         return None
     variance = _variance(_deltas(base, tensors))
-    return torch.cat([high_counts(variance), torch.count_nonzero(variance).reshape(1)]).cpu()
+    return torch.cat([high_counts(variance), torch.count_nonzero(variance).reshape(1)])
 
 
 def _variance_bin(shares: list, stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     if params["select_topk"] >= 1:
         return {"bin": True}
-    total = torch.stack(shares).sum(0)
+    total = shares[0].cpu()
     counts, nonzero = total[:-1], int(total[-1])
     return {"bin": first_cut(counts, int(nonzero * params["select_topk"]))}
 
@@ -60,11 +61,11 @@ def _variance_bin(shares: list, stats: dict[str, Any], params: dict[str, Any]) -
 def _variance_lows(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                    stats: dict[str, Any], block: Block) -> torch.Tensor | None:
     b = stats["bin"]
-    return low_counts(_variance(_deltas(base, tensors)), b[0]).cpu() if isinstance(b, tuple) else None
+    return low_counts(_variance(_deltas(base, tensors)), b[0]) if isinstance(b, tuple) else None
 
 
 def _variance_cut(shares: list, stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    return {"cut": final_cut(shares, stats["bin"])}
+    return {"cut": final_cut(shares[0], stats["bin"])}
 
 
 def _selected(base: torch.Tensor | None, tensors: list[torch.Tensor], stats: dict[str, Any],
@@ -78,12 +79,12 @@ def _selected(base: torch.Tensor | None, tensors: list[torch.Tensor], stats: dic
 def _energy(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
             stats: dict[str, Any], block: Block) -> torch.Tensor:
     deltas = _selected(base, tensors, stats, block.index)
-    sums = deltas.square().reshape(len(tensors), -1).sum(dim=1).double().cpu()
-    return torch.cat([sums, torch.tensor([float(deltas[0].numel())], dtype=torch.float64)])
+    sums = deltas.square().reshape(len(tensors), -1).sum(dim=1).double()
+    return torch.cat([sums, torch.tensor([float(deltas[0].numel())], dtype=torch.float64, device=sums.device)])
 
 
 def _energies(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    total = torch.stack(shares).sum(0)
+    total = shares[0].cpu()
     return {"energy": total[:-1] / total[-1]}
 
 
@@ -101,7 +102,7 @@ def _sce_block(base: torch.Tensor | None, tensors: list[torch.Tensor], params: d
 SCE = Method(
     name="sce",
     kernel=None,
-    blockwise=Blockwise(_sce_block, (Pass(_count_variance, _variance_bin, _add), Pass(_variance_lows, _variance_cut),
+    blockwise=Blockwise(_sce_block, (Pass(_count_variance, _variance_bin, _add), Pass(_variance_lows, _variance_cut, _add),
                                      Pass(_energy, _energies, _add))),
     title="SCE (select, calculate, erase)",
     summary="Keeps the positions where the fine-tunes' task vectors differ most, weights each model by the "

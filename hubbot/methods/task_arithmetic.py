@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from ._sparsify import (
+    LOW_BINS,
     block_mask,
     derive_seed,
     elect_signs,
@@ -123,34 +124,38 @@ Band = Callable[[dict[str, Any], int, int], "tuple[int, int] | None"]
 
 def selection(band: Band, elect: bool) -> Blockwise:
     """Magnitude selections block by block (TIES, Model Breadcrumbs): each top-k cut of |delta|
-    is found by the block-by-block radix select of `_sparsify` (two counting passes), then each
-    block keeps its entries inside the band, exactly as the whole-tensor `top_k_mask` does."""
+    is found by the block-by-block radix select of `_sparsify` (two counting passes, each adding
+    every block's histograms into one), then each block keeps its entries inside the band,
+    exactly as the whole-tensor `top_k_mask` does."""
     def high(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
              stats: dict[str, Any], block: Block) -> torch.Tensor:
         assert base is not None
-        return torch.stack([high_counts((x - base).abs_()) for x in tensors]).cpu()
+        return torch.stack([high_counts((x - base).abs_()) for x in tensors])
 
     def high_done(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        counts = torch.stack(shares).sum(0)
+        counts = shares[0].cpu()
         n = int(counts[0].sum())
         bands = [band(params, i, n) for i in range(len(counts))]
         return {"cuts": [None if b is None else [first_cut(c, k) for k in b] for c, b in zip(counts, bands)]}
 
     def low(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
-            stats: dict[str, Any], block: Block) -> list:
+            stats: dict[str, Any], block: Block) -> torch.Tensor:
+        """Per model and cut (outer, inner), the counts of the low bits in the cut's bin (zeros
+        where the cut is already known)."""
         assert base is not None
-        out: list = []
-        for x, cuts in zip(tensors, stats["cuts"]):
-            if cuts is None:
-                out.append(None)
+        counts = torch.zeros(len(tensors), 2, LOW_BINS, dtype=torch.int64, device=base.device)
+        for i, (x, cuts) in enumerate(zip(tensors, stats["cuts"])):
+            if cuts is None or not any(isinstance(c, tuple) for c in cuts):
                 continue
             mags = (x - base).abs_()
-            out.append([low_counts(mags, c[0]).cpu() if isinstance(c, tuple) else None for c in cuts])
-        return out
+            for j, c in enumerate(cuts):
+                if isinstance(c, tuple):
+                    counts[i, j] = low_counts(mags, c[0])
+        return counts
 
-    def low_done(shares: list[list], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        return {"cuts": [None if cuts is None else [final_cut([share[i][j] for share in shares], c)
-                                                    for j, c in enumerate(cuts)]
+    def low_done(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        lows = shares[0].cpu()
+        return {"cuts": [None if cuts is None else [final_cut(lows[i, j], c) for j, c in enumerate(cuts)]
                          for i, cuts in enumerate(stats["cuts"])]}
 
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
@@ -170,7 +175,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
 
         return combine(base, tensors, params, prune, elect)
 
-    return Blockwise(kernel, (Pass(high, high_done, torch.Tensor.add_), Pass(low, low_done)),
+    return Blockwise(kernel, (Pass(high, high_done, torch.Tensor.add_), Pass(low, low_done, torch.Tensor.add_)),
                      applies=lambda params: not params["rescale"])
 
 
