@@ -110,9 +110,7 @@ def cut_mask(values: torch.Tensor, cut: Cut, dtype: torch.dtype = torch.bool) ->
     tied = _compare(torch.eq, values, level, dtype)
     flat = tied.reshape(-1)
     if tied.device.type != "cpu":  # a running count: finding the position would make a GPU wait for it
-        running = flat.cumsum(0, dtype=torch.int32)
-        flat.mul_(running <= cut.left)
-        cut.left = (cut.left - running[-1]).clamp_(min=0)
+        cut.left = _keep_first(flat, cut.left)
         return mask.logical_or_(tied) if dtype == torch.bool else mask.add_(tied)
     end, found = _past_nth_true(flat, cut.left)
     cut.left -= found
@@ -122,6 +120,14 @@ def cut_mask(values: torch.Tensor, cut: Cut, dtype: torch.dtype = torch.bool) ->
     else:
         kept.add_(extra)
     return mask
+
+
+def _keep_first(flags: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """Clear all but the first n non-zeros of a flat 0/1 tensor, in place, and return how many of
+    the n are left over, as a tensor where `flags` is: a device never waits for a count."""
+    running = flags.cumsum(0, dtype=torch.int32)
+    flags.mul_(running <= n)
+    return (n - running[-1]).clamp_(min=0)
 
 
 def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> tuple[int, int]:
