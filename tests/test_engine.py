@@ -15,7 +15,7 @@ from hubbot.errors import MergeError, PlanError
 from hubbot.merge import engine
 from hubbot.merge.plan import build
 from hubbot.recipe.merge import parse
-from tests.models import load_state
+from tests.models import load_state, make_family
 from tests.test_parity import assert_close
 
 
@@ -170,6 +170,54 @@ def test_blockwise_methods_match_whole_tensors(families, tmp_path, family, metho
         assert all(torch.equal(blocks[k], whole[k]) for k in whole)
     else:  # inner products and energies are summed block by block: agree to float32 rounding
         assert_close(blocks, whole, atol=1e-7, ulps=0 if family.endswith("f32") else 1)
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_guessed_cuts_that_miss_fall_back_to_the_exact_passes(families, tmp_path, monkeypatch, method):
+    """A cut guessed from a sample of the rows is checked by the window pass: a window that
+    misses the cut (here, forced to the smallest values) or no window at all runs the exact
+    passes, and the merge is the whole-tensor merge's."""
+    from hubbot.methods import _sparsify, task_arithmetic
+
+    text = _blockwise_recipe(method, *families("llama"))
+    whole = load_state(merge(text, tmp_path / "whole").folder)
+    for name, guess in (("missed", lambda counts, k: _sparsify.Window(0, 1)), ("none", lambda counts, k: None)):
+        monkeypatch.setattr(task_arithmetic, "guess_window", guess)
+        blocks = load_state(merge(text, tmp_path / name, chunk_bytes=2048).folder)
+        assert all(torch.equal(blocks[k], whole[k]) for k in whole), name
+
+
+def test_cuts_found_in_their_windows_read_no_more_passes(tmp_path, monkeypatch):
+    """Where the sample's window holds a cut, the tensor is read three times: a sample of each
+    block's rows, the window pass and the merge; the exact passes are skipped, reads included."""
+    from safetensors.torch import load_file, save_file
+
+    from hubbot.sources.local import LocalSource
+
+    base, ft1, ft2 = make_family(tmp_path / "wide", hidden=256, intermediate=512, layers=1, dtype=torch.float32)
+    weights = load_file(base / "model.safetensors")
+    for seed, ft in enumerate((ft1, ft2)):
+        gen = torch.Generator().manual_seed(seed)
+        # every |delta| in one bin of the top 16 bits (2**-10 up to 2**-10 + 2**-18): the sample's window holds the cut
+        deltas = {k: (torch.rand(v.shape, generator=gen) * 2 ** -18 + 2 ** -10) * (torch.rand(v.shape, generator=gen) - 0.5).sign()
+                  for k, v in weights.items()}
+        save_file({k: v + deltas[k] for k, v in weights.items()}, ft / "model.safetensors", metadata={"format": "pt"})
+    text = _blockwise_recipe("ties", base, ft1, ft2)
+    whole = load_state(merge(text, tmp_path / "whole").folder)
+    reads: list[tuple[str, tuple[int, int] | None]] = []
+    original = LocalSource.read
+
+    def spy(self, name, rows=None):
+        reads.append((name, rows))
+        return original(self, name, rows)
+
+    monkeypatch.setattr(LocalSource, "read", spy)
+    blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=64 << 10).folder)
+    assert all(torch.equal(blocks[k], whole[k]) for k in whole)
+    name = "model.layers.0.mlp.up_proj.weight"  # [512, 256]: 8 blocks of 64 rows
+    rows = [r for n, r in reads if n == name]
+    assert sorted(set(rows)) == sorted({(r, r + 4) for r in range(0, 512, 64)} | {(r, r + 64) for r in range(0, 512, 64)})
+    assert len(rows) == 3 * 8 * 3  # three inputs: the sample, the window pass and the merge
 
 
 def test_resume_keeps_finished_shards(families, tmp_path):

@@ -252,6 +252,13 @@ def test_block_by_block_cuts_keep_the_whole_tensors_ties_on_every_walk():
         want[order[:k]] = True
         first = _sparsify.first_cut(sum(_sparsify.high_counts(b) for b in blocks), k)
         cut = _sparsify.final_cut(sum(_sparsify.low_counts(b, first[0]) for b in blocks), first)
+        # the same cut from a window guessed on a sample (every block's first row), unless it misses
+        window = _sparsify.guess_window(sum(_sparsify.high_counts(b[:1]) for b in blocks), k * len(blocks) / 96)
+        missed = _sparsify.Window(first[0] + 1, 1) if first[0] + 1 < _sparsify.HIGH_BINS else _sparsify.Window(0, 1)
+        assert _sparsify.window_cut(sum(_sparsify.window_counts(b, missed) for b in blocks), missed, k) is None
+        if window is not None:
+            found = _sparsify.window_cut(sum(_sparsify.window_counts(b, window) for b in blocks), window, k)
+            assert found is None or (found.bits, found.ties) == (cut.bits, cut.ties)
         for _ in range(2):
             got = torch.cat([_sparsify.block_mask(b, cut, i) for i, b in enumerate(blocks)])
             assert torch.equal(got.reshape(-1), want)

@@ -101,10 +101,18 @@ class _Unit:
     blocks: int = 1
     phase: int = 0
     passes: int = 0
+    sample: int = 1
 
     @property
     def merges(self) -> bool:
         return self.phase == self.passes
+
+    @property
+    def read_rows(self) -> tuple[int, int] | None:
+        """The rows read: all of the block's, or the first 1/sample of them for a sampling pass."""
+        if self.rows is None or self.sample == 1:
+            return self.rows
+        return self.rows[0], self.rows[0] + max(1, (self.rows[1] - self.rows[0]) // self.sample)
 
 
 def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
@@ -116,8 +124,9 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
         if rows is None:
             units.append(_Unit(task, None))
         else:
-            units += [_Unit(task, r, j, len(rows), phase, passes) for phase in range(passes + 1)
-                      for j, r in enumerate(rows)]
+            steps = plan.method.blockwise.passes if passes else ()
+            units += [_Unit(task, r, j, len(rows), phase, passes, steps[phase].sample if phase < passes else 1)
+                      for phase in range(passes + 1) for j, r in enumerate(rows)]
     return units
 
 
@@ -242,7 +251,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
         """The unit's inputs (base first) and the bytes read; embedding rows in output vocabulary order."""
         t = unit.task
         order = ([t.base] if t.base else []) + list(t.inputs)
-        raw = [plan.sources[i.source].read(i.name, unit.rows) for i in order]
+        raw = [plan.sources[i.source].read(i.name, unit.read_rows) for i in order]
         nbytes = sum(x.numel() * x.element_size() for x in raw)
         if t.vocab:
             raw = plan.vocab.align([i.source for i in order], raw)
@@ -256,32 +265,68 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
 
     shares: dict[str, list] = {}
     stats: dict[str, dict] = {}
+    finished: dict[str, int] = {}  # statistics passes finished, per task
+    skipped: set[int] = set()
+
+    def reads(j: int) -> bool | None:
+        """Whether unit j is read and run: False for a pass that is not needed, None while the
+        passes before it have not said."""
+        unit = units[j]
+        if j in skipped:
+            return False
+        if unit.merges or method.blockwise.passes[unit.phase].needed is None:
+            return True
+        if finished.get(unit.task.name, 0) < unit.phase:
+            return None
+        if method.blockwise.passes[unit.phase].runs(stats.get(unit.task.name, {})):
+            return True
+        skipped.add(j)
+        finished[unit.task.name] = unit.phase + 1  # a pass not needed is as good as finished
+        return False
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-write") as out:
-        queue: list[Future] = []
-        ahead = 0  # units submitted for reading so far
+        reading: dict[int, Future] = {}
+        taken = -1  # the last unit whose read was taken
 
         def read_ahead(k: int) -> None:
-            """Keep up to PREFETCH units after unit k reading, within PREFETCH_BYTES beyond the next one."""
-            nonlocal ahead
-            while ahead < len(units) and ahead <= k + PREFETCH and (
-                    ahead <= k + 1 or sum(_input_bytes(u) for u in units[k + 2:ahead + 1]) <= PREFETCH_BYTES):
-                queue.append(pool.submit(fetch, units[ahead]))
-                ahead += 1
+            """Keep unit k and up to PREFETCH units after it that will run reading, within
+            PREFETCH_BYTES beyond the next one; a pass that may not run is passed over until
+            the passes before it say (its reads then start, or it is skipped)."""
+            queued, beyond = 0, 0
+            for j in range(k, len(units)):
+                if queued > PREFETCH:
+                    break
+                decided = reads(j)
+                if not decided:
+                    continue
+                if queued >= 2:
+                    beyond += _input_bytes(units[j])
+                    if beyond > PREFETCH_BYTES:
+                        break
+                if j > taken and j not in reading:
+                    reading[j] = pool.submit(fetch, units[j])
+                queued += 1
 
         writes: list[Future] = []
         for k, unit in enumerate(units):
             if cancel is not None and cancel.is_set():
-                for f in queue:
+                for f in reading.values():
                     f.cancel()
                 raise Cancelled("the merge was cancelled")
+            runs = reads(k)
+            assert runs is not None, "the passes before a unit have finished when it comes"
+            if not runs:
+                continue
             read_ahead(k)
-            nbytes, staged = queue.pop(0).result()
+            nbytes, staged = reading.pop(k).result()
+            taken = k
             read_ahead(k)
             raw = transfer.arrive(staged)
             bytes_read += nbytes
             task = unit.task
-            block = Block(unit.block, unit.rows[0] if unit.rows else 0)
+            block = Block(unit.block, unit.rows[0] if unit.rows else 0, task.numel // max(1, unit.blocks)
+                          if plan.per_expert(task) else task.numel)
             if not unit.merges:
                 step = method.blockwise.passes[unit.phase]
                 task_stats = stats.setdefault(task.name, {})
@@ -294,6 +339,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                         shares.setdefault(task.name, []).append(share)
                     if unit.block == unit.blocks - 1:
                         task_stats.update(step.finish(shares.pop(task.name), task_stats, task.params))
+                        finished[task.name] = unit.phase + 1
                 continue
             blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
             if task.copy:
@@ -317,6 +363,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             if unit.block == unit.blocks - 1:
                 done_tensors += 1
                 stats.pop(task.name, None)
+                finished.pop(task.name, None)
             if progress:
                 progress(Progress(done_tensors, total, done_bytes, writer.total_size))
         for f in writes:
@@ -332,7 +379,9 @@ def _unit_bytes(unit: _Unit) -> int:
 
 def _input_bytes(unit: _Unit) -> int:
     """About what reading the unit's inputs holds in memory (at the output dtype's size)."""
-    return _unit_bytes(unit) * (len(unit.task.inputs) + (1 if unit.task.base else 0))
+    rows = unit.read_rows
+    read = unit.task.nbytes if rows is None else (rows[1] - rows[0]) * (unit.task.nbytes // unit.task.shape[0])
+    return read * (len(unit.task.inputs) + (1 if unit.task.base else 0))
 
 
 def _prepare(task: TensorTask, raw: list[torch.Tensor], dev: torch.device,

@@ -12,11 +12,13 @@ Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]],
 
 
 class Block(NamedTuple):
-    """Where a block lies in its tensor: its position among the blocks, and the index of its
-    first row (random methods key their draws on rows)."""
+    """Where a block lies in its tensor: its position among the blocks, the index of its first
+    row (random methods key their draws on rows), and the tensor's entries (a pass that reads a
+    sample of the rows learns the whole's size from it)."""
 
     index: int
     row: int
+    entries: int
 
 
 # (base block, blocks, params, statistics, block) -> merged block
@@ -34,11 +36,19 @@ class Pass:
     statistics this pass adds (a dict merged into `stats` for later passes and the kernel).
     `fold(total, share)`, when given, adds a share into a running total (in place), so that a
     large tensor's shares (histograms) are not all held until the end: `finish` then gets one.
+    `sample` > 1 reads only the first 1/sample of each block's rows (at least one), for
+    statistics a sample can estimate. `needed(stats)`, when given, says after the passes before
+    it whether this one must run at all: a pass that is not needed is neither read nor run.
     """
 
     gather: Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any], dict[str, Any], "Block"], Any]
     finish: Callable[[list[Any], dict[str, Any], dict[str, Any]], dict[str, Any]]
     fold: Callable[[Any, Any], Any] | None = None
+    sample: int = 1
+    needed: Callable[[dict[str, Any]], bool] | None = None
+
+    def runs(self, stats: dict[str, Any]) -> bool:
+        return self.needed is None or self.needed(stats)
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,14 @@ class Blockwise:
     applies: Callable[[dict[str, Any]], bool] = lambda params: True
 
     def whole(self, base: "torch.Tensor | None", tensors: "list[torch.Tensor]", params: dict[str, Any]) -> "torch.Tensor":
-        """The whole-tensor kernel: every pass over a single block."""
+        """The whole-tensor kernel: every pass that is needed over a single block (a sample is
+        the whole of it)."""
         stats: dict[str, Any] = {}
+        block = Block(0, 0, tensors[0].numel())
         for p in self.passes:
-            stats.update(p.finish([p.gather(base, tensors, params, stats, Block(0, 0))], stats, params))
-        return self.kernel(base, tensors, params, stats, Block(0, 0))
+            if p.runs(stats):
+                stats.update(p.finish([p.gather(base, tensors, params, stats, block)], stats, params))
+        return self.kernel(base, tensors, params, stats, block)
 
 
 @dataclass(frozen=True)

@@ -9,22 +9,29 @@ modules.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
 
 from ._sparsify import (
+    HIGH_BINS,
     LOW_BINS,
+    SAMPLE,
+    Window,
     block_mask,
     derive_seed,
     elect_signs,
     final_cut,
     first_cut,
+    guess_window,
     high_counts,
     l1_rescale,
     low_counts,
     magnitude_mask,
     random_mask,
+    window_counts,
+    window_cut,
 )
 from .method import Block, Blockwise, Method, Param, Pass
 
@@ -124,38 +131,104 @@ Band = Callable[[dict[str, Any], int, int], "tuple[int, int] | None"]
 
 def selection(band: Band, elect: bool) -> Blockwise:
     """Magnitude selections block by block (TIES, Model Breadcrumbs): each top-k cut of |delta|
-    is found by the block-by-block radix select of `_sparsify` (two counting passes, each adding
-    every block's histograms into one), then each block keeps its entries inside the band,
-    exactly as the whole-tensor `top_k_mask` does."""
+    is guessed from a sample of every block's rows, then fixed by one counting pass over the
+    blocks (`_sparsify`'s windows); a cut that falls outside its window is found by the exact
+    radix select (two more counting passes, which run only then). Each block then keeps its
+    entries inside the band, exactly as the whole-tensor `top_k_mask` does.
+
+    stats["cuts"][i] is None (model i keeps everything) or its (outer, inner) cuts, each True,
+    False, a `Cut`, or, while it is being searched, None (unknown) or a bin (see `first_cut`)."""
+    def mags(base: torch.Tensor | None, tensors: list[torch.Tensor], models: list[int]) -> Iterator[torch.Tensor]:
+        assert base is not None
+        return ((tensors[i] - base).abs_() for i in models)
+
+    def sample(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+               stats: dict[str, Any], block: Block) -> torch.Tensor:
+        """Each model's `high_counts` of the sampled rows, then the tensor's entries (counted at
+        its first block: the shares add up)."""
+        assert base is not None
+        counts = torch.stack([high_counts(m) for m in mags(base, tensors, list(range(len(tensors))))])
+        entries = torch.full((1,), block.entries if block.index == 0 else 0, dtype=torch.int64, device=base.device)
+        return torch.cat([counts.reshape(-1), entries])
+
+    def guess(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        total = shares[0].cpu()
+        n = int(total[-1])
+        counts = total[:-1].reshape(-1, HIGH_BINS)
+        s = int(counts[0].sum())
+        cuts: list[list[Any] | None] = []
+        windows: list[list[Window | None] | None] = []
+        for i, c in enumerate(counts):
+            b = band(params, i, n)
+            cuts.append(None if b is None else [k >= n if k <= 0 or k >= n else None for k in b])
+            windows.append(None if b is None else [None if cut is not None else guess_window(c, k * s / n)
+                                                   for k, cut in zip(b, cuts[-1])])
+        return {"entries": n, "cuts": cuts, "windows": windows}
+
+    def guessed(stats: dict[str, Any]) -> list[tuple[int, int, Window]]:
+        return [(i, j, w) for i, ws in enumerate(stats["windows"]) if ws for j, w in enumerate(ws) if w is not None]
+
+    def windowed(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
+                 stats: dict[str, Any], block: Block) -> torch.Tensor:
+        """Every guessed window's counts, one after another."""
+        assert base is not None
+        found = guessed(stats)
+        models = sorted({i for i, _, _ in found})
+        values = dict(zip(models, mags(base, tensors, models)))
+        return torch.cat([window_counts(values[i], w) for i, _, w in found])
+
+    def placed(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        total, n = shares[0].cpu(), stats["entries"]
+        cuts = [None if c is None else list(c) for c in stats["cuts"]]
+        start = 0
+        for i, j, w in guessed(stats):
+            b = band(params, i, n)
+            assert b is not None and cuts[i] is not None
+            cuts[i][j] = window_cut(total[start:start + w.size], w, b[j])
+            start += w.size
+        return {"cuts": cuts}
+
+    def unknown(stats: dict[str, Any]) -> list[int]:
+        return [i for i, cuts in enumerate(stats["cuts"]) if cuts is not None and None in cuts]
+
     def high(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
              stats: dict[str, Any], block: Block) -> torch.Tensor:
         assert base is not None
-        return torch.stack([high_counts((x - base).abs_()) for x in tensors])
+        counts = torch.zeros(len(tensors), HIGH_BINS, dtype=torch.int64, device=base.device)
+        models = unknown(stats)
+        for i, m in zip(models, mags(base, tensors, models)):
+            counts[i] = high_counts(m)
+        return counts
 
     def high_done(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        counts = shares[0].cpu()
-        n = int(counts[0].sum())
-        bands = [band(params, i, n) for i in range(len(counts))]
-        return {"cuts": [None if b is None else [first_cut(c, k) for k in b] for c, b in zip(counts, bands)]}
+        counts, n = shares[0].cpu(), stats["entries"]
+        cuts = [None if c is None else list(c) for c in stats["cuts"]]
+        for i in unknown(stats):
+            b = band(params, i, n)
+            assert b is not None
+            cuts[i] = [first_cut(counts[i], k) if c is None else c for c, k in zip(cuts[i], b)]
+        return {"cuts": cuts}
+
+    def binned(stats: dict[str, Any]) -> list[int]:
+        return [i for i, cuts in enumerate(stats["cuts"]) if cuts is not None and any(isinstance(c, tuple) for c in cuts)]
 
     def low(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
             stats: dict[str, Any], block: Block) -> torch.Tensor:
-        """Per model and cut (outer, inner), the counts of the low bits in the cut's bin (zeros
-        where the cut is already known)."""
+        """Per model and cut, the counts of the low bits in the cut's bin (zeros where the cut is
+        already known)."""
         assert base is not None
         counts = torch.zeros(len(tensors), 2, LOW_BINS, dtype=torch.int64, device=base.device)
-        for i, (x, cuts) in enumerate(zip(tensors, stats["cuts"])):
-            if cuts is None or not any(isinstance(c, tuple) for c in cuts):
-                continue
-            mags = (x - base).abs_()
-            for j, c in enumerate(cuts):
+        models = binned(stats)
+        for i, m in zip(models, mags(base, tensors, models)):
+            for j, c in enumerate(stats["cuts"][i]):
                 if isinstance(c, tuple):
-                    counts[i, j] = low_counts(mags, c[0])
+                    counts[i, j] = low_counts(m, c[0])
         return counts
 
     def low_done(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         lows = shares[0].cpu()
-        return {"cuts": [None if cuts is None else [final_cut(lows[i, j], c) for j, c in enumerate(cuts)]
+        return {"cuts": [None if cuts is None else [final_cut(lows[i, j], c) if isinstance(c, tuple) else c
+                                                    for j, c in enumerate(cuts)]
                          for i, cuts in enumerate(stats["cuts"])]}
 
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
@@ -175,7 +248,10 @@ def selection(band: Band, elect: bool) -> Blockwise:
 
         return combine(base, tensors, params, prune, elect)
 
-    return Blockwise(kernel, (Pass(high, high_done, torch.Tensor.add_), Pass(low, low_done, torch.Tensor.add_)),
+    return Blockwise(kernel, (Pass(sample, guess, torch.Tensor.add_, sample=SAMPLE),
+                              Pass(windowed, placed, torch.Tensor.add_, needed=lambda stats: bool(guessed(stats))),
+                              Pass(high, high_done, torch.Tensor.add_, needed=lambda stats: bool(unknown(stats))),
+                              Pass(low, low_done, torch.Tensor.add_, needed=lambda stats: bool(binned(stats)))),
                      applies=lambda params: not params["rescale"])
 
 
