@@ -181,7 +181,7 @@ def test_guessed_cuts_that_miss_fall_back_to_the_exact_passes(families, tmp_path
 
     text = _blockwise_recipe(method, *families("llama"))
     whole = load_state(merge(text, tmp_path / "whole").folder)
-    for name, guess in (("missed", lambda counts, k: _sparsify.Window(0, 1)), ("none", lambda counts, k: None)):
+    for name, guess in (("missed", lambda counts, k, spread: _sparsify.Window(0, 1)), ("none", lambda counts, k, spread: None)):
         monkeypatch.setattr(task_arithmetic, "guess_window", guess)
         blocks = load_state(merge(text, tmp_path / name, chunk_bytes=2048).folder)
         assert all(torch.equal(blocks[k], whole[k]) for k in whole), name

@@ -191,14 +191,34 @@ class Window:
         return (self.bins << 16) + 2
 
 
-def guess_window(counts: torch.Tensor, k: float) -> Window | None:
+def row_sums(values: torch.Tensor) -> torch.Tensor:
+    """Of the mean value of each row (the leading axis): their sum, the sum of their squares and
+    how many rows (float64, to add up over blocks), for `row_spread`."""
+    means = values.reshape(values.shape[0] if values.dim() > 1 else 1, -1).double().mean(1)
+    return torch.stack([means.sum(), means.square().sum(), torch.tensor(float(len(means)), dtype=torch.float64,
+                                                                          device=values.device)])
+
+
+def row_spread(sums: torch.Tensor) -> float:
+    """How far a sample's ranks may stray because its rows differ (the coefficient of variation
+    of the rows' means over the square root of their number): rows are sampled whole, so rows
+    unlike each other make a sample less telling than its entry count says."""
+    total, squares, rows = (float(v) for v in sums)
+    if rows < 2 or total <= 0:
+        return 0.0
+    mean = total / rows
+    return math.sqrt(max(0.0, squares / rows - mean * mean)) / mean / math.sqrt(rows)
+
+
+def guess_window(counts: torch.Tensor, k: float, spread: float = 0.0) -> Window | None:
     """The run of at most WINDOW_BINS high bins most likely to hold the k-th largest value, from
-    a sample's `high_counts` (k at the sample's scale, its error a binomial one and `SPREAD`),
-    trimmed of bins that add little; None when even that is not LIKELY to hold it."""
+    a sample's `high_counts` (k at the sample's scale; its error a binomial one, `spread` (see
+    `row_spread`) and `SPREAD`), trimmed of bins that add little; None when even that is not
+    LIKELY to hold it."""
     s = int(counts.sum())
     if not 0 < k < s:
         return None
-    sigma = math.sqrt(k * (s - k) / s) + SPREAD * s + 0.5
+    sigma = math.sqrt(k * (s - k) / s) + (spread + SPREAD) * s + 0.5
     above = counts.flip(0).cumsum(0).flip(0).tolist()  # above[b]: the sample's values in bins >= b
     above.append(0)
 

@@ -30,6 +30,8 @@ from ._sparsify import (
     low_counts,
     magnitude_mask,
     random_mask,
+    row_spread,
+    row_sums,
     window_counts,
     window_cut,
 )
@@ -144,24 +146,27 @@ def selection(band: Band, elect: bool) -> Blockwise:
 
     def sample(base: torch.Tensor | None, tensors: list[torch.Tensor], params: dict[str, Any],
                stats: dict[str, Any], block: Block) -> torch.Tensor:
-        """Each model's `high_counts` of the sampled rows, then the tensor's entries (counted at
-        its first block: the shares add up)."""
+        """Each model's `high_counts` and `row_sums` of the sampled rows, then the tensor's
+        entries (counted at its first block: the shares add up), as float64."""
         assert base is not None
-        counts = torch.stack([high_counts(m) for m in mags(base, tensors, list(range(len(tensors))))])
-        entries = torch.full((1,), block.entries if block.index == 0 else 0, dtype=torch.int64, device=base.device)
-        return torch.cat([counts.reshape(-1), entries])
+        values = list(mags(base, tensors, list(range(len(tensors)))))
+        counts = torch.stack([high_counts(m) for m in values]).double()
+        rows = torch.stack([row_sums(m) for m in values])
+        entries = torch.full((1,), block.entries if block.index == 0 else 0, dtype=torch.float64, device=base.device)
+        return torch.cat([counts.reshape(-1), rows.reshape(-1), entries])
 
     def guess(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         total = shares[0].cpu()
-        n = int(total[-1])
-        counts = total[:-1].reshape(-1, HIGH_BINS)
+        n, models = int(total[-1]), len(params["weight"])
+        counts = total[:models * HIGH_BINS].reshape(models, HIGH_BINS).long()
+        rows = total[models * HIGH_BINS:-1].reshape(models, 3)
         s = int(counts[0].sum())
         cuts: list[list[Any] | None] = []
         windows: list[list[Window | None] | None] = []
         for i, c in enumerate(counts):
             b = band(params, i, n)
             cuts.append(None if b is None else [k >= n if k <= 0 or k >= n else None for k in b])
-            windows.append(None if b is None else [None if cut is not None else guess_window(c, k * s / n)
+            windows.append(None if b is None else [None if cut is not None else guess_window(c, k * s / n, row_spread(rows[i]))
                                                    for k, cut in zip(b, cuts[-1])])
         return {"entries": n, "cuts": cuts, "windows": windows}
 
