@@ -371,17 +371,18 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
     return bytes_read
 
 
+def _rows_bytes(task: TensorTask, rows: tuple[int, int] | None) -> int:
+    """The output bytes of `rows` of the task's tensor (None: all of it)."""
+    return task.nbytes if rows is None else (rows[1] - rows[0]) * (task.nbytes // task.shape[0])
+
+
 def _unit_bytes(unit: _Unit) -> int:
-    if unit.rows is None:
-        return unit.task.nbytes
-    return (unit.rows[1] - unit.rows[0]) * (unit.task.nbytes // unit.task.shape[0])
+    return _rows_bytes(unit.task, unit.rows)
 
 
 def _input_bytes(unit: _Unit) -> int:
     """About what reading the unit's inputs holds in memory (at the output dtype's size)."""
-    rows = unit.read_rows
-    read = unit.task.nbytes if rows is None else (rows[1] - rows[0]) * (unit.task.nbytes // unit.task.shape[0])
-    return read * (len(unit.task.inputs) + (1 if unit.task.base else 0))
+    return _rows_bytes(unit.task, unit.read_rows) * (len(unit.task.inputs) + (1 if unit.task.base else 0))
 
 
 def _prepare(task: TensorTask, raw: list[torch.Tensor], dev: torch.device,

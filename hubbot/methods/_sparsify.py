@@ -153,10 +153,15 @@ def _past_nth_true(flags: torch.Tensor, n: int, chunk: int = 1 << 16) -> tuple[i
 # k >= n keeps everything (True), k <= 0 nothing (False).
 
 
+def settled(k: int, n: int) -> bool | None:
+    """A cut that needs no counting: True when it keeps all n values, False when none, else None."""
+    return True if k >= n else False if k <= 0 else None
+
+
 def first_cut(counts: torch.Tensor, k: int) -> bool | tuple[int, int]:
     """True, False, or the bin holding the k-th largest value and how many of the k lie in it."""
-    n = int(counts.sum())
-    return True if k >= n else False if k <= 0 else kth_bin(counts, k)
+    known = settled(k, int(counts.sum()))
+    return kth_bin(counts, k) if known is None else known
 
 
 def final_cut(lows: torch.Tensor, first: bool | tuple[int, int]) -> bool | Cut:
@@ -249,9 +254,9 @@ def window_counts(values: torch.Tensor, window: Window) -> torch.Tensor:
 def window_cut(counts: torch.Tensor, window: Window, k: int) -> bool | Cut | None:
     """The cut from a window's counts over every block (k of all the values counted), or None
     when the k-th largest value lies outside the window."""
-    n = int(counts.sum())
-    if k >= n or k <= 0:
-        return k >= n
+    known = settled(k, int(counts.sum()))
+    if known is not None:
+        return known
     above = int(counts[-1])
     inside = counts[1:-1]
     if not above < k <= above + int(inside.sum()):

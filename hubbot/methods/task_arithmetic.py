@@ -32,6 +32,7 @@ from ._sparsify import (
     random_mask,
     row_spread,
     row_sums,
+    settled,
     window_counts,
     window_cut,
 )
@@ -165,7 +166,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
         windows: list[list[Window | None] | None] = []
         for i, c in enumerate(counts):
             b = band(params, i, n)
-            cuts.append(None if b is None else [k >= n if k <= 0 or k >= n else None for k in b])
+            cuts.append(None if b is None else [settled(k, n) for k in b])
             windows.append(None if b is None else [None if cut is not None else guess_window(c, k * s / n, row_spread(rows[i]))
                                                    for k, cut in zip(b, cuts[-1])])
         return {"entries": n, "cuts": cuts, "windows": windows}
