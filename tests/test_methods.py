@@ -245,6 +245,7 @@ def test_block_by_block_cuts_keep_the_whole_tensors_ties_on_every_walk():
 
     gen = torch.Generator().manual_seed(5)
     mags = torch.randint(0, 9, (96, 50), generator=gen).float()  # nine values: thousands of ties
+    signed = mags * (torch.rand(mags.shape, generator=gen) - 0.5).sign()
     order = mags.reshape(-1).argsort(descending=True, stable=True)
     blocks = mags.split(7)
     for k in (1, 700, 2400, mags.numel() - 1):
@@ -262,6 +263,9 @@ def test_block_by_block_cuts_keep_the_whole_tensors_ties_on_every_walk():
         for _ in range(2):
             got = torch.cat([_sparsify.block_mask(b, cut, i) for i, b in enumerate(blocks)])
             assert torch.equal(got.reshape(-1), want)
+        # pruning a signed delta in place keeps the same entries, with their signs
+        kept = torch.cat([_sparsify.keep_top(d.clone(), cut, i) for i, d in enumerate(signed.split(7))])
+        assert torch.equal(kept.reshape(-1), signed.reshape(-1) * want)
         # the GPU's form of the count (a tensor, never read back) keeps the same ties
         level = mags.reshape(-1)[order[k - 1]]
         left: int | torch.Tensor = cut.ties

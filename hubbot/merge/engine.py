@@ -44,6 +44,7 @@ WRITE_BEHIND = 2  # results handed to the write thread and not yet written
 CUDA_CHUNK_BYTES = 64 << 20  # float32 bytes of a block on a GPU: large enough to fill it, small beside its memory
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 SIDE_FILES = ("generation_config.json",)
+_DELTA_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # widened exactly by a subtraction from float32
 
 
 @dataclass
@@ -244,7 +245,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
     done_bytes = writer.total_size - sum(_unit_bytes(u) for u in units if u.merges)
     bytes_read = 0
     method = plan.method
-    in_dtype = TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None
+    inputs = _Inputs(dev, TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None, method.deltas)
     transfer = Transfer(dev)
 
     def fetch(unit: _Unit) -> tuple[int, Staged]:
@@ -330,7 +331,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             if not unit.merges:
                 step = method.blockwise.passes[unit.phase]
                 task_stats = stats.setdefault(task.name, {})
-                base, tensors = _prepare(task, raw, dev, in_dtype)
+                base, tensors = inputs.prepare(task, raw)
                 with _refusals(task, dev):
                     share = step.gather(base, tensors, task.params, task_stats, block)
                     if step.fold is not None and task.name in shares:  # one running total, not every share
@@ -346,13 +347,13 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 result = Returning(raw[-1].cpu())
             elif unit.rows is not None and plan.per_expert(task):  # a block is one expert's slice
                 kernel = _one_expert(method.kernel, task.expert_params(unit.block))
-                result = _compute(task, raw, transfer, in_dtype, kernel)
+                result = _compute(task, raw, transfer, inputs, kernel)
             elif blockwise is not None:
                 task_stats = stats.get(task.name, {})
-                result = _compute(task, raw, transfer, in_dtype,
+                result = _compute(task, raw, transfer, inputs,
                                   lambda b, xs, p: blockwise.kernel(b, xs, p, task_stats, block))
             else:
-                result = _compute(task, raw, transfer, in_dtype, method.kernel)
+                result = _compute(task, raw, transfer, inputs, method.kernel)
             row_offset = 0
             if unit.rows is not None:
                 row_offset = unit.rows[0] * (task.nbytes // task.shape[0])
@@ -385,18 +386,29 @@ def _input_bytes(unit: _Unit) -> int:
     return _rows_bytes(unit.task, unit.read_rows) * (len(unit.task.inputs) + (1 if unit.task.base else 0))
 
 
-def _prepare(task: TensorTask, raw: list[torch.Tensor], dev: torch.device,
-             in_dtype: torch.dtype | None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Inputs cast to the recipe dtype first (as the format defines), then float32 on the
-    device; the base split off."""
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        if in_dtype is not None:
-            x = x.to(in_dtype)
-        return x.to(device=dev, dtype=torch.float32)
+@dataclass(frozen=True)
+class _Inputs:
+    """How a unit's raw inputs become a kernel's: cast to the recipe dtype first (as the format
+    defines), then float32 on the device, except the models of a method that reads them only as
+    differences from the (float32) base (`Method.deltas`), which keep their float dtype."""
 
-    tensors = [prep(x) for x in raw]
-    base = tensors.pop(0) if task.base else None
-    return base, tensors
+    dev: torch.device
+    dtype: torch.dtype | None
+    deltas: bool
+
+    def prepare(self, task: TensorTask, raw: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The base (float32) split off, and the models."""
+        def prep(x: torch.Tensor, widen: bool) -> torch.Tensor:
+            if self.dtype is not None:
+                x = x.to(self.dtype)
+            if not widen and x.dtype in _DELTA_DTYPES:
+                return x.to(self.dev)
+            return x.to(device=self.dev, dtype=torch.float32)
+
+        keep = self.deltas and task.base is not None  # the base comes first
+        tensors = [prep(x, widen=j == 0 or not keep) for j, x in enumerate(raw)]
+        base = tensors.pop(0) if task.base else None
+        return base, tensors
 
 
 @contextmanager
@@ -416,10 +428,10 @@ def _not_finite(task: TensorTask) -> MergeError:
                       "of this tensor (weights summing to zero, extreme lambda) and the input models")
 
 
-def _compute(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, in_dtype: torch.dtype | None,
+def _compute(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, inputs: _Inputs,
              kernel: Callable) -> Returning:
     """Merge in float32, check the result is finite, cast it to the output dtype on its way back."""
-    base, tensors = _prepare(task, raw, transfer.dev, in_dtype)
+    base, tensors = inputs.prepare(task, raw)
     with _refusals(task, transfer.dev):
         out = kernel(base, tensors, task.params)
     # on the CPU: a sum is finite exactly when every entry is (unless it overflows), so one

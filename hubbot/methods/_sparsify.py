@@ -97,15 +97,26 @@ class Cut:
     left: int | torch.Tensor = 0
 
 
+def _level(cut: Cut) -> float:
+    """The cut's value (exactly a float32)."""
+    return struct.unpack("<f", struct.pack("<i", cut.bits))[0]
+
+
+def _ties_done(cut: Cut) -> bool:
+    """Whether every value tied with the cut that is kept has been met (on a GPU the running
+    count is a device scalar, which is never read: there, ties are always looked for)."""
+    return isinstance(cut.left, int) and cut.left <= 0
+
+
 def cut_mask(values: torch.Tensor, cut: Cut, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """1 above the cut and for the next `cut.left` values equal to it, in index order (which it
     counts down); 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`. The values are compared
     as floats with the cut's value (for non-negative floats, the same order as their bits, and
     faster)."""
     values = values.float()
-    level = struct.unpack("<f", struct.pack("<i", cut.bits))[0]
+    level = _level(cut)
     mask = _compare(torch.gt, values, level, dtype)
-    if isinstance(cut.left, int) and cut.left <= 0:
+    if _ties_done(cut):
         return mask
     tied = _compare(torch.eq, values, level, dtype)
     flat = tied.reshape(-1)
@@ -274,6 +285,42 @@ def block_mask(values: torch.Tensor, cut: bool | Cut, block: int, dtype: torch.d
     if block == 0:
         cut.left = cut.ties
     return cut_mask(values, cut, dtype)
+
+
+def keep_top(delta: torch.Tensor, cut: bool | Cut, block: int) -> torch.Tensor:
+    """`delta` (the caller's own, float32) with only its entries inside `block_mask(|delta|, cut,
+    block)` kept, in place. Entries above the cut's value are kept by one shrink (zero where
+    |x| <= value) rather than a magnitude, a mask and a product; the entries tied with it that
+    are kept, the first `cut.left` in index order, are put back afterwards."""
+    if isinstance(cut, bool):
+        return delta if cut else delta.zero_()
+    if block == 0:
+        cut.left = cut.ties
+    level = _level(cut)
+    if _ties_done(cut):
+        return torch.ops.aten.hardshrink.out(delta, level, out=delta)
+    tied = _compare(torch.eq, delta.abs(), level, delta.dtype).reshape(-1)
+    flat = delta.reshape(-1)
+    if delta.device.type != "cpu":  # a running count (see `cut_mask`)
+        cut.left = _keep_first(tied, cut.left)
+        end = flat.numel()
+    else:
+        end, found = _past_nth_true(tied, cut.left)
+        cut.left -= found
+    kept_ties = tied[:end].mul_(flat[:end])
+    torch.ops.aten.hardshrink.out(delta, level, out=delta)
+    flat[:end].add_(kept_ties)  # disjoint: the shrink zeroed every tied entry
+    return delta
+
+
+def keep_band(delta: torch.Tensor, outer: bool | Cut, inner: bool | Cut, block: int) -> torch.Tensor:
+    """`delta` (the caller's own) with only the entries inside the top `outer` but not the top
+    `inner` of its magnitudes (see `block_mask`), in place: the inner top lies inside the outer
+    and keeps the same values, so subtracting it leaves exact zeros."""
+    if inner is False:
+        return keep_top(delta, outer, block)
+    innermost = keep_top(delta.clone(), inner, block)
+    return keep_top(delta, outer, block).sub_(innermost)
 
 
 def top_k_mask(values: torch.Tensor, k: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:

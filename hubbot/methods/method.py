@@ -116,6 +116,9 @@ class Method:
     engine may merge a large tensor block by block to bound memory.
     blockwise: the block-by-block form of a method that needs whole-tensor statistics; its
     `whole` is the kernel when none is given.
+    deltas: the kernel (and its passes) use each model only as its difference from the base,
+    which is float32: the engine hands the models over in their own float dtype, since the
+    subtraction widens them anyway (a conversion pass per model and block fewer).
     """
 
     name: str
@@ -131,6 +134,7 @@ class Method:
     check: Callable[[dict[str, Any]], str | None] | None = None
     aliases: tuple[str, ...] = field(default=())
     blockwise: Blockwise | None = None
+    deltas: bool = False
 
     def __post_init__(self) -> None:
         if self.kernel is None:

@@ -19,13 +19,13 @@ from ._sparsify import (
     LOW_BINS,
     SAMPLE,
     Window,
-    block_mask,
     derive_seed,
     elect_signs,
     final_cut,
     first_cut,
     guess_window,
     high_counts,
+    keep_band,
     l1_rescale,
     low_counts,
     magnitude_mask,
@@ -109,9 +109,12 @@ def _elect_and_add(base: torch.Tensor, deltas: list[torch.Tensor], weights: list
         divisor.add_(torch.gt(along, 0, out=along), alpha=w)  # along is spent: its memory holds the flags
     if not normalize:
         return torch.add(base, mixed.mul_(signs), alpha=lam)
-    spare = deltas[-1] if len(deltas) > 1 else torch.empty_like(base)
-    divisor.add_(torch.eq(divisor, 0, out=spare)).mul_(signs)  # no agreeing entry: divide by 1
-    return torch.addcdiv(base, mixed, divisor, value=lam)
+    if min(weights) > 0:  # a sum of positive weights is 0 or at least the least of them; where it is 0, so is mixed
+        divisor.clamp_(min=min(weights))
+    else:
+        spare = deltas[-1] if len(deltas) > 1 else torch.empty_like(base)
+        divisor.add_(torch.eq(divisor, 0, out=spare))  # no agreeing entry: divide by 1
+    return torch.addcdiv(base, mixed, divisor.mul_(signs), value=lam)
 
 
 def _pruner(params: dict[str, Any], sparsify: Sparsifier, row: int = 0) -> Callable[[int, torch.Tensor], torch.Tensor]:
@@ -243,14 +246,7 @@ def selection(band: Band, elect: bool) -> Blockwise:
 
         def prune(i: int, d: torch.Tensor) -> torch.Tensor:
             cuts = stats["cuts"][i]
-            if cuts is None:
-                return d
-            mags = d.abs()
-            outer, inner = cuts
-            mask = block_mask(mags, outer, block.index, d.dtype)
-            if inner is not False:
-                mask.sub_(block_mask(mags, inner, block.index, d.dtype))  # the inner top-k lies inside the outer
-            return d.mul_(mask)
+            return d if cuts is None else keep_band(d, *cuts, block.index)
 
         return combine(base, tensors, params, prune, elect)
 
@@ -305,7 +301,7 @@ def family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier
     kernel.__name__ = name
     return Method(name=name, kernel=kernel, title=title, summary=summary, paper=paper, base="required",
                     params=tuple(params), models=(1, None), elementwise=elementwise,
-                    seeded=seeded, check=check,
+                    seeded=seeded, check=check, deltas=True,
                     blockwise=_by_rows(sparsify, elect) if by_rows and sparsify else blockwise)
 
 
