@@ -220,6 +220,68 @@ def test_cuts_found_in_their_windows_read_no_more_passes(tmp_path, monkeypatch):
     assert len(rows) == 3 * 8 * 3  # three inputs: the sample, the window pass and the merge
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_statistics_passes_run_beside_the_merges(families, tmp_path, monkeypatch, threads):
+    """With a second CPU, each task's statistics passes run on a lane of their own, ahead of the
+    merges; with one they run when the task comes. The merge is the same."""
+    import threading
+
+    from hubbot.methods import task_arithmetic
+
+    text = _blockwise_recipe("ties", *families("llama"))
+    reference = load_state(merge(text, tmp_path / "ref").folder)
+    counted_on: set[str] = set()
+    original = task_arithmetic.high_counts
+
+    def spy(values):
+        counted_on.add(threading.current_thread().name)
+        return original(values)
+
+    monkeypatch.setattr(task_arithmetic, "high_counts", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = load_state(merge(text, tmp_path / "out").folder)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(got[k], reference[k]) for k in reference)
+    if threads == 1:
+        assert counted_on == {"MainThread"}
+    else:  # vectors (norms) are merged whole, with their statistics, by the merges' thread
+        assert "hubbot-stats_0" in counted_on
+
+
+def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_path, monkeypatch):
+    """A pass that fails names its tensor; a cancel seen by the lane stops the merge; neither
+    leaves output behind."""
+    import threading
+
+    from hubbot.errors import Cancelled
+    from hubbot.methods import task_arithmetic
+
+    text = _blockwise_recipe("ties", *families("llama"))
+
+    def refuse(values):
+        raise ValueError("no counts today")
+
+    monkeypatch.setattr(task_arithmetic, "high_counts", refuse)
+    with pytest.raises(MergeError, match="tensor '.*': no counts today"):
+        merge(text, tmp_path / "failed")
+    assert not (tmp_path / "failed").exists() and not (tmp_path / "failed.partial").exists()
+    cancel = threading.Event()
+    original = task_arithmetic.window_counts
+
+    def cancel_then_count(values, window):
+        cancel.set()
+        return original(values, window)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(task_arithmetic, "window_counts", cancel_then_count)
+    with pytest.raises(Cancelled):
+        merge(text, tmp_path / "cancelled", cancel=cancel)
+    assert not (tmp_path / "cancelled").exists() and not (tmp_path / "cancelled.partial").exists()
+
+
 def test_resume_keeps_finished_shards(families, tmp_path):
     base, ft1, _ = families("llama")
     text = f"merge_method: linear\nmodels: [{{model: {base}, parameters: {{weight: 1}}}}, {{model: {ft1}, parameters: {{weight: 1}}}}]\n"

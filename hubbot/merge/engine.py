@@ -4,7 +4,8 @@ Memory holds only the tensors in flight (the current one and the next ones being
 on a thread), whatever the model size. Elementwise methods go further and merge a large
 tensor block of rows by block, reading only those rows; methods with a blockwise form (SLERP,
 TIES and most of the catalogue) first read the blocks once per statistics pass, then merge
-them block by block. Blocks are a few MB, so they stay in the CPU caches and the allocator
+them block by block; the passes run on a thread of their own, a task or more ahead of the
+merges, so their counting uses the CPU the merges leave idle. Blocks are a few MB, so they stay in the CPU caches and the allocator
 reuses their memory. A fused expert tensor ([experts, ...]) is merged one expert's slice at a
 time, as that expert's own tensor (its cuts, norms and random draws per expert). The output is
 written into `<out>.partial` and renamed into place when complete, so a failed merge leaves no
@@ -42,7 +43,7 @@ PREFETCH = 2  # units read ahead at most,
 PREFETCH_BYTES = 32 << 20  # and input bytes read ahead beyond the next unit: whole large tensors are not queued twice
 WRITE_BEHIND = 2  # results handed to the write thread and not yet written
 CUDA_CHUNK_BYTES = 64 << 20  # float32 bytes of a block on a GPU: large enough to fill it, small beside its memory
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
 SIDE_FILES = ("generation_config.json",)
 _DELTA_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # widened exactly by a subtraction from float32
 
@@ -134,13 +135,16 @@ def _units(plan: Plan, writer: ShardWriter, chunk_bytes: int) -> list[_Unit]:
 def _reuse_freed_memory() -> None:
     """Ask glibc's allocator to keep freed blocks for reuse. By default it hands memory above a
     few MB back to the system and faults it in again on the next allocation, which on the
-    CPU made each kernel operation on a block take twice as long."""
+    CPU made each kernel operation on a block take twice as long; and it gives each thread
+    a heap of its own, where memory one thread freed waits for that thread (some 50 MB more
+    at the peak of a 255 M TIES merge, with its passes on a thread of their own)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to tune
         return
     libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # blocks and layer tensors from the heap, not fresh mappings
     libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)   # and the heap not trimmed between blocks
+    libc.mallopt(M_ARENA_MAX, 1)  # one heap for every thread: the statistics lane's blocks reuse the merges' memory
 
 
 def settle_imports() -> None:
@@ -233,8 +237,10 @@ def run(
 
 def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
            progress: Callable[[Progress], None] | None, cancel: threading.Event | None) -> int:
-    """Run every unit with reads (and copies to the device) prefetched on one thread and writes
-    (after the copies back) done on another; the kernels run here. Returns the bytes read."""
+    """Run every unit: the statistics passes of each task on a lane of their own (one thread
+    going through the tasks in order, ahead of the merges, so that their counting runs beside
+    the kernels rather than between them), the merges here, with their reads prefetched on one
+    thread and their writes (after the copies back) done on another. Returns the bytes read."""
     units = _units(plan, writer, chunk_bytes)
     if units:  # tensors computed here (MoE routers) first: the work may be long, and may be cancelled
         for source in plan.sources:
@@ -247,6 +253,12 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
     method = plan.method
     inputs = _Inputs(dev, TORCH_NAMES[plan.input_dtype] if plan.input_dtype else None, method.deltas)
     transfer = Transfer(dev)
+    merges = [u for u in units if u.merges]
+    passes: dict[str, list[_Unit]] = {}
+    for u in units:
+        if not u.merges:
+            passes.setdefault(u.task.name, []).append(u)
+    stop = threading.Event()  # the merge ended early: the lane stops at its next block
 
     def fetch(unit: _Unit) -> tuple[int, Staged]:
         """The unit's inputs (base first) and the bytes read; embedding rows in output vocabulary order."""
@@ -258,118 +270,115 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             raw = plan.vocab.align([i.source for i in order], raw)
         return nbytes, transfer.stage(raw)
 
+    def statistics(todo: list[_Unit]) -> tuple[dict, int]:
+        """A task's statistics and the bytes read for them: its passes over its blocks in order,
+        one read ahead; a pass that is not needed (`Pass.needed`) is neither read nor run."""
+        task = todo[0].task
+        task_stats: dict = {}
+        nbytes = 0
+        for phase, step in enumerate(method.blockwise.passes):
+            if not step.runs(task_stats):
+                continue
+            blocks = [u for u in todo if u.phase == phase]
+            shares: list = []
+            ahead = pool.submit(fetch, blocks[0])
+            for i, unit in enumerate(blocks):
+                n, staged = ahead.result()
+                if stop.is_set() or (cancel is not None and cancel.is_set()):
+                    raise Cancelled("the merge was cancelled")
+                if i + 1 < len(blocks):
+                    ahead = pool.submit(fetch, blocks[i + 1])
+                nbytes += n
+                base, tensors = inputs.prepare(task, transfer.arrive(staged))
+                with _refusals(task, dev):
+                    share = step.gather(base, tensors, task.params, task_stats, _block(plan, unit))
+                shares = [step.fold(shares[0], share)] if step.fold is not None and shares else shares + [share]
+            with _refusals(task, dev):
+                task_stats.update(step.finish(shares, task_stats, task.params))
+        return task_stats, nbytes
+
     def write(task: TensorTask, result: Returning, row_offset: int) -> None:
         host, finite = result.wait()
         if not finite:
             raise _not_finite(task)
         writer.write(task.name, host, row_offset)
 
-    shares: dict[str, list] = {}
-    stats: dict[str, dict] = {}
-    finished: dict[str, int] = {}  # statistics passes finished, per task
-    skipped: set[int] = set()
-
-    def reads(j: int) -> bool | None:
-        """Whether unit j is read and run: False for a pass that is not needed, None while the
-        passes before it have not said."""
-        unit = units[j]
-        if j in skipped:
-            return False
-        if unit.merges or method.blockwise.passes[unit.phase].needed is None:
-            return True
-        if finished.get(unit.task.name, 0) < unit.phase:
-            return None
-        if method.blockwise.passes[unit.phase].runs(stats.get(unit.task.name, {})):
-            return True
-        skipped.add(j)
-        finished[unit.task.name] = unit.phase + 1  # a pass not needed is as good as finished
-        return False
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-read") as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-write") as out:
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-write") as out, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-stats") as lane:
+        # with a second CPU to use the lane runs ahead; with one, a task's passes run when it comes
+        ahead = torch.get_num_threads() >= 2
+        pending = {name: lane.submit(statistics, todo) for name, todo in passes.items()} if ahead else {}
+        stats: dict[str, dict] = {}
         reading: dict[int, Future] = {}
         taken = -1  # the last unit whose read was taken
 
         def read_ahead(k: int) -> None:
-            """Keep unit k and up to PREFETCH units after it that will run reading, within
-            PREFETCH_BYTES beyond the next one; a pass that may not run is passed over until
-            the passes before it say (its reads then start, or it is skipped)."""
-            queued, beyond = 0, 0
-            for j in range(k, len(units)):
-                if queued > PREFETCH:
-                    break
-                decided = reads(j)
-                if not decided:
-                    continue
-                if queued >= 2:
-                    beyond += _input_bytes(units[j])
+            """Keep unit k and up to PREFETCH units after it reading, within PREFETCH_BYTES
+            beyond the next one."""
+            beyond = 0
+            for j in range(k, min(len(merges), k + PREFETCH + 1)):
+                if j >= k + 2:
+                    beyond += _input_bytes(merges[j])
                     if beyond > PREFETCH_BYTES:
                         break
                 if j > taken and j not in reading:
-                    reading[j] = pool.submit(fetch, units[j])
-                queued += 1
+                    reading[j] = pool.submit(fetch, merges[j])
 
-        writes: list[Future] = []
-        for k, unit in enumerate(units):
-            if cancel is not None and cancel.is_set():
-                for f in reading.values():
-                    f.cancel()
-                raise Cancelled("the merge was cancelled")
-            runs = reads(k)
-            assert runs is not None, "the passes before a unit have finished when it comes"
-            if not runs:
-                continue
-            read_ahead(k)
-            nbytes, staged = reading.pop(k).result()
-            taken = k
-            read_ahead(k)
-            raw = transfer.arrive(staged)
-            bytes_read += nbytes
-            task = unit.task
-            block = Block(unit.block, unit.rows[0] if unit.rows else 0, task.numel // max(1, unit.blocks)
-                          if plan.per_expert(task) else task.numel)
-            if not unit.merges:
-                step = method.blockwise.passes[unit.phase]
-                task_stats = stats.setdefault(task.name, {})
-                base, tensors = inputs.prepare(task, raw)
-                with _refusals(task, dev):
-                    share = step.gather(base, tensors, task.params, task_stats, block)
-                    if step.fold is not None and task.name in shares:  # one running total, not every share
-                        shares[task.name][0] = step.fold(shares[task.name][0], share)
-                    else:
-                        shares.setdefault(task.name, []).append(share)
-                    if unit.block == unit.blocks - 1:
-                        task_stats.update(step.finish(shares.pop(task.name), task_stats, task.params))
-                        finished[task.name] = unit.phase + 1
-                continue
-            blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
-            if task.copy:
-                result = Returning(raw[-1].cpu())
-            elif unit.rows is not None and plan.per_expert(task):  # a block is one expert's slice
-                kernel = _one_expert(method.kernel, task.expert_params(unit.block))
-                result = _compute(task, raw, transfer, inputs, kernel)
-            elif blockwise is not None:
-                task_stats = stats.get(task.name, {})
-                result = _compute(task, raw, transfer, inputs,
-                                  lambda b, xs, p: blockwise.kernel(b, xs, p, task_stats, block))
-            else:
-                result = _compute(task, raw, transfer, inputs, method.kernel)
-            row_offset = 0
-            if unit.rows is not None:
-                row_offset = unit.rows[0] * (task.nbytes // task.shape[0])
-            writes.append(out.submit(write, task, result, row_offset))
-            if len(writes) > WRITE_BEHIND:
-                writes.pop(0).result()  # a failed write surfaces here
-            done_bytes += _unit_bytes(unit)
-            if unit.block == unit.blocks - 1:
-                done_tensors += 1
-                stats.pop(task.name, None)
-                finished.pop(task.name, None)
-            if progress:
-                progress(Progress(done_tensors, total, done_bytes, writer.total_size))
-        for f in writes:
-            f.result()
+        try:
+            writes: list[Future] = []
+            for k, unit in enumerate(merges):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("the merge was cancelled")
+                read_ahead(k)
+                nbytes, staged = reading.pop(k).result()
+                taken = k
+                read_ahead(k)
+                raw = transfer.arrive(staged)
+                bytes_read += nbytes
+                task = unit.task
+                if task.name in passes and task.name not in stats:  # its first block: its statistics are needed now
+                    job = pending.pop(task.name, None)
+                    stats[task.name], nbytes = job.result() if job is not None else statistics(passes[task.name])
+                    bytes_read += nbytes
+                blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
+                if task.copy:
+                    result = Returning(raw[-1].cpu())
+                elif unit.rows is not None and plan.per_expert(task):  # a block is one expert's slice
+                    kernel = _one_expert(method.kernel, task.expert_params(unit.block))
+                    result = _compute(task, raw, transfer, inputs, kernel)
+                elif blockwise is not None:
+                    task_stats, block = stats.get(task.name, {}), _block(plan, unit)
+                    result = _compute(task, raw, transfer, inputs,
+                                      lambda b, xs, p: blockwise.kernel(b, xs, p, task_stats, block))
+                else:
+                    result = _compute(task, raw, transfer, inputs, method.kernel)
+                row_offset = 0
+                if unit.rows is not None:
+                    row_offset = unit.rows[0] * (task.nbytes // task.shape[0])
+                writes.append(out.submit(write, task, result, row_offset))
+                if len(writes) > WRITE_BEHIND:
+                    writes.pop(0).result()  # a failed write surfaces here
+                done_bytes += _unit_bytes(unit)
+                if unit.block == unit.blocks - 1:
+                    done_tensors += 1
+                    stats.pop(task.name, None)
+                if progress:
+                    progress(Progress(done_tensors, total, done_bytes, writer.total_size))
+            for f in writes:
+                f.result()
+        finally:
+            stop.set()
+            for f in [*pending.values(), *reading.values()]:
+                f.cancel()
     return bytes_read
+
+
+def _block(plan: Plan, unit: _Unit) -> Block:
+    """Where the unit's block lies in its task's tensor."""
+    task = unit.task
+    entries = task.numel // max(1, unit.blocks) if plan.per_expert(task) else task.numel
+    return Block(unit.block, unit.rows[0] if unit.rows else 0, entries)
 
 
 def _rows_bytes(task: TensorTask, rows: tuple[int, int] | None) -> int:

@@ -137,23 +137,28 @@ class Plan:
         if task.copy or task.vocab or task.ternary or len(task.shape) < 2:  # ternary: one scale per tensor
             return None, 0
         blockwise = self.method.blockwise_for(task.params)
+        if blockwise is not None and blockwise.passes:
+            # a method with statistics passes reads the blocks again for each: its memory stays a
+            # block's whatever the tensor's size, and its passes run beside the merges (a tensor
+            # that fits in one block is one block)
+            return _rows(task, chunk_bytes), len(blockwise.passes)
         if f32_bytes <= chunk_bytes or not (self.method.elementwise or blockwise is not None):
             return None, 0
-        # a method with statistics passes reads the blocks again for each: its memory stays a
-        # block's whatever the tensor's size, for a few percent more time than taking it whole
-        return _rows(task, chunk_bytes), 0 if blockwise is None else len(blockwise.passes)
+        return _rows(task, chunk_bytes), 0
 
     def peak_bytes(self, chunk_bytes: int = CHUNK_BYTES, prefetch: int = 2) -> int:
         """Bytes of tensors in flight at the worst task: raw inputs (prefetched too), their
-        float32 copies, and the result with a few temporaries; split tasks count one block."""
+        float32 copies, and the result with a few temporaries; split tasks count one block,
+        and one more, with its read ahead, for the statistics passes of the next task."""
         worst = 0
         for t in self.tasks:
-            rows, _ = self.blocks(t, chunk_bytes)
+            rows, passes = self.blocks(t, chunk_bytes)
             numel = max(1, t.numel)
             if rows is not None:
                 numel = numel // t.shape[0] * (rows[0][1] - rows[0][0])
             n_in = len(t.inputs) + (1 if t.base else 0)
-            worst = max(worst, numel * (2 * n_in * (1 + prefetch) + 4 * (n_in + 2)))
+            lane = 2 * n_in * 2 + 4 * (n_in + 2) if passes else 0
+            worst = max(worst, numel * (2 * n_in * (1 + prefetch) + 4 * (n_in + 2) + lane))
         return worst
 
     def raise_for_problems(self) -> None:

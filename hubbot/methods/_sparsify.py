@@ -60,11 +60,11 @@ def high_counts(values: torch.Tensor) -> torch.Tensor:
 
 def kth_bin(counts: torch.Tensor, k: int) -> tuple[int, int]:
     """The highest bin with at least k values at or above it (so the one holding the k-th
-    largest), and how many of the k largest lie in it."""
-    from_top = counts.flip(0).cumsum(0)  # from_top[j]: the values in the j + 1 highest bins
-    j = int(torch.searchsorted(from_top, k))  # the first j with from_top[j] >= k (counts are >= 0)
-    higher = int(from_top[j - 1]) if j > 0 else 0
-    return len(counts) - 1 - j, k - higher
+    largest), and how many of the k largest lie in it (1 <= k <= the values counted)."""
+    below = counts.cumsum(0)  # below[b]: the values in bins <= b
+    total = int(below[-1])
+    b = int(torch.searchsorted(below, total - k, right=True))  # the first b with below[b] > total - k
+    return b, k - (total - int(below[b]))
 
 
 def low_counts(values: torch.Tensor, high: int) -> torch.Tensor:
@@ -210,7 +210,7 @@ class Window:
 def row_sums(values: torch.Tensor) -> torch.Tensor:
     """Of the mean value of each row (the leading axis): their sum, the sum of their squares and
     how many rows (float64, to add up over blocks), for `row_spread`."""
-    means = values.reshape(values.shape[0] if values.dim() > 1 else 1, -1).double().mean(1)
+    means = values.reshape(values.shape[0] if values.dim() > 1 else 1, -1).mean(1).double()
     return torch.stack([means.sum(), means.square().sum(), torch.tensor(float(len(means)), dtype=torch.float64,
                                                                           device=values.device)])
 
@@ -235,16 +235,19 @@ def guess_window(counts: torch.Tensor, k: float, spread: float = 0.0) -> Window 
     if not 0 < k < s:
         return None
     sigma = math.sqrt(k * (s - k) / s) + (spread + SPREAD) * s + 0.5
-    above = counts.flip(0).cumsum(0).flip(0).tolist()  # above[b]: the sample's values in bins >= b
-    above.append(0)
+    start = kth_bin(counts, max(1, round(k)))[0]
+    first = max(0, start - WINDOW_BINS + 1)  # the bins any window may span: first .. start + WINDOW_BINS - 1
+    near = counts[first:start + WINDOW_BINS].tolist()
+    above = [s - int(counts[:first].sum())]  # above[b - first]: the sample's values in bins >= b
+    for c in near:
+        above.append(above[-1] - c)
 
     def chance(low: int, high: int) -> float:
         """That the k-th largest lies in bins low..high."""
         phi = lambda r: 0.5 * math.erfc((k - r - 0.5) / (sigma * math.sqrt(2)))  # noqa: E731
-        return phi(above[low]) - phi(above[high + 1])
+        return phi(above[low - first]) - phi(above[high + 1 - first])
 
-    start = kth_bin(counts, max(1, round(k)))[0]
-    runs = [(lo, min(lo + WINDOW_BINS, len(counts)) - 1) for lo in range(max(0, start - WINDOW_BINS + 1), start + 1)]
+    runs = [(lo, min(lo + WINDOW_BINS, len(counts)) - 1) for lo in range(first, start + 1)]
     low, high = max(runs, key=lambda r: chance(*r))
     best = chance(low, high)
     if best < LIKELY:
@@ -298,19 +301,24 @@ def keep_top(delta: torch.Tensor, cut: bool | Cut, block: int) -> torch.Tensor:
         cut.left = cut.ties
     level = _level(cut)
     if _ties_done(cut):
-        return torch.ops.aten.hardshrink.out(delta, level, out=delta)
+        return _shrink(delta, level)
     tied = _compare(torch.eq, delta.abs(), level, delta.dtype).reshape(-1)
     flat = delta.reshape(-1)
     if delta.device.type != "cpu":  # a running count (see `cut_mask`)
         cut.left = _keep_first(tied, cut.left)
-        end = flat.numel()
-    else:
-        end, found = _past_nth_true(tied, cut.left)
-        cut.left -= found
-    kept_ties = tied[:end].mul_(flat[:end])
-    torch.ops.aten.hardshrink.out(delta, level, out=delta)
-    flat[:end].add_(kept_ties)  # disjoint: the shrink zeroed every tied entry
+        kept_ties = tied.mul_(flat)
+        return _shrink(delta, level).add_(kept_ties)  # disjoint: the shrink zeroed every tied entry
+    end, found = _past_nth_true(tied, cut.left)
+    cut.left -= found
+    if cut.bits > 0:  # entries before `end` keep their ties: shrunk at the value just below the cut's
+        _shrink(flat[:end], struct.unpack("<f", struct.pack("<i", cut.bits - 1))[0])
+    _shrink(flat[end:], level)
     return delta
+
+
+def _shrink(x: torch.Tensor, level: float) -> torch.Tensor:
+    """x with every entry of magnitude at or below `level` zeroed, in place."""
+    return torch.ops.aten.hardshrink.out(x, level, out=x)
 
 
 def keep_band(delta: torch.Tensor, outer: bool | Cut, inner: bool | Cut, block: int) -> torch.Tensor:

@@ -63,13 +63,15 @@ class Blockwise:
     applies: Callable[[dict[str, Any]], bool] = lambda params: True
 
     def whole(self, base: "torch.Tensor | None", tensors: "list[torch.Tensor]", params: dict[str, Any]) -> "torch.Tensor":
-        """The whole-tensor kernel: every pass that is needed over a single block (a sample is
-        the whole of it)."""
+        """The whole-tensor kernel: every pass that is needed over a single block (a sampling
+        pass over its first rows, as over a block's)."""
         stats: dict[str, Any] = {}
         block = Block(0, 0, tensors[0].numel())
         for p in self.passes:
             if p.runs(stats):
-                stats.update(p.finish([p.gather(base, tensors, params, stats, block)], stats, params))
+                rows = max(1, len(tensors[0]) // p.sample) if tensors[0].dim() > 1 else len(tensors[0])
+                share = p.gather(None if base is None else base[:rows], [x[:rows] for x in tensors], params, stats, block)
+                stats.update(p.finish([share], stats, params))
         return self.kernel(base, tensors, params, stats, block)
 
 

@@ -183,8 +183,10 @@ def selection(band: Band, elect: bool) -> Blockwise:
         assert base is not None
         found = guessed(stats)
         models = sorted({i for i, _, _ in found})
-        values = dict(zip(models, mags(base, tensors, models)))
-        return torch.cat([window_counts(values[i], w) for i, _, w in found])
+        counts = {}
+        for i, m in zip(models, mags(base, tensors, models)):  # one model's magnitudes at a time
+            counts.update({(i, j): window_counts(m, w) for i2, j, w in found if i2 == i})
+        return torch.cat([counts[i, j] for i, j, _ in found])
 
     def placed(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         total, n = shares[0].cpu(), stats["entries"]
@@ -295,7 +297,11 @@ def family(name: str, title: str, summary: str, paper: str, sparsify: Sparsifier
     params += extra
 
     def kernel(base: torch.Tensor | None, tensors: list[torch.Tensor], p: dict[str, Any]) -> torch.Tensor:
+        """The whole tensor: by the blockwise form where it has passes and applies (its cuts come
+        from a sample and one counting pass, where the sparsifier's take two)."""
         assert base is not None
+        if blockwise is not None and blockwise.passes and blockwise.applies(p):
+            return blockwise.whole(base, tensors, p)
         return combine(base, tensors, p, None if sparsify is None else _pruner(p, sparsify), elect)
 
     kernel.__name__ = name
