@@ -386,8 +386,9 @@ def _reference_draw(seed: int, index: int) -> float:
 
 def test_random_masks_are_a_function_of_seed_and_index():
     """DARE and DELLA draw from a hash of (seed, entry index) in torch integer operations: the
-    same bits as the plain-integer definition (so on every device), a block of rows draws what
-    the whole tensor draws there, even past 2**32 entries, and other seeds draw other masks."""
+    same bits as the plain-integer definition (so on every device), in int32 arithmetic below
+    index 2**31 and int64 beyond; a block of rows draws what the whole tensor draws there, even
+    past 2**32 entries, and other seeds draw other masks."""
     from hubbot.methods._sparsify import random_mask, uniform
 
     cpu = torch.device("cpu")
@@ -396,9 +397,10 @@ def test_random_masks_are_a_function_of_seed_and_index():
     for index in (0, 1, 47, 48, 1000, 64 * 48 - 1):
         assert float(whole.view(-1)[index]) == _reference_draw(11, index)
     assert torch.equal(torch.cat([uniform(11, r, (8, 48), cpu) for r in range(0, 64, 8)]), whole)
-    far = (1 << 32) // 48 - 1  # a block whose entries cross index 2**32
-    block = uniform(11, far, (3, 48), cpu)
-    assert [float(v) for v in block.view(-1)[::13]] == [_reference_draw(11, far * 48 + i) for i in range(0, 144, 13)]
+    for far in ((1 << 31) // 48 - 3, (1 << 31) // 48 - 1, (1 << 32) // 48 - 1):
+        # blocks just below index 2**31 (int32 arithmetic), crossing it (int64), and crossing 2**32
+        block = uniform(11, far, (3, 48), cpu)
+        assert [float(v) for v in block.view(-1)[::13]] == [_reference_draw(11, far * 48 + i) for i in range(0, 144, 13)]
     big = uniform(5, 0, (512, 512), cpu)
     assert abs(float(big.mean()) - 0.5) < 0.01
     assert abs(float((big < 0.3).float().mean()) - 0.3) < 0.01

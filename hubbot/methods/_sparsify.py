@@ -76,7 +76,7 @@ def low_counts(values: torch.Tensor, high: int) -> torch.Tensor:
     return _bincount(offsets, LOW_BINS + 2)[1:LOW_BINS + 1]
 
 
-def _compare(op: Callable[..., torch.Tensor], values: torch.Tensor, level: float,
+def _compare(op: Callable[..., torch.Tensor], values: torch.Tensor, level: float | torch.Tensor,
              dtype: torch.dtype) -> torch.Tensor:
     """`op(values, level)` as a mask of `dtype`: written as 0.0 / 1.0 directly for a float mask, which a
     kernel multiplies by (a boolean mask would be widened to floats first, a pass of its own)."""
@@ -418,6 +418,23 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _mix32_narrow(x: torch.Tensor) -> torch.Tensor:
+    """`_mix32` on int32 tensors holding the 32-bit patterns, in place: half the bytes of the
+    int64 form. Products wrap modulo 2**32, which are the bits the int64 form keeps; right
+    shifts are made logical by masking the copies of the sign bit they bring in."""
+    x ^= (x >> 16) & 0xFFFF
+    x.mul_(0x21F0AAAD)
+    x ^= (x >> 15) & 0x1FFFF
+    x.mul_(0x735A2D97)
+    x ^= (x >> 15) & 0x1FFFF
+    return x
+
+
+def _signed32(v: int) -> int:
+    """A 32-bit pattern as the int32 value with the same bits."""
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
 def _keys(seed: int) -> tuple[int, int]:
     """Two 32-bit round keys from a seed (a splitmix64 step, on Python integers)."""
     z = (seed * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & MASK64
@@ -437,8 +454,13 @@ def uniform(seed: int, row: int, shape: torch.Size | tuple[int, ...], device: to
     multiples of 2**-24, exact in float32."""
     width = math.prod(shape[1:]) if len(shape) else 1
     start, stop = row * width, (row + (shape[0] if len(shape) else 1)) * width
-    index = torch.arange(start, stop, dtype=torch.int64, device=device)
     first, second = _keys(seed)
+    if stop <= 1 << 31:  # every index fits an int32: the same bits in half the memory traffic
+        x = _mix32_narrow(torch.arange(start, stop, dtype=torch.int32, device=device) ^ _signed32(first))
+        x ^= _signed32(second)
+        x = (_mix32_narrow(x) >> 8) & 0xFFFFFF
+        return x.to(torch.float32).mul_(2.0 ** -24).reshape(shape)
+    index = torch.arange(start, stop, dtype=torch.int64, device=device)
     x = _mix32((index & MASK32) ^ first)
     x ^= (index >> 32) ^ second if stop > 1 << 32 else second  # the high half of the index, 0 below 2**32
     x = _mix32(x) >> 8
@@ -446,10 +468,11 @@ def uniform(seed: int, row: int, shape: torch.Size | tuple[int, ...], device: to
 
 
 def random_mask(shape: torch.Size, density: float | torch.Tensor, seed: int, device: torch.device,
-                row: int = 0) -> torch.Tensor:
+                row: int = 0, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """Keep each entry with probability `density` (a scalar or one per entry); `row` is the
-    index of the first row in its tensor."""
-    return uniform(seed, row, shape, device) < density
+    index of the first row in its tensor. Boolean, or 0.0 / 1.0 of a float `dtype` (see `_compare`)."""
+    draws = uniform(seed, row, shape, device)
+    return draws < density if dtype == torch.bool else _compare(torch.lt, draws, density, dtype)
 
 
 def l1_rescale(masked: torch.Tensor, original: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -28,7 +28,7 @@ def _magprune(delta: torch.Tensor, density: float, rescale: bool, seed: int, row
     if density >= 1:
         return delta
     probs = rank_keep_probs(delta, density, epsilon)
-    kept = delta * random_mask(delta.shape, probs, seed, delta.device, row)
+    kept = delta.mul_(random_mask(delta.shape, probs, seed, delta.device, row, delta.dtype))  # delta is the kernel's own
     return kept.div_(probs) if rescale else kept
 
 

@@ -57,7 +57,7 @@ def _random(delta: torch.Tensor, density: float, rescale: bool, seed: int, row: 
     """DARE: drop each entry with probability 1 - density; survivors scaled by 1 / density."""
     if density >= 1:
         return delta
-    pruned = delta * random_mask(delta.shape, density, seed, delta.device, row)
+    pruned = delta.mul_(random_mask(delta.shape, density, seed, delta.device, row, delta.dtype))  # delta is the kernel's own
     return pruned.div_(density) if rescale else pruned
 
 
