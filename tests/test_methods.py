@@ -263,9 +263,15 @@ def test_block_by_block_cuts_keep_the_whole_tensors_ties_on_every_walk():
         for _ in range(2):
             got = torch.cat([_sparsify.block_mask(b, cut, i) for i, b in enumerate(blocks)])
             assert torch.equal(got.reshape(-1), want)
-        # pruning a signed delta in place keeps the same entries, with their signs
-        kept = torch.cat([_sparsify.keep_top(d.clone(), cut, i) for i, d in enumerate(signed.split(7))])
-        assert torch.equal(kept.reshape(-1), signed.reshape(-1) * want)
+        # pruning a signed delta in place keeps the same entries, with their signs, whether the
+        # ties left are counted on the host or kept as a device scalar (a GPU's form, here on the CPU)
+        for on_host in (True, False):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(_sparsify, "_counts_on_host", lambda values: on_host)
+                kept = torch.cat([_sparsify.keep_top(d.clone(), cut, i) for i, d in enumerate(signed.split(7))])
+                masks = torch.cat([_sparsify.block_mask(b, cut, i) for i, b in enumerate(blocks)])
+            assert torch.equal(kept.reshape(-1), signed.reshape(-1) * want), on_host
+            assert torch.equal(masks.reshape(-1), want), on_host
         # the GPU's form of the count (a tensor, never read back) keeps the same ties
         level = mags.reshape(-1)[order[k - 1]]
         left: int | torch.Tensor = cut.ties

@@ -108,6 +108,12 @@ def _ties_done(cut: Cut) -> bool:
     return isinstance(cut.left, int) and cut.left <= 0
 
 
+def _counts_on_host(values: torch.Tensor) -> bool:
+    """Whether the ties still to keep may be counted on the host (the CPU), or must stay a
+    device scalar (a GPU would wait for each count read back)."""
+    return values.device.type == "cpu"
+
+
 def cut_mask(values: torch.Tensor, cut: Cut, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """1 above the cut and for the next `cut.left` values equal to it, in index order (which it
     counts down); 0 elsewhere. Boolean, or 0.0 / 1.0 of a float `dtype`. The values are compared
@@ -120,7 +126,7 @@ def cut_mask(values: torch.Tensor, cut: Cut, dtype: torch.dtype = torch.bool) ->
         return mask
     tied = _compare(torch.eq, values, level, dtype)
     flat = tied.reshape(-1)
-    if tied.device.type != "cpu":  # a running count: finding the position would make a GPU wait for it
+    if not _counts_on_host(tied):  # a running count: finding the position would make a GPU wait for it
         cut.left = _keep_first(flat, cut.left)
         return mask.logical_or_(tied) if dtype == torch.bool else mask.add_(tied)
     end, found = _past_nth_true(flat, cut.left)
@@ -303,11 +309,13 @@ def keep_top(delta: torch.Tensor, cut: bool | Cut, block: int) -> torch.Tensor:
     if _ties_done(cut):
         return _shrink(delta, level)
     tied = _compare(torch.eq, delta.abs(), level, delta.dtype).reshape(-1)
-    flat = delta.reshape(-1)
-    if delta.device.type != "cpu":  # a running count (see `cut_mask`)
+    flat = delta.view(-1)  # a view: its edits are delta's
+    if not _counts_on_host(delta):  # a running count (see `cut_mask`)
         cut.left = _keep_first(tied, cut.left)
         kept_ties = tied.mul_(flat)
-        return _shrink(delta, level).add_(kept_ties)  # disjoint: the shrink zeroed every tied entry
+        _shrink(delta, level)
+        flat.add_(kept_ties)  # disjoint: the shrink zeroed every tied entry
+        return delta
     end, found = _past_nth_true(tied, cut.left)
     cut.left -= found
     if cut.bits > 0:  # entries before `end` keep their ties: shrunk at the value just below the cut's
