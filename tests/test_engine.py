@@ -222,33 +222,32 @@ def test_cuts_found_in_their_windows_read_no_more_passes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_statistics_passes_run_beside_the_merges(families, tmp_path, monkeypatch, threads):
-    """With a second CPU, each task's statistics passes run on a lane of their own, ahead of the
-    merges; with one they run when the task comes. The merge is the same."""
+    """With a second CPU, the statistics passes of each tensor merged block by block run on a
+    lane of their own, ahead of the merges; with one they run when the tensor comes. A tensor
+    merged whole (a vector here) is read once, its passes run with its merge. The merge is the same."""
     import threading
 
     from hubbot.methods import task_arithmetic
 
     text = _blockwise_recipe("ties", *families("llama"))
     reference = load_state(merge(text, tmp_path / "ref").folder)
-    counted_on: set[str] = set()
+    counted_on: set[tuple[str, int]] = set()  # (thread, dimensions of what was counted)
     original = task_arithmetic.high_counts
 
     def spy(values):
-        counted_on.add(threading.current_thread().name)
+        counted_on.add((threading.current_thread().name, values.dim()))
         return original(values)
 
     monkeypatch.setattr(task_arithmetic, "high_counts", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = load_state(merge(text, tmp_path / "out").folder)
+        got = load_state(merge(text, tmp_path / "out", chunk_bytes=2048).folder)
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
-    if threads == 1:
-        assert counted_on == {"MainThread"}
-    else:  # vectors (norms) are merged whole, with their statistics, by the merges' thread
-        assert "hubbot-stats_0" in counted_on
+    blocks_on = "MainThread" if threads == 1 else "hubbot-stats_0"
+    assert counted_on == {(blocks_on, 2), ("MainThread", 1)}
 
 
 def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_path, monkeypatch):
@@ -266,7 +265,7 @@ def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_pa
 
     monkeypatch.setattr(task_arithmetic, "high_counts", refuse)
     with pytest.raises(MergeError, match="tensor '.*': no counts today"):
-        merge(text, tmp_path / "failed")
+        merge(text, tmp_path / "failed", chunk_bytes=2048)  # in blocks: the passes run on the lane
     assert not (tmp_path / "failed").exists() and not (tmp_path / "failed.partial").exists()
     cancel = threading.Event()
     original = task_arithmetic.window_counts
@@ -278,7 +277,7 @@ def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_pa
     monkeypatch.undo()
     monkeypatch.setattr(task_arithmetic, "window_counts", cancel_then_count)
     with pytest.raises(Cancelled):
-        merge(text, tmp_path / "cancelled", cancel=cancel)
+        merge(text, tmp_path / "cancelled", cancel=cancel, chunk_bytes=2048)
     assert not (tmp_path / "cancelled").exists() and not (tmp_path / "cancelled.partial").exists()
 
 

@@ -281,18 +281,21 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 continue
             blocks = [u for u in todo if u.phase == phase]
             shares: list = []
-            ahead = pool.submit(fetch, blocks[0])
+            next_read = pool.submit(fetch, blocks[0])
             for i, unit in enumerate(blocks):
-                n, staged = ahead.result()
+                n, staged = next_read.result()
                 if stop.is_set() or (cancel is not None and cancel.is_set()):
                     raise Cancelled("the merge was cancelled")
                 if i + 1 < len(blocks):
-                    ahead = pool.submit(fetch, blocks[i + 1])
+                    next_read = pool.submit(fetch, blocks[i + 1])
                 nbytes += n
                 base, tensors = inputs.prepare(task, transfer.arrive(staged))
                 with _refusals(task, dev):
                     share = step.gather(base, tensors, task.params, task_stats, _block(plan, unit))
-                shares = [step.fold(shares[0], share)] if step.fold is not None and shares else shares + [share]
+                if step.fold is not None and shares:  # one running total, not every share
+                    shares[0] = step.fold(shares[0], share)
+                else:
+                    shares.append(share)
             with _refusals(task, dev):
                 task_stats.update(step.finish(shares, task_stats, task.params))
         return task_stats, nbytes
@@ -307,8 +310,8 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-write") as out, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbot-stats") as lane:
         # with a second CPU to use the lane runs ahead; with one, a task's passes run when it comes
-        ahead = torch.get_num_threads() >= 2
-        pending = {name: lane.submit(statistics, todo) for name, todo in passes.items()} if ahead else {}
+        beside = torch.get_num_threads() >= 2
+        pending = {name: lane.submit(statistics, todo) for name, todo in passes.items()} if beside else {}
         stats: dict[str, dict] = {}
         reading: dict[int, Future] = {}
         taken = -1  # the last unit whose read was taken
@@ -337,7 +340,7 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                 raw = transfer.arrive(staged)
                 bytes_read += nbytes
                 task = unit.task
-                if task.name in passes and task.name not in stats:  # its first block: its statistics are needed now
+                if unit.block == 0 and task.name in passes:  # its first block: its statistics are needed now
                     job = pending.pop(task.name, None)
                     stats[task.name], nbytes = job.result() if job is not None else statistics(passes[task.name])
                     bytes_read += nbytes

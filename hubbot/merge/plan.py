@@ -137,14 +137,11 @@ class Plan:
         if task.copy or task.vocab or task.ternary or len(task.shape) < 2:  # ternary: one scale per tensor
             return None, 0
         blockwise = self.method.blockwise_for(task.params)
-        if blockwise is not None and blockwise.passes:
-            # a method with statistics passes reads the blocks again for each: its memory stays a
-            # block's whatever the tensor's size, and its passes run beside the merges (a tensor
-            # that fits in one block is one block)
-            return _rows(task, chunk_bytes), len(blockwise.passes)
         if f32_bytes <= chunk_bytes or not (self.method.elementwise or blockwise is not None):
-            return None, 0
-        return _rows(task, chunk_bytes), 0
+            return None, 0  # read once, its passes (if any) run on the whole of it
+        # a method with statistics passes reads the blocks again for each: its memory stays a
+        # block's whatever the tensor's size, and its passes run beside the merges
+        return _rows(task, chunk_bytes), 0 if blockwise is None else len(blockwise.passes)
 
     def peak_bytes(self, chunk_bytes: int = CHUNK_BYTES, prefetch: int = 2) -> int:
         """Bytes of tensors in flight at the worst task: raw inputs (prefetched too), their
@@ -157,8 +154,9 @@ class Plan:
             if rows is not None:
                 numel = numel // t.shape[0] * (rows[0][1] - rows[0][0])
             n_in = len(t.inputs) + (1 if t.base else 0)
-            lane = 2 * n_in * 2 + 4 * (n_in + 2) if passes else 0
-            worst = max(worst, numel * (2 * n_in * (1 + prefetch) + 4 * (n_in + 2) + lane))
+            raw, work = 2 * n_in, 4 * (n_in + 2)  # bytes an entry: the inputs, their float32 copies and temporaries
+            lane = 2 * raw + work if passes else 0  # the lane's block, the one it reads ahead, its float32 work
+            worst = max(worst, numel * (raw * (1 + prefetch) + work + lane))
         return worst
 
     def raise_for_problems(self) -> None:

@@ -120,7 +120,8 @@ class Method:
     `whole` is the kernel when none is given.
     deltas: the kernel (and its passes) use each model only as its difference from the base,
     which is float32: the engine hands the models over in their own float dtype, since the
-    subtraction widens them anyway (a conversion pass per model and block fewer).
+    subtraction widens them anyway (no float32 copy of each model is made and held; a GPU reads
+    the narrow dtype in the subtraction itself).
     """
 
     name: str

@@ -181,12 +181,12 @@ def selection(band: Band, elect: bool) -> Blockwise:
                  stats: dict[str, Any], block: Block) -> torch.Tensor:
         """Every guessed window's counts, one after another."""
         assert base is not None
-        found = guessed(stats)
-        models = sorted({i for i, _, _ in found})
-        counts = {}
-        for i, m in zip(models, mags(base, tensors, models)):  # one model's magnitudes at a time
-            counts.update({(i, j): window_counts(m, w) for i2, j, w in found if i2 == i})
-        return torch.cat([counts[i, j] for i, j, _ in found])
+        counts, model, values = [], None, None
+        for i, _, w in guessed(stats):  # in model order: one model's magnitudes at a time
+            if i != model:
+                model, values = i, next(mags(base, tensors, [i]))
+            counts.append(window_counts(values, w))
+        return torch.cat(counts)
 
     def placed(shares: list[torch.Tensor], stats: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         total, n = shares[0].cpu(), stats["entries"]
