@@ -251,8 +251,8 @@ def test_statistics_passes_run_beside_the_merges(families, tmp_path, monkeypatch
 
 
 def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_path, monkeypatch):
-    """A pass that fails names its tensor; a cancel seen by the lane stops the merge; neither
-    leaves output behind."""
+    """A pass that fails names its tensor; failing reads (the lane's among them) and a cancel
+    seen by the lane stop the merge, with no hang; none leaves output behind."""
     import threading
 
     from hubbot.errors import Cancelled
@@ -274,6 +274,17 @@ def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_pa
         cancel.set()
         return original(values, window)
 
+    monkeypatch.undo()
+    from hubbot.errors import SourceError
+    from hubbot.sources.local import LocalSource
+
+    def unreadable(self, name, rows=None):  # a disk error on every read
+        raise SourceError(f"{self.label}: reading {name} failed: Input/output error")
+
+    monkeypatch.setattr(LocalSource, "read", unreadable)
+    with pytest.raises(SourceError, match="Input/output error"):
+        merge(text, tmp_path / "unread", chunk_bytes=2048)
+    assert not (tmp_path / "unread").exists() and not (tmp_path / "unread.partial").exists()
     monkeypatch.undo()
     monkeypatch.setattr(task_arithmetic, "window_counts", cancel_then_count)
     with pytest.raises(Cancelled):
