@@ -235,7 +235,7 @@ def test_statistics_passes_run_beside_the_merges(families, tmp_path, monkeypatch
     original = task_arithmetic.high_counts
 
     def spy(values):
-        counted_on.add((threading.current_thread().name, values.dim()))
+        counted_on.add((threading.current_thread().name, values.dim(), torch.get_num_threads()))
         return original(values)
 
     monkeypatch.setattr(task_arithmetic, "high_counts", spy)
@@ -243,11 +243,25 @@ def test_statistics_passes_run_beside_the_merges(families, tmp_path, monkeypatch
     torch.set_num_threads(threads)
     try:
         got = load_state(merge(text, tmp_path / "out", chunk_bytes=2048).folder)
+        assert torch.get_num_threads() == threads  # the merge's split of the CPUs is undone
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
     blocks_on = "MainThread" if threads == 1 else "hubbot-stats_0"
-    assert counted_on == {(blocks_on, 2), ("MainThread", 1)}
+    assert counted_on == {(blocks_on, 2, 1), ("MainThread", 1, 1)}  # two CPUs: one each
+
+
+@pytest.mark.parametrize("method", [*EXACT, "sce", "slerp"])
+def test_blocks_merged_in_tiles_match_whole_blocks(families, tmp_path, monkeypatch, method):
+    """On the CPU a block is merged tile by tile (a few rows each here): ties at the cuts are kept
+    in index order across the tiles, draws keyed on each tile's rows, so the merge is the same."""
+    from hubbot.merge import engine
+
+    text = _blockwise_recipe(method, *families("llama"))
+    blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
+    monkeypatch.setattr(engine, "TILE_BYTES", 64)
+    tiles = load_state(merge(text, tmp_path / "tiles", chunk_bytes=2048).folder)
+    assert all(torch.equal(tiles[k], blocks[k]) for k in blocks)
 
 
 def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_path, monkeypatch):

@@ -12,9 +12,10 @@ Kernel = Callable[["torch.Tensor | None", "list[torch.Tensor]", dict[str, Any]],
 
 
 class Block(NamedTuple):
-    """Where a block lies in its tensor: its position among the blocks, the index of its first
-    row (random methods key their draws on rows), and the tensor's entries (a pass that reads a
-    sample of the rows learns the whole's size from it)."""
+    """Where a block lies in its tensor: its position among the blocks (0 for the first, where a
+    walk over them starts; the engine may merge a block as several smaller ones, in order), the
+    index of its first row (random methods key their draws on rows), and the tensor's entries (a
+    pass that reads a sample of the rows learns the whole's size from it)."""
 
     index: int
     row: int
