@@ -252,16 +252,20 @@ def test_statistics_passes_run_beside_the_merges(families, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("method", [*EXACT, "sce", "slerp"])
-def test_blocks_merged_in_tiles_match_whole_blocks(families, tmp_path, monkeypatch, method):
-    """On the CPU a block is merged tile by tile (a few rows each here): ties at the cuts are kept
-    in index order across the tiles, draws keyed on each tile's rows, so the merge is the same."""
-    from hubbot.merge import engine
-
+def test_merges_in_tiles_match_whole_blocks(families, tmp_path, monkeypatch, method):
+    """On the CPU a block, or a whole tensor after its passes, is merged tile by tile (a few rows
+    each here): ties at the cuts are kept in index order across the tiles, draws keyed on each
+    tile's rows, so the merge is the same."""
     text = _blockwise_recipe(method, *families("llama"))
-    blocks = load_state(merge(text, tmp_path / "blocks", chunk_bytes=2048).folder)
-    monkeypatch.setattr(engine, "TILE_BYTES", 64)
-    tiles = load_state(merge(text, tmp_path / "tiles", chunk_bytes=2048).folder)
-    assert all(torch.equal(tiles[k], blocks[k]) for k in blocks)
+    runs, default = {}, engine.TILE_BYTES
+    for tile_bytes in (default, 64):
+        monkeypatch.setattr(engine, "TILE_BYTES", tile_bytes)
+        for chunk_bytes in (None, 2048):
+            runs[tile_bytes, chunk_bytes] = load_state(merge(text, tmp_path / f"{tile_bytes}-{chunk_bytes}",
+                                                             chunk_bytes=chunk_bytes).folder)
+    for chunk_bytes in (None, 2048):
+        untiled, tiled = runs[default, chunk_bytes], runs[64, chunk_bytes]
+        assert all(torch.equal(tiled[k], untiled[k]) for k in untiled), chunk_bytes
 
 
 def test_a_failing_or_cancelled_statistics_pass_stops_the_merge(families, tmp_path, monkeypatch):

@@ -349,15 +349,15 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
                     job = pending.pop(task.name, None)
                     stats[task.name], nbytes = job.result() if job is not None else statistics(passes[task.name])
                     bytes_read += nbytes
-                blockwise = method.blockwise_for(task.params) if unit.rows is not None else None
+                blockwise = method.blockwise_for(task.params)
                 if task.copy:
                     result = Returning(raw[-1].cpu())
                 elif unit.rows is not None and plan.per_expert(task):  # a block is one expert's slice
                     kernel = _one_expert(method.kernel, task.expert_params(unit.block))
                     result = _compute(task, raw, transfer, inputs, kernel)
-                elif blockwise is not None:
-                    task_stats, block = stats.get(task.name, {}), _block(plan, unit)
-                    result = _tiled(task, raw, transfer, inputs, _with_stats(blockwise, task_stats), block)
+                elif blockwise is not None:  # a whole tensor's passes run with its merge
+                    task_stats = stats.get(task.name, {}) if unit.rows is not None else None
+                    result = _tiled(task, raw, transfer, inputs, blockwise, task_stats, _block(plan, unit))
                 else:
                     result = _compute(task, raw, transfer, inputs, method.kernel)
                 row_offset = 0
@@ -471,36 +471,36 @@ def _compute(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, inpu
     return transfer.send_back(out, out.dtype if task.ternary else DTYPES[task.dtype])  # the writer encodes ternary
 
 
-# (base, models, params, block) -> merged: a kernel that can merge any run of a tensor's rows
-RowsKernel = Callable[[torch.Tensor | None, list[torch.Tensor], dict, Block], torch.Tensor]
-
-
-def _with_stats(blockwise: Blockwise, stats: dict) -> RowsKernel:
-    """The blockwise kernel, given its tensor's statistics."""
-    return lambda base, tensors, params, block: blockwise.kernel(base, tensors, params, stats, block)
-
-
-def _tiled(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, inputs: _Inputs, kernel: RowsKernel,
-           block: Block) -> Returning:
-    """`_compute` for a blockwise kernel, which merges any run of a tensor's rows once its
-    passes are done: on the CPU, tile by tile of TILE_BYTES per thread, each cast into the
-    output as it is done. A block's dozen and more passes over its float32 temporaries then run
-    within the caches: on one thread a 4 MB block of TIES took 12 ms whole and 8 ms in 1 MB
-    tiles (0.5 to 2 MB: the same; smaller, Python's share grows), of DARE 25 and 21 ms; on two,
-    DARE was fastest in 2 MB tiles (a linear merge's few passes gain nothing: it is not tiled).
-    The tiles are the block's, in order, as smaller blocks: only the first tile of a tensor is
-    its first (a walk over the blocks that keeps ties in index order starts there), and each
-    knows its first row (draws keyed on rows)."""
-    rows = raw[0].shape[0] if raw[0].dim() else 1
-    step = max(1, TILE_BYTES * torch.get_num_threads() // 4 // max(1, raw[0].numel() // max(1, rows)))
+def _tiled(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, inputs: _Inputs, blockwise: Blockwise,
+           stats: dict | None, block: Block) -> Returning:
+    """`_compute` by a blockwise form, whose kernel merges any run of a tensor's rows once its
+    statistics are known (None: a whole tensor, whose passes run here first): on the CPU, tile
+    by tile of TILE_BYTES per thread, each cast into the output as it is done. A block's dozen
+    and more passes over its float32 temporaries then run within the caches: on one thread a
+    4 MB block of TIES took 12 ms whole and 8 ms in 1 MB tiles (0.5 to 2 MB: the same; smaller,
+    Python's share grows), of DARE 25 and 21 ms; on two, DARE was fastest in 2 MB tiles (a
+    linear merge's few passes gain nothing: it is not tiled). The tiles are the block's, in
+    order, as smaller blocks: only the first tile of a tensor is its first (a walk over the
+    blocks that keeps ties in index order starts there), and each knows its first row (draws
+    keyed on rows)."""
+    rows = raw[0].shape[0] if raw[0].dim() > 1 else 1  # a vector is one row (DELLA ranks within rows)
+    step = max(1, TILE_BYTES * torch.get_num_threads() // 4 // max(1, raw[0].numel() // rows))
     if transfer.cuda or step >= rows:
-        return _compute(task, raw, transfer, inputs, lambda b, xs, p: kernel(b, xs, p, block))
+        if stats is None:
+            return _compute(task, raw, transfer, inputs, blockwise.whole)
+        known = stats
+        return _compute(task, raw, transfer, inputs, lambda b, xs, p: blockwise.kernel(b, xs, p, known, block))
+    if stats is None:
+        base, tensors = inputs.prepare(task, raw)
+        with _refusals(task, transfer.dev):
+            stats = blockwise.statistics(base, tensors, task.params)
+        del base, tensors
     merged: torch.Tensor | None = None
     for first in range(0, rows, step):
         tile = Block(block.index if first == 0 else block.index + 1, block.row + first, block.entries)
         base, tensors = inputs.prepare(task, [x[first:first + step] for x in raw])
         with _refusals(task, transfer.dev):
-            out = kernel(base, tensors, task.params, tile)
+            out = blockwise.kernel(base, tensors, task.params, stats, tile)
         _check_finite(task, out)
         if merged is None:
             merged = torch.empty(raw[0].shape, dtype=out.dtype if task.ternary else DTYPES[task.dtype])

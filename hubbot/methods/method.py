@@ -63,8 +63,9 @@ class Blockwise:
     passes: tuple[Pass, ...] = ()
     applies: Callable[[dict[str, Any]], bool] = lambda params: True
 
-    def whole(self, base: "torch.Tensor | None", tensors: "list[torch.Tensor]", params: dict[str, Any]) -> "torch.Tensor":
-        """The whole-tensor kernel: every pass that is needed over a single block (a sampling
+    def statistics(self, base: "torch.Tensor | None", tensors: "list[torch.Tensor]",
+                   params: dict[str, Any]) -> dict[str, Any]:
+        """A whole tensor's statistics: every pass that is needed over a single block (a sampling
         pass over its first rows, as over a block's)."""
         stats: dict[str, Any] = {}
         block = Block(0, 0, tensors[0].numel())
@@ -73,7 +74,11 @@ class Blockwise:
                 rows = max(1, len(tensors[0]) // p.sample) if tensors[0].dim() > 1 else len(tensors[0])
                 share = p.gather(None if base is None else base[:rows], [x[:rows] for x in tensors], params, stats, block)
                 stats.update(p.finish([share], stats, params))
-        return self.kernel(base, tensors, params, stats, block)
+        return stats
+
+    def whole(self, base: "torch.Tensor | None", tensors: "list[torch.Tensor]", params: dict[str, Any]) -> "torch.Tensor":
+        """The whole-tensor kernel: the statistics, then the kernel over the tensor as one block."""
+        return self.kernel(base, tensors, params, self.statistics(base, tensors, params), Block(0, 0, tensors[0].numel()))
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ class Method:
     elementwise: each output element depends only on the same element of the inputs, so the
     engine may merge a large tensor block by block to bound memory.
     blockwise: the block-by-block form of a method that needs whole-tensor statistics; its
-    `whole` is the kernel when none is given.
+    `whole` is the kernel when none is given, and must be the kernel's result wherever it
+    applies (the engine may merge a whole tensor by it, in tiles).
     deltas: the kernel (and its passes) use each model only as its difference from the base,
     which is float32: the engine hands the models over in their own float dtype, since the
     subtraction widens them anyway (no float32 copy of each model is made and held; a GPU reads
