@@ -486,19 +486,21 @@ def _tiled(task: TensorTask, raw: list[torch.Tensor], transfer: Transfer, inputs
     rows = raw[0].shape[0] if raw[0].dim() > 1 else 1  # a vector is one row (DELLA ranks within rows)
     step = max(1, TILE_BYTES * torch.get_num_threads() // 4 // max(1, raw[0].numel() // rows))
     if transfer.cuda or step >= rows:
-        if stats is None:
-            return _compute(task, raw, transfer, inputs, blockwise.whole)
-        known = stats
-        return _compute(task, raw, transfer, inputs, lambda b, xs, p: blockwise.kernel(b, xs, p, known, block))
-    if stats is None:
-        base, tensors = inputs.prepare(task, raw)
+        return _compute(task, raw, transfer, inputs, blockwise.whole if stats is None else
+                        lambda b, xs, p, s=stats: blockwise.kernel(b, xs, p, s, block))
+    whole = None
+    if stats is None:  # prepared once: its passes, then its tiles, read the same tensors
+        whole = inputs.prepare(task, raw)
         with _refusals(task, transfer.dev):
-            stats = blockwise.statistics(base, tensors, task.params)
-        del base, tensors
+            stats = blockwise.statistics(*whole, task.params)
     merged: torch.Tensor | None = None
     for first in range(0, rows, step):
         tile = Block(block.index if first == 0 else block.index + 1, block.row + first, block.entries)
-        base, tensors = inputs.prepare(task, [x[first:first + step] for x in raw])
+        if whole is None:  # a block: each tile widened as it comes, while it is in the caches
+            base, tensors = inputs.prepare(task, [x[first:first + step] for x in raw])
+        else:
+            base = None if whole[0] is None else whole[0][first:first + step]
+            tensors = [x[first:first + step] for x in whole[1]]
         with _refusals(task, transfer.dev):
             out = blockwise.kernel(base, tensors, task.params, stats, tile)
         _check_finite(task, out)
