@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from bench.floor import read_inputs, write_bytes
@@ -33,23 +34,36 @@ def _plan(recipe: str):
     return plan
 
 
-def merge_seconds(recipe: str, out: Path, device: str, runs: int) -> tuple[float, int]:
-    """The fastest of `runs` merges of `recipe` on `device`, and the bytes each read."""
+def merge_seconds(recipe: str, out: Path, device: str, runs: int) -> tuple[float, int, int]:
+    """The fastest of `runs` merges of `recipe` on `device`, the bytes each read, and the most
+    device memory it held (0 on the CPU)."""
+    import torch
+
     from hubbot.merge import engine
 
-    best, read = float("inf"), 0
+    best, read, peak = float("inf"), 0, 0
     for _ in range(runs):
         shutil.rmtree(out, ignore_errors=True)
         plan = _plan(recipe)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         started = time.monotonic()
         result = engine.run(plan, out, device=device)
         best, read = min(best, time.monotonic() - started), result.bytes_read
+        if device.startswith("cuda"):
+            peak = max(peak, torch.cuda.max_memory_allocated())
     shutil.rmtree(out, ignore_errors=True)
-    return best, read
+    return best, read, peak
 
 
-def floor_seconds(recipe: str, out: Path, runs: int) -> float:
-    """The fastest of `runs` reads of every input and writes of the output's bytes."""
+def floor_seconds(recipe: str, out: Path, runs: int, known: dict) -> float:
+    """The fastest of `runs` reads of every input and writes of the output's bytes; recipes that
+    read the same tensors and write as many bytes share one measurement (`known`)."""
+    plan = _plan(recipe)
+    reads = [(plan.sources[i.source].label, i.name) for t in plan.tasks for i in ([t.base] if t.base else []) + list(t.inputs)]
+    key = (tuple(sorted(reads)), plan.output_bytes)
+    if key in known:
+        return known[key]
     best = float("inf")
     for _ in range(runs):
         plan = _plan(recipe)
@@ -58,17 +72,21 @@ def floor_seconds(recipe: str, out: Path, runs: int) -> float:
         write_bytes(out, plan.output_bytes)
         best = min(best, time.monotonic() - started)
         out.unlink()
+    known[key] = best
     return best
 
 
 def table(rows: list[dict]) -> str:
     compare = any("cpu_s" in r for r in rows)
-    head = ["size", "method", "device", "s", "input GB/s", "floor s", "ratio to floor"]
+    head = ["size", "method", "device", "s", "input GB/s", "floor s", "ratio to floor", "device memory GB"]
     head += ["CPU s", "speed-up over CPU"] if compare else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['method']} | {r['device']} | failed: {r['error']} |")
+            continue
         cells = [r["size"], r["method"], r["device"], f"{r['seconds']:.2f}", f"{r['read_bytes'] / r['seconds'] / 1e9:.2f}",
-                 f"{r['floor_s']:.2f}", f"{r['seconds'] / r['floor_s']:.2f}"]
+                 f"{r['floor_s']:.2f}", f"{r['seconds'] / r['floor_s']:.2f}", f"{r['device_peak'] / 1e9:.2f}"]
         if compare:
             cells += [f"{r['cpu_s']:.1f}", f"{r['cpu_s'] / r['seconds']:.1f}x"] if "cpu_s" in r else ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -100,18 +118,24 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown methods {unknown}; choose from {', '.join(all_recipes)}")
         merge_seconds(all_recipes["linear"], out, device, 1)  # warm-up: page cache, kernels, allocator
+        floors: dict = {}
         for method in names:
             recipe = all_recipes[method]
-            seconds, read = merge_seconds(recipe, out, device, args.runs)
-            row = {"size": size, "method": method, "device": device, "seconds": seconds, "read_bytes": read,
-                   "floor_s": floor_seconds(recipe, args.work / "out-gpu-floor.bin", args.runs)}
-            if args.compare_cpu and device != "cpu":
-                row["cpu_s"] = merge_seconds(recipe, out, "cpu", 1)[0]
+            try:  # one method's failure is reported in its row; the others still run
+                seconds, read, peak = merge_seconds(recipe, out, device, args.runs)
+                row = {"size": size, "method": method, "device": device, "seconds": seconds, "read_bytes": read,
+                       "device_peak": peak, "floor_s": floor_seconds(recipe, args.work / "out-gpu-floor.bin",
+                                                                     args.runs, floors)}
+                if args.compare_cpu and device != "cpu":
+                    row["cpu_s"] = merge_seconds(recipe, out, "cpu", 1)[0]
+            except Exception as exc:
+                traceback.print_exc()
+                row = {"size": size, "method": method, "device": device, "error": f"{type(exc).__name__}: {exc}"}
             rows.append(row)
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             (args.work / "gpu-results.json").write_text(json.dumps(rows, indent=2))
     print(table(rows))
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
