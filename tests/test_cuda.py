@@ -3,7 +3,8 @@
 Random masks (DARE, DELLA) come from a counter-based hash, so both devices keep the same
 entries; float work may round differently (a GPU fuses multiply-adds), so outputs agree to a
 rounding step of bfloat16 nearly everywhere, and a sparsifying cut may differ only at entries
-whose magnitudes tie to within that rounding.
+whose magnitudes tie to within that rounding. Arcee Fusion's choice rests on float32 divergences
+of nearly equal rows, which the two devices round apart (see its module): it may differ more.
 """
 
 from __future__ import annotations
@@ -64,4 +65,5 @@ def test_cuda_merge_matches_the_cpu(method, chunk, bench_models, tmp_path):
         a, b = a.float(), b.float()
         off += int(((a - b).abs() > a.abs() * 2**-7 + 1e-6).sum())  # more than a bfloat16 step apart
         total += a.numel()
-    assert off <= total * 1e-3, f"{method}: {off} of {total} entries differ by more than a bfloat16 step"
+    share = 1e-2 if method == "arcee_fusion" else 1e-3
+    assert off <= total * share, f"{method}: {off} of {total} entries differ by more than a bfloat16 step"

@@ -301,6 +301,16 @@ def test_large_histograms_count_the_same_in_two_halves_and_a_child_process_makes
         torch.set_num_threads(threads)
 
 
+def test_counts_by_sorting_equal_bincount():
+    """The GPU's histograms (counted by sorting) are bincount's, empty and crowded bins alike."""
+    from hubbot.methods._sparsify import sorted_counts
+
+    values = (torch.randn(100_003) * 0.002).abs().view(torch.int32)
+    for ints, bins in [((values >> 16), 1 << 15), ((values - values.median()).clamp(0, 70_000), 70_001),
+                       (torch.zeros(5, dtype=torch.int32), 3), (torch.tensor([2, 2, 0], dtype=torch.int64), 4)]:
+        assert torch.equal(sorted_counts(ints, bins), torch.bincount(ints, minlength=bins))
+
+
 def test_every_method_has_a_gallery_recipe():
     """Each method has a community recipe in recipes/ that parses as the service reads it."""
     from hubbot.methods import all_methods

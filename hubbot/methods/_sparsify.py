@@ -39,12 +39,24 @@ def _bincount(ints: torch.Tensor, bins: int) -> torch.Tensor:
     """`torch.bincount` of a flat tensor of ints in [0, bins). Its CPU loop runs on one core
     whatever torch's thread count, and it is the costliest step of a top-k cut: with two
     threads allowed, the second half is counted on another thread (the loop leaves Python's
-    lock) while this one counts the first."""
-    if ints.device.type != "cpu" or ints.numel() < SPLIT_COUNT or torch.get_num_threads() < 2:
+    lock) while this one counts the first. On a GPU the counts come from a sort (`sorted_counts`)."""
+    if ints.device.type != "cpu":
+        return sorted_counts(ints, bins)
+    if ints.numel() < SPLIT_COUNT or torch.get_num_threads() < 2:
         return torch.bincount(ints, minlength=bins)
     half = ints.numel() // 2
     second = _counting_thread().submit(torch.bincount, ints[half:], minlength=bins)
     return torch.bincount(ints[:half], minlength=bins).add_(second.result())
+
+
+def sorted_counts(ints: torch.Tensor, bins: int) -> torch.Tensor:
+    """What `torch.bincount(ints, minlength=bins)` counts, found by sorting. A GPU's bincount of
+    tens of thousands of bins adds into memory atomically, one add after another for a bin, and
+    a top-k cut's histograms pile most values into a few bins (the second pass all but the cut's
+    bin into two); a sort and a search of its bin edges make no such queue."""
+    ordered = torch.sort(ints.reshape(-1)).values
+    edges = torch.arange(bins + 1, dtype=ordered.dtype, device=ordered.device)
+    return torch.searchsorted(ordered, edges).diff()
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
