@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for size in args.sizes.split(","):
         base, ft1, ft2 = make_models(args.work / f"models-{size}", size)
+        os.sync()  # models just written: their write-back would otherwise run during the first timings
         all_recipes = recipes(base, ft1, ft2, SHAPES[size].layers)
         names = list(all_recipes) if args.methods == "all" else args.methods.split(",")
         unknown = [n for n in names if n not in all_recipes]
