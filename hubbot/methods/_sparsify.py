@@ -4,8 +4,9 @@ Shared by the task-vector family (ties, dare, breadcrumbs, della) and sce. Magni
 finds its cut values with a radix select over the float bits (two counting passes; on a GPU each
 histogram is counted by sorting, see `sorted_counts`), not a sort of the values; the passes also
 run block by block, so TIES can merge a large tensor a block of rows at a time. Only DELLA, whose
-keep probabilities follow each entry's rank within its row, sorts (row by row). Random masks (DARE, DELLA) come from a counter-based generator: a hash of (seed, entry index),
-the same on every device and for every split into blocks.
+keep probabilities follow each entry's rank within its row, sorts (row by row). Random masks
+(DARE, DELLA) come from a counter-based generator: a hash of (seed, entry index), the same on
+every device and for every split into blocks.
 """
 
 from __future__ import annotations
