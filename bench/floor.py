@@ -20,7 +20,7 @@ def read_inputs(plan) -> int:
     """Read every input tensor the plan merges, once, whole; returns the bytes read."""
     read = 0
     for task in plan.tasks:
-        for i in ([task.base] if task.base else []) + list(task.inputs):
+        for i in task.reads:
             x = plan.sources[i.source].read(i.name)
             read += x.numel() * x.element_size()
     return read

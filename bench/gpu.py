@@ -42,16 +42,17 @@ def merge_seconds(recipe: str, out: Path, device: str, runs: int) -> tuple[float
 
     from hubbot.merge import engine
 
+    cuda = device.startswith("cuda")
     best, read, peak = float("inf"), 0, 0
     for _ in range(runs):
         shutil.rmtree(out, ignore_errors=True)
         plan = _plan(recipe)
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
         started = time.monotonic()
         result = engine.run(plan, out, device=device)
         best, read = min(best, time.monotonic() - started), result.bytes_read
-        if device.startswith("cuda"):
+        if cuda:
             peak = max(peak, torch.cuda.max_memory_allocated())
     shutil.rmtree(out, ignore_errors=True)
     return best, read, peak
@@ -61,13 +62,12 @@ def floor_seconds(recipe: str, out: Path, runs: int, known: dict) -> float:
     """The fastest of `runs` reads of every input and writes of the output's bytes; recipes that
     read the same tensors and write as many bytes share one measurement (`known`)."""
     plan = _plan(recipe)
-    reads = [(plan.sources[i.source].label, i.name) for t in plan.tasks for i in ([t.base] if t.base else []) + list(t.inputs)]
+    reads = [(plan.sources[i.source].label, i.name) for t in plan.tasks for i in t.reads]
     key = (tuple(sorted(reads)), plan.output_bytes)
     if key in known:
         return known[key]
     best = float("inf")
     for _ in range(runs):
-        plan = _plan(recipe)
         started = time.monotonic()
         read_inputs(plan)
         write_bytes(out, plan.output_bytes)

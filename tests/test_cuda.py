@@ -15,6 +15,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 from bench.run import recipes  # noqa: E402
+from tests.models import load_state  # noqa: E402
 
 METHODS = list(recipes(*["m"] * 3, 4))
 
@@ -34,15 +35,6 @@ def test_random_draws_are_the_same_bits_on_cuda():
                            uniform(seed, row, shape, torch.device("cuda")).cpu())
 
 
-def _tensors(folder):
-    from safetensors.torch import load_file
-
-    out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
 @pytest.mark.parametrize("chunk", [None, 8192], ids=["whole", "blocks"])
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_merge_matches_the_cpu(method, chunk, bench_models, tmp_path):
@@ -55,7 +47,7 @@ def test_cuda_merge_matches_the_cpu(method, chunk, bench_models, tmp_path):
     for device in ("cpu", "cuda"):
         result = engine.run(build(parse(recipe)), tmp_path / device, device=device, chunk_bytes=chunk)
         assert result.device.startswith(device)
-        outs[device] = _tensors(tmp_path / device)
+        outs[device] = load_state(tmp_path / device)
     cpu, gpu = outs["cpu"], outs["cuda"]
     assert cpu.keys() == gpu.keys()
     off = total = 0

@@ -70,7 +70,7 @@ def account(sources: list["Source"], tasks: list["TensorTask"],
     merged: set[tuple[int, str]] = set()
     copied: set[tuple[int, str]] = set()
     for t in tasks:
-        used = [*t.inputs, *([t.base] if t.base else [])]
+        used = t.reads
         into = copied if t.copy or len(used) == 1 else merged
         into.update((i.source, i.name) for i in used)
     out = []

@@ -274,12 +274,11 @@ def _merge(plan: Plan, writer: ShardWriter, dev: torch.device, chunk_bytes: int,
 
     def fetch(unit: _Unit) -> tuple[int, Staged]:
         """The unit's inputs (base first) and the bytes read; embedding rows in output vocabulary order."""
-        t = unit.task
-        order = ([t.base] if t.base else []) + list(t.inputs)
-        raw = [plan.sources[i.source].read(i.name, unit.read_rows) for i in order]
+        reads = unit.task.reads
+        raw = [plan.sources[i.source].read(i.name, unit.read_rows) for i in reads]
         nbytes = sum(x.numel() * x.element_size() for x in raw)
-        if t.vocab:
-            raw = plan.vocab.align([i.source for i in order], raw)
+        if unit.task.vocab:
+            raw = plan.vocab.align([i.source for i in reads], raw)
         return nbytes, transfer.stage(raw)
 
     def statistics(todo: list[_Unit]) -> tuple[dict, int]:
@@ -419,7 +418,7 @@ def _unit_bytes(unit: _Unit) -> int:
 
 def _input_bytes(unit: _Unit) -> int:
     """About what reading the unit's inputs holds in memory (at the output dtype's size)."""
-    return _rows_bytes(unit.task, unit.read_rows) * (len(unit.task.inputs) + (1 if unit.task.base else 0))
+    return _rows_bytes(unit.task, unit.read_rows) * len(unit.task.reads)
 
 
 @dataclass(frozen=True)

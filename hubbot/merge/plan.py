@@ -79,6 +79,11 @@ class TensorTask:
         return {**self.params, "seed": self.expert_seeds[expert]} if self.expert_seeds else self.params
 
     @property
+    def reads(self) -> tuple[Input, ...]:
+        """Its input tensors in the order the engine reads them: the base first, then the models."""
+        return ((self.base,) if self.base else ()) + self.inputs
+
+    @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -119,7 +124,7 @@ class Plan:
 
     @property
     def input_bytes(self) -> int:
-        seen = {(i.source, i.name) for t in self.tasks for i in (*t.inputs, *([t.base] if t.base else []))}
+        seen = {(i.source, i.name) for t in self.tasks for i in t.reads}
         return sum(self.sources[s].tensors()[n].nbytes for s, n in seen)
 
     def per_expert(self, task: TensorTask) -> bool:
@@ -153,7 +158,7 @@ class Plan:
             numel = max(1, t.numel)
             if rows is not None:
                 numel = numel // t.shape[0] * (rows[0][1] - rows[0][0])
-            n_in = len(t.inputs) + (1 if t.base else 0)
+            n_in = len(t.reads)
             raw, work = 2 * n_in, 4 * (n_in + 2)  # bytes an entry: the inputs, their float32 copies and temporaries
             lane = 2 * raw + work if passes else 0  # the lane's block, the one it reads ahead, its float32 work
             worst = max(worst, numel * (raw * (1 + prefetch) + work + lane))
