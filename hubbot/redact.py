@@ -72,9 +72,12 @@ def install_log_redaction() -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
         try:
-            record.msg, record.args = redact(record.getMessage()), None
+            text = record.getMessage()
         except Exception:  # a malformed format string: keep the raw text, redacted
             record.msg, record.args = redact(str(record.msg)), None
+        else:
+            if redact(text) != text:
+                _blank(record, text)
         if record.exc_info:
             record.exc_text = redact(_formatter.formatException(record.exc_info))
         if record.stack_info:
@@ -82,3 +85,24 @@ def install_log_redaction() -> None:
         return record
 
     logging.setLogRecordFactory(factory)
+
+
+def _blank(record: logging.LogRecord, text: str) -> None:
+    """Blank the secrets of a record whose message `text` holds one. Its arguments stay arguments
+    (numbers numbers), each redacted: formatters that unpack them, as uvicorn's access log does,
+    failed on every line when a record carried its text alone; if the parts do not add up to a
+    clean message, the redacted text alone."""
+    def clean(value: Any) -> Any:
+        return value if value is None or isinstance(value, (int, float)) else redact(str(value))
+
+    record.msg = redact(str(record.msg))
+    if isinstance(record.args, dict):
+        record.args = {k: clean(v) for k, v in record.args.items()}
+    elif record.args:
+        record.args = tuple(clean(v) for v in record.args)
+    try:
+        clean_parts = redact(record.getMessage()) == record.getMessage()
+    except Exception:  # an argument's type changed under a format that needs it (%x of an object)
+        clean_parts = False
+    if not clean_parts:
+        record.msg, record.args = redact(text), None

@@ -152,3 +152,29 @@ def test_redaction_keeps_ordinary_text():
     for text in ("send 'Authorization: Bearer <your Hugging Face token>'", "a short recipe", "tokenizer.json",
                  "model: org/hf_llama2chat7b"):
         assert redact.redact(text) == text
+
+
+def test_log_records_keep_their_arguments_and_lose_their_secrets(capsys):
+    """A record's arguments survive redaction, so formatters that unpack them (uvicorn's access
+    log: every request line failed with a logging error) format it; a secret among them is blanked."""
+    from uvicorn.logging import AccessFormatter
+
+    redact.install_log_redaction()
+    redact.remember(SERVICE)
+    log = logging.getLogger("uvicorn.access")
+    handler = logging.StreamHandler()
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        for path in ("/api/jobs", f"/api/jobs?token={SERVICE}"):
+            log.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", path, "1.1", 200)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and not leaks(err), err
+    assert '127.0.0.1:5000 - "GET /api/jobs HTTP/1.1" 200' in err and '"GET /api/jobs?token=*** HTTP/1.1" 200' in err
+    record = log.makeRecord("x", logging.INFO, __file__, 1, "status %d for %s", (401, f"Bearer {SERVICE}"), None)
+    assert record.args == (401, "Bearer ***") and record.getMessage() == "status 401 for Bearer ***"
