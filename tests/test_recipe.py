@@ -83,6 +83,9 @@ dtypo: bfloat16
     assert "dtypo: unknown field; did you mean 'dtype'" in joined
     assert "slices[0].sources: every source of a slice must span the same number of layers" in joined
     assert "slices[1].sources[0].layer_range" in joined
+    ps = problems("merge_method: tiess\nmodels: []\n")  # no inputs, and a misspelt method: both said
+    assert any(p.startswith("models: expected a non-empty list") for p in ps)
+    assert any(p.startswith("merge_method: unknown merge method 'tiess'; did you mean 'ties'?") for p in ps)
 
 
 @pytest.mark.parametrize("text,needle", [

@@ -15,12 +15,21 @@ from .values import FilterRule, Params, Scalar, Value, evaluate, scalars_of
 if TYPE_CHECKING:
     from .merge import Recipe
 
-def check_recipe(recipe: "Recipe") -> list[str]:
-    """Method-level checks that need no model: base, input count, parameter names and ranges."""
+def method_problems(name: str) -> list[str]:
+    """The problem with merge_method `name`: none, or that no such method exists (with a guess)."""
     try:
-        method = methods.get(recipe.merge_method)
+        methods.get(name)
     except KeyError as exc:
         return [f"merge_method: {exc.args[0]}"]
+    return []
+
+
+def check_recipe(recipe: "Recipe") -> list[str]:
+    """Method-level checks that need no model: base, input count, parameter names and ranges."""
+    unknown = method_problems(recipe.merge_method)
+    if unknown:
+        return unknown
+    method = methods.get(recipe.merge_method)
     problems: list[str] = []
     has_base = recipe.base_model is not None
     if method.base == "required" and not has_base:

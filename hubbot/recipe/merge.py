@@ -117,7 +117,7 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     `allow_local=False` (service mode) refuses local paths so a recipe cannot read the
     server's disk.
     """
-    from .checks import check_recipe
+    from .checks import check_recipe, method_problems
 
     data = load_yaml(text)
     if not isinstance(data, dict):
@@ -194,6 +194,8 @@ def parse(text: str, *, allow_local: bool = True) -> Recipe:
     )
     if method and (models or slices):  # method checks still run beside other fields' problems
         c.problems += check_recipe(recipe)
+    elif method:  # without inputs to check against, at least whether the method exists
+        c.problems += method_problems(method)
     if c.problems:
         raise RecipeError(c.problems)
     return recipe
